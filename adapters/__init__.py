@@ -1,0 +1,1 @@
+"""Exchange adapters: one folder per venue, found by name through the registry."""

@@ -1,0 +1,109 @@
+"""Binance spot: combined market streams (trades, klines, book tickers) and REST history."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import aiohttp
+
+from tradingd.adapters.base import RangeUnavailable
+from tradingd.adapters.binance.http import BinanceRestClient, RequestRejected
+from tradingd.adapters.binance.parsing import BinanceParser, FrameParseError, stream_name
+from tradingd.adapters.binance.websocket import (
+    VENUE_MAX_STREAMS_PER_CONNECTION,
+    BinanceMarketDataSession,
+    open_session,
+)
+from tradingd.config import ExchangeConfig
+from tradingd.model import Bar, Channel, Instrument, Subscription, Trade
+
+# Binance pushes every kline stream every 2 s, whether or not the bar changed.
+KLINE_PUSH_SECONDS = 2.0
+
+__all__ = [
+    "BinanceAdapter",
+    "BinanceMarketDataSession",
+    "BinanceParser",
+    "BinanceRestClient",
+    "FrameParseError",
+    "RequestRejected",
+]
+
+
+class BinanceAdapter:
+    """Binance spot market data (implements ``ExchangeAdapter``)."""
+
+    def __init__(
+        self, config: ExchangeConfig, *, exchange: str, http: aiohttp.ClientSession
+    ) -> None:
+        self.name = exchange
+        self.config = config
+        self._http = http
+        self._max_streams = min(config.max_streams_per_connection, VENUE_MAX_STREAMS_PER_CONNECTION)
+        self.rest = BinanceRestClient(
+            http, config.rest_url, exchange=exchange, request_timeout=config.request_timeout
+        )
+        self._sessions: set[BinanceMarketDataSession] = set()
+
+    def stream_names(self, subscriptions: Sequence[Subscription]) -> list[str]:
+        """Each subscription's stream name, in order, without duplicates."""
+        resolution = self.config.bar_resolution
+        return list(dict.fromkeys(stream_name(s, resolution) for s in subscriptions))
+
+    def stream_intervals(self) -> Mapping[Channel, float]:
+        # Kline streams push every 2 s (1 s for 1s klines); trades and book tickers on change.
+        return {Channel.BARS: KLINE_PUSH_SECONDS}
+
+    def plan_connections(self, subscriptions: Sequence[Subscription]) -> list[list[Subscription]]:
+        unique: dict[str, Subscription] = {}
+        for subscription in subscriptions:
+            unique.setdefault(stream_name(subscription, self.config.bar_resolution), subscription)
+        planned = list(unique.values())
+        size = self._max_streams
+        return [planned[i : i + size] for i in range(0, len(planned), size)]
+
+    async def connect(self, subscriptions: Sequence[Subscription]) -> BinanceMarketDataSession:
+        session = await open_session(
+            self._http,
+            self.config.ws_url,
+            self.stream_names(subscriptions),
+            exchange=self.name,
+            default_resolution=self.config.bar_resolution,
+            max_streams=self._max_streams,
+            connect_timeout=self.config.request_timeout,
+        )
+        self._sessions = {s for s in self._sessions if not s.closed}
+        self._sessions.add(session)
+        return session
+
+    async def fetch_instruments(self) -> list[Instrument]:
+        return (await self.rest.exchange_info()).instruments
+
+    async def fetch_server_time_us(self) -> int:
+        return await self.rest.server_time_us()
+
+    async def fetch_bars(
+        self, instrument_name: str, resolution: str, start_us: int, end_us: int
+    ) -> list[Bar]:
+        bars = await self.rest.klines(instrument_name.upper(), resolution, start_us, end_us)
+        return [bar for bar in bars if bar.closed]
+
+    async def fetch_trades(
+        self, instrument_name: str, first_seq: int, last_seq: int
+    ) -> list[Trade]:
+        if last_seq < first_seq:
+            return []
+        symbol = instrument_name.upper()
+        trades = await self.rest.historical_trades(symbol, first_seq, last_seq - first_seq + 1)
+        if trades and trades[0].trade_seq > first_seq:
+            raise RangeUnavailable(
+                f"{self.name} {symbol}: trades {first_seq}..{trades[0].trade_seq - 1} are no "
+                f"longer served (the oldest available id is {trades[0].trade_seq})",
+                first_available_seq=trades[0].trade_seq,
+            )
+        return [trade for trade in trades if first_seq <= trade.trade_seq <= last_seq]
+
+    async def close(self) -> None:
+        sessions, self._sessions = self._sessions, set()
+        for session in sessions:
+            await session.close()

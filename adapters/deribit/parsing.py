@@ -1,0 +1,635 @@
+"""Deribit wire format → canonical records: pure functions, no I/O, no clock reads.
+
+Every frame is a JSON-RPC 2.0 message. The envelope is decoded first with ``params.data`` (or
+``result``) kept as ``msgspec.Raw``; the payload is then decoded by a precompiled decoder chosen
+from the channel prefix. Deribit sends prices and amounts as JSON numbers: msgspec decodes them
+straight into ``Decimal`` from the number's text, so nothing goes through a float.
+
+Anything that is not what the protocol says raises ``ParseError`` with the reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta
+
+from tradingd.adapters.base import ParseError
+from tradingd.model import Bar, Channel, Instrument, MarketType, Subscription, Ticker, Trade
+
+# Millisecond timestamps between the epoch and the end of year 9999: keeps ``* 1000`` in int64.
+_MAX_MS: Final = 253_402_300_799_999
+Millis = Annotated[int, Meta(ge=0, le=_MAX_MS)]
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+
+# The channel interval used for market data. ``raw`` needs an authenticated connection
+# (error 13778 otherwise); tradingd's market-data connections are public, so it uses ``100ms``,
+# which delivers every trade too, batched per 100 ms (a trades notification is an array).
+PUBLIC_INTERVAL: Final = "100ms"
+
+# Canonical bar resolution → Deribit chart resolution. Deribit has no 4h resolution.
+RESOLUTION_TO_DERIBIT: Final[Mapping[str, str]] = {
+    "1m": "1",
+    "3m": "3",
+    "5m": "5",
+    "15m": "15",
+    "30m": "30",
+    "1h": "60",
+    "2h": "120",
+    "6h": "360",
+    "12h": "720",
+    "1d": "1D",
+}
+_RESOLUTION_FROM_DERIBIT: Final[Mapping[str, str]] = {
+    **{code: canonical for canonical, code in RESOLUTION_TO_DERIBIT.items()},
+    "10": "10m",
+    "180": "3h",
+}
+RESOLUTION_US: Final[Mapping[str, int]] = {
+    canonical: int(code) * 60_000_000 if code != "1D" else 86_400_000_000
+    for code, canonical in _RESOLUTION_FROM_DERIBIT.items()
+}
+
+# Perpetuals report this expiration (year 3000): it means "never".
+PERPETUAL_EXPIRATION_MS: Final = 32_503_708_800_000
+
+_INFINITY: Final = Decimal("Infinity")
+_ZERO: Final = Decimal(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Wire structs (only the fields tradingd uses; unknown fields are skipped by msgspec)
+
+
+class _Params(msgspec.Struct, gc=False):
+    channel: str = ""
+    data: msgspec.Raw = msgspec.Raw()
+    type: str = ""
+
+
+class RpcError(msgspec.Struct, frozen=True, gc=False):
+    code: int
+    message: str = ""
+    data: msgspec.Raw = msgspec.Raw()
+
+    def describe(self) -> str:
+        detail = f"{self.code} {self.message}"
+        if self.data and bytes(self.data) != b"null":
+            detail += f" {bytes(self.data).decode('utf-8', 'replace')}"
+        return detail
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    method: str = ""
+    params: _Params | None = None
+    id: int | str | None = None
+    result: msgspec.Raw = msgspec.Raw()
+    error: RpcError | None = None
+
+
+class _WireTrade(msgspec.Struct, gc=False):
+    trade_id: Name
+    trade_seq: Annotated[int, Meta(ge=0)]
+    timestamp: Millis
+    price: Decimal
+    amount: Decimal
+    direction: Literal["buy", "sell"]
+    instrument_name: Name
+
+
+class _WireTicker(msgspec.Struct, gc=False):
+    instrument_name: Name
+    timestamp: Millis
+    best_bid_price: Decimal | None = None
+    best_bid_amount: Decimal | None = None
+    best_ask_price: Decimal | None = None
+    best_ask_amount: Decimal | None = None
+    last_price: Decimal | None = None
+    mark_price: Decimal | None = None
+    index_price: Decimal | None = None
+
+
+class _WireBar(msgspec.Struct, gc=False):
+    tick: Millis
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+
+
+class _WireChart(msgspec.Struct, gc=False):
+    status: str = "ok"
+    ticks: list[Millis] = []
+    open: list[Decimal] = []
+    high: list[Decimal] = []
+    low: list[Decimal] = []
+    close: list[Decimal] = []
+    volume: list[Decimal] = []
+
+
+class _WireTradesPage(msgspec.Struct, gc=False):
+    trades: list[_WireTrade]
+    has_more: bool = False
+
+
+class _WireInstrument(msgspec.Struct, gc=False):
+    instrument_name: Name
+    kind: Literal["future", "option", "spot", "future_combo", "option_combo"]
+    base_currency: Name
+    quote_currency: Name
+    tick_size: Decimal
+    min_trade_amount: Decimal
+    contract_size: Decimal = Decimal(1)
+    expiration_timestamp: Millis | None = None
+    is_active: bool = True
+    settlement_period: str = ""
+
+
+# msgspec reports invalid UTF-8 inside a JSON string as UnicodeDecodeError.
+_DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+_TRADES = msgspec.json.Decoder(list[_WireTrade])
+_TICKER = msgspec.json.Decoder(_WireTicker)
+_BAR = msgspec.json.Decoder(_WireBar)
+_CHART = msgspec.json.Decoder(_WireChart)
+_TRADES_PAGE = msgspec.json.Decoder(_WireTradesPage)
+_RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+_INSTRUMENT = msgspec.json.Decoder(_WireInstrument)
+_STRINGS = msgspec.json.Decoder(list[str])
+_INT = msgspec.json.Decoder(Millis)
+
+
+# --------------------------------------------------------------------------------------------
+# Instrument names
+
+
+_UNDERLYING = r"[A-Z0-9]+(?:_[A-Z0-9]+)?"
+_DATE = r"[0-9]{1,2}[A-Z]{3}[0-9]{2}"
+_NAME_KINDS: Final = (
+    (re.compile(rf"^{_UNDERLYING}-PERPETUAL$"), MarketType.PERPETUAL, False),
+    (re.compile(rf"^{_UNDERLYING}-{_DATE}$"), MarketType.FUTURE, False),
+    (re.compile(rf"^{_UNDERLYING}-{_DATE}-[0-9]+(?:d[0-9]+)?-[CP]$"), MarketType.OPTION, False),
+    (re.compile(r"^[A-Z0-9]+_[A-Z0-9]+$"), MarketType.SPOT, False),
+    # Combos: future spreads "BTC-FS-27DEC24_PERP", option strategies "BTC-CS-19MAY26-70000_75000".
+    (re.compile(rf"^{_UNDERLYING}-FS-[A-Z0-9_]+$"), MarketType.FUTURE, True),
+    (re.compile(rf"^{_UNDERLYING}-[A-Z][A-Z0-9]*-[0-9][0-9A-Za-z_-]*$"), MarketType.OPTION, True),
+)
+_name_cache: dict[str, tuple[MarketType, bool]] = {}
+_NAME_CACHE_LIMIT: Final = 65_536
+
+
+def classify_instrument(name: str) -> tuple[MarketType, bool]:
+    """The market type of a Deribit instrument from its name alone, and whether it is a combo.
+
+    Combo (spread/strategy) prices may legitimately be zero or negative.
+    """
+    known = _name_cache.get(name)
+    if known is not None:
+        return known
+    for pattern, market_type, combo in _NAME_KINDS:
+        if pattern.match(name):
+            if len(_name_cache) >= _NAME_CACHE_LIMIT:
+                _name_cache.clear()
+            _name_cache[name] = (market_type, combo)
+            return market_type, combo
+    raise ParseError(f"unrecognised instrument name {name!r}")
+
+
+def market_type_of(name: str) -> MarketType:
+    return classify_instrument(name)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Channels
+
+
+def resolution_code(resolution: str) -> str:
+    """Deribit's chart resolution for a canonical one ("1m" → "1"); ValueError if it has none."""
+    try:
+        return RESOLUTION_TO_DERIBIT[resolution]
+    except KeyError:
+        raise ValueError(
+            f"Deribit has no {resolution!r} chart resolution; "
+            f"supported: {', '.join(RESOLUTION_TO_DERIBIT)}"
+        ) from None
+
+
+def channel_name(subscription: Subscription, default_resolution: str = "1m") -> str:
+    instrument = subscription.instrument_name
+    if subscription.channel is Channel.TRADES:
+        return f"trades.{instrument}.{PUBLIC_INTERVAL}"
+    if subscription.channel is Channel.TICKERS:
+        return f"ticker.{instrument}.{PUBLIC_INTERVAL}"
+    code = resolution_code(subscription.resolution or default_resolution)
+    return f"chart.trades.{instrument}.{code}"
+
+
+# --------------------------------------------------------------------------------------------
+# Frames
+
+
+class FrameKind(enum.Enum):
+    DATA = "data"  # a subscription notification carrying market data
+    TEST_REQUEST = "test_request"  # heartbeat asking for a public/test reply
+    HEARTBEAT = "heartbeat"  # heartbeat that needs no reply
+    REPLY = "reply"  # response to one of our requests (result or error)
+    IGNORED = "ignored"  # valid, but not something tradingd consumes
+
+
+class RpcReply(msgspec.Struct, frozen=True, gc=False):
+    id: int | str | None
+    result: msgspec.Raw
+    error: RpcError | None
+
+
+class ParsedFrame(msgspec.Struct, gc=False):
+    kind: FrameKind
+    records: list[Trade] | list[Ticker] | list[Bar]
+    channel: str = ""
+    reply: RpcReply | None = None
+    method: str = ""
+
+
+class NotificationError(ParseError):
+    """A notification whose envelope was valid but whose data was not; names the channel."""
+
+    def __init__(self, reason: str, channel: str) -> None:
+        super().__init__(reason)
+        self.channel = channel
+
+
+def parse_frame(frame: bytes | str, *, exchange: str, received_us: int) -> ParsedFrame:
+    """One WebSocket text frame → its canonical records or what the session must do with it."""
+    try:
+        envelope = _ENVELOPE.decode(frame)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"not a JSON-RPC frame: {exc}") from None
+    method = envelope.method
+    params = envelope.params
+    if method == "subscription":
+        if params is None or not params.channel:
+            raise ParseError("subscription notification without params.channel")
+        channel = params.channel
+        try:
+            records = _parse_notification(channel, params.data, exchange, received_us)
+        except (*_DECODE_ERRORS, ParseError) as exc:
+            raise NotificationError(f"{channel}: {exc}", channel) from None
+        if records is None:
+            return ParsedFrame(FrameKind.IGNORED, [], channel, None, method)
+        return ParsedFrame(FrameKind.DATA, records, channel)
+    if method == "heartbeat":
+        kind = params.type if params is not None else ""
+        if kind == "test_request":
+            return ParsedFrame(FrameKind.TEST_REQUEST, [], "", None, method)
+        if kind == "heartbeat":
+            return ParsedFrame(FrameKind.HEARTBEAT, [], "", None, method)
+        raise ParseError(f"heartbeat with unknown type {kind!r}")
+    if method:
+        return ParsedFrame(FrameKind.IGNORED, [], "", None, method)
+    if envelope.error is not None or envelope.result:
+        return ParsedFrame(
+            FrameKind.REPLY, [], "", RpcReply(envelope.id, envelope.result, envelope.error)
+        )
+    raise ParseError("neither a notification nor a response (no method, result or error)")
+
+
+def _parse_notification(
+    channel: str, data: msgspec.Raw, exchange: str, received_us: int
+) -> list[Trade] | list[Ticker] | list[Bar] | None:
+    if not data:
+        raise ParseError("notification without params.data")
+    if channel.startswith("trades."):
+        return parse_trades(data, exchange=exchange, received_us=received_us)
+    if channel.startswith("ticker."):
+        return [parse_ticker(data, exchange=exchange, received_us=received_us)]
+    if channel.startswith("chart.trades."):
+        instrument, _, code = channel[13:].rpartition(".")
+        resolution = _RESOLUTION_FROM_DERIBIT.get(code)
+        if not instrument or resolution is None:
+            raise ParseError(f"malformed chart channel {channel!r}")
+        return [
+            parse_bar(
+                data,
+                exchange=exchange,
+                instrument_name=instrument,
+                resolution=resolution,
+                received_us=received_us,
+            )
+        ]
+    return None
+
+
+def _positive(value: Decimal, what: str) -> None:
+    try:
+        if _ZERO < value < _INFINITY:
+            return
+    except InvalidOperation:
+        pass
+    raise ParseError(f"{what} must be a positive number, got {value}")
+
+
+def _non_negative(value: Decimal, what: str) -> None:
+    try:
+        if _ZERO <= value < _INFINITY:
+            return
+    except InvalidOperation:
+        pass
+    raise ParseError(f"{what} must be a non-negative number, got {value}")
+
+
+def _finite(value: Decimal, what: str) -> None:
+    if not value.is_finite():
+        raise ParseError(f"{what} must be a finite number, got {value}")
+
+
+def parse_trades(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) -> list[Trade]:
+    """A trades notification's ``data`` (an array of 1..N trades) → one Trade per element."""
+    try:
+        wire_trades = _TRADES.decode(data)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"trade schema: {exc}") from None
+    if not wire_trades:
+        raise ParseError("trades notification with no trades")
+    return _to_trades(wire_trades, exchange, received_us)
+
+
+def _to_trades(wire_trades: list[_WireTrade], exchange: str, received_us: int) -> list[Trade]:
+    trades: list[Trade] = []
+    append = trades.append
+    for wire in wire_trades:
+        name = wire.instrument_name
+        known = _name_cache.get(name)
+        market_type, combo = known if known is not None else classify_instrument(name)
+        price = wire.price
+        amount = wire.amount
+        _positive(amount, f"trade {wire.trade_id} amount")
+        if combo:
+            _finite(price, f"trade {wire.trade_id} price")
+        else:
+            _positive(price, f"trade {wire.trade_id} price")
+        append(
+            Trade(
+                exchange=exchange,
+                instrument_name=name,
+                market_type=market_type,
+                trade_id=wire.trade_id,
+                trade_seq=wire.trade_seq,
+                price=price,
+                quantity=amount,
+                is_buyer_maker=wire.direction == "sell",
+                trade_us=wire.timestamp * 1000,
+                received_us=received_us,
+            )
+        )
+    return trades
+
+
+def parse_ticker(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) -> Ticker:
+    """A ticker notification's ``data`` → Ticker.
+
+    Deribit reports an empty book side as price 0 and amount 0 (options) or null; both are kept
+    as sent. Combo prices may be negative. The index price is always positive.
+    """
+    try:
+        wire = _TICKER.decode(data)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"ticker schema: {exc}") from None
+    _market_type, combo = classify_instrument(wire.instrument_name)
+    price_check = _finite if combo else _non_negative
+    for value, what, check in (
+        (wire.best_bid_amount, "best_bid_amount", _non_negative),
+        (wire.best_ask_amount, "best_ask_amount", _non_negative),
+        (wire.best_bid_price, "best_bid_price", price_check),
+        (wire.best_ask_price, "best_ask_price", price_check),
+        (wire.mark_price, "mark_price", price_check),
+        (wire.last_price, "last_price", _finite if combo else _positive),
+        (wire.index_price, "index_price", _positive),
+    ):
+        if value is not None:
+            check(value, what)
+    return Ticker(
+        exchange=exchange,
+        instrument_name=wire.instrument_name,
+        best_bid_price=wire.best_bid_price,
+        best_bid_amount=wire.best_bid_amount,
+        best_ask_price=wire.best_ask_price,
+        best_ask_amount=wire.best_ask_amount,
+        last_price=wire.last_price,
+        mark_price=wire.mark_price,
+        index_price=wire.index_price,
+        timestamp_us=wire.timestamp * 1000,
+        received_us=received_us,
+    )
+
+
+def _check_ohlc(
+    open_: Decimal,
+    high: Decimal,
+    low: Decimal,
+    close: Decimal,
+    volume: Decimal,
+    combo: bool,
+) -> None:
+    check = _finite if combo else _non_negative
+    for value, what in ((open_, "open"), (high, "high"), (low, "low"), (close, "close")):
+        check(value, what)
+    _non_negative(volume, "volume")
+    if not (low <= open_ <= high and low <= close <= high):
+        raise ParseError(f"inconsistent bar: open {open_} high {high} low {low} close {close}")
+
+
+def parse_bar(
+    data: bytes | msgspec.Raw,
+    *,
+    exchange: str,
+    instrument_name: str,
+    resolution: str,
+    received_us: int,
+) -> Bar:
+    """A chart.trades notification's ``data`` → Bar (``closed=False``: the period may go on)."""
+    try:
+        wire = _BAR.decode(data)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"bar schema: {exc}") from None
+    _market_type, combo = classify_instrument(instrument_name)
+    _check_ohlc(wire.open, wire.high, wire.low, wire.close, wire.volume, combo)
+    return Bar(
+        exchange=exchange,
+        instrument_name=instrument_name,
+        resolution=resolution,
+        tick_us=wire.tick * 1000,
+        open=wire.open,
+        high=wire.high,
+        low=wire.low,
+        close=wire.close,
+        volume=wire.volume,
+        closed=False,
+        received_us=received_us,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# RPC responses (WebSocket replies and HTTP bodies)
+
+
+class RpcFailure(Exception):
+    """The venue answered a request with a JSON-RPC error."""
+
+    def __init__(self, error: RpcError) -> None:
+        super().__init__(error.describe())
+        self.error = error
+
+
+def rpc_result(body: bytes | str) -> msgspec.Raw:
+    """The ``result`` of a JSON-RPC response; ``RpcFailure`` for an error response."""
+    try:
+        envelope = _ENVELOPE.decode(body)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"not a JSON-RPC response: {exc}") from None
+    if envelope.error is not None:
+        raise RpcFailure(envelope.error)
+    if not envelope.result:
+        raise ParseError("JSON-RPC response without result or error")
+    return envelope.result
+
+
+def parse_channel_list(result: bytes | msgspec.Raw) -> list[str]:
+    """The result of public/subscribe or public/unsubscribe: channel names."""
+    try:
+        return _STRINGS.decode(result)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"channel list: {exc}") from None
+
+
+def parse_server_time_us(result: bytes | msgspec.Raw) -> int:
+    """public/get_time's result (ms since the epoch) → µs."""
+    try:
+        return _INT.decode(result) * 1000
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"server time: {exc}") from None
+
+
+def parse_trades_page(
+    result: bytes | msgspec.Raw, *, exchange: str, received_us: int
+) -> tuple[list[Trade], bool]:
+    """public/get_last_trades_by_instrument's result → (trades as sent, has_more)."""
+    try:
+        page = _TRADES_PAGE.decode(result)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"trades page: {exc}") from None
+    return _to_trades(page.trades, exchange, received_us), page.has_more
+
+
+def parse_chart_data(
+    result: bytes | msgspec.Raw,
+    *,
+    exchange: str,
+    instrument_name: str,
+    resolution: str,
+    now_us: int,
+    received_us: int,
+) -> list[Bar]:
+    """public/get_tradingview_chart_data's columnar result → Bars, oldest first.
+
+    ``closed`` is True for bars whose period ended at or before ``now_us``.
+    """
+    try:
+        chart = _CHART.decode(result)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"chart data: {exc}") from None
+    period_us = RESOLUTION_US.get(resolution)
+    if period_us is None:
+        raise ParseError(f"unknown resolution {resolution!r}")
+    if chart.status == "no_data":
+        return []
+    if chart.status != "ok":
+        raise ParseError(f"chart data status {chart.status!r}")
+    count = len(chart.ticks)
+    columns: Sequence[list[Decimal]] = (chart.open, chart.high, chart.low, chart.close)
+    if any(len(column) != count for column in (*columns, chart.volume)):
+        raise ParseError("chart data columns have different lengths")
+    _market_type, combo = classify_instrument(instrument_name)
+    bars: list[Bar] = []
+    for index, tick in enumerate(chart.ticks):
+        open_, high, low, close = (column[index] for column in columns)
+        volume = chart.volume[index]
+        _check_ohlc(open_, high, low, close, volume, combo)
+        tick_us = tick * 1000
+        bars.append(
+            Bar(
+                exchange=exchange,
+                instrument_name=instrument_name,
+                resolution=resolution,
+                tick_us=tick_us,
+                open=open_,
+                high=high,
+                low=low,
+                close=close,
+                volume=volume,
+                closed=tick_us + period_us <= now_us,
+                received_us=received_us,
+            )
+        )
+    bars.sort(key=lambda bar: bar.tick_us)
+    return bars
+
+
+_KIND_TO_MARKET_TYPE: Final[Mapping[str, MarketType]] = {
+    "future": MarketType.FUTURE,
+    "future_combo": MarketType.FUTURE,
+    "option": MarketType.OPTION,
+    "option_combo": MarketType.OPTION,
+    "spot": MarketType.SPOT,
+}
+
+
+def parse_instruments(result: bytes | msgspec.Raw, *, exchange: str) -> list[Instrument]:
+    """public/get_instruments' result → Instruments, each keeping its JSON text in ``raw``."""
+    try:
+        raws = _RAW_LIST.decode(result)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"instruments: {exc}") from None
+    return [parse_instrument(raw, exchange=exchange) for raw in raws]
+
+
+def parse_instrument(raw: bytes | msgspec.Raw, *, exchange: str) -> Instrument:
+    try:
+        wire = _INSTRUMENT.decode(raw)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"instrument: {exc}") from None
+    name = wire.instrument_name
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"instrument {name}: {exc}") from None
+    _positive(wire.tick_size, f"{name} tick_size")
+    _positive(wire.min_trade_amount, f"{name} min_trade_amount")
+    _positive(wire.contract_size, f"{name} contract_size")
+    market_type = _KIND_TO_MARKET_TYPE[wire.kind]
+    if wire.kind == "future" and wire.settlement_period == "perpetual":
+        market_type = MarketType.PERPETUAL
+    expiration = wire.expiration_timestamp
+    expires = (
+        expiration is not None
+        and expiration < PERPETUAL_EXPIRATION_MS
+        and market_type not in (MarketType.PERPETUAL, MarketType.SPOT)
+    )
+    return Instrument(
+        exchange=exchange,
+        instrument_name=name,
+        market_type=market_type,
+        base_currency=wire.base_currency,
+        quote_currency=wire.quote_currency,
+        tick_size=wire.tick_size,
+        min_trade_amount=wire.min_trade_amount,
+        contract_size=wire.contract_size,
+        expiration_us=expiration * 1000 if expires and expiration is not None else None,
+        is_active=wire.is_active,
+        raw=text,
+    )

@@ -1,0 +1,1 @@
+"""Trading strategies run by the executor (built with the executor)."""

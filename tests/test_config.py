@@ -1,0 +1,185 @@
+"""Configuration: the shipped default is valid; every broken file gets one precise line and 78."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tradingd.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    changed_keys,
+    load_config,
+    parse_config,
+    redact_url,
+    redacted,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+MINIMAL_EXCHANGE = """
+[exchanges.binance]
+ws_url = "wss://stream.binance.com:9443"
+rest_url = "https://api.binance.com"
+symbols = ["BTCUSDT"]
+"""
+
+BROKEN_CONFIGS = [
+    # (file text, expected message after "<path>: ")
+    ('[daemon]\nstop_timeout = "soon"\n', "daemon.stop_timeout: expected float, found str 'soon'"),
+    ("[daemon]\nstop_timeout = -1\n", "daemon.stop_timeout: expected float > 0.0, found int -1"),
+    ('[daemon]\nlog_leve = "INFO"\n', "daemon.log_leve: unknown key"),
+    ('[daemon]\nlog_level = "LOUD"\n', "daemon.log_level: expected one of"),
+    ("[deamon]\n", "deamon: unknown key"),
+    (
+        MINIMAL_EXCHANGE.replace('symbols = ["BTCUSDT"]', 'symbols = ["BTCUSDT", "ETHUSDT", 3]'),
+        "exchanges.binance.symbols[2]: expected str, found int 3",
+    ),
+    (
+        MINIMAL_EXCHANGE.replace("wss://stream", "https://stream"),
+        "exchanges.binance.ws_url: expected a ws:// or wss:// URL, found str",
+    ),
+    (
+        MINIMAL_EXCHANGE.replace('ws_url = "wss://stream.binance.com:9443"\n', ""),
+        "exchanges.binance.ws_url: required key is missing",
+    ),
+    (
+        MINIMAL_EXCHANGE + 'channels = ["trades", "orderbook"]\n',
+        "exchanges.binance.channels[1]: expected one of 'trades', 'bars', 'tickers', "
+        "found str 'orderbook'",
+    ),
+    (
+        MINIMAL_EXCHANGE.replace('["BTCUSDT"]', "[]"),
+        "exchanges.binance.symbols: expected at least one",
+    ),
+    ("[supervisor]\nmax_restarts = 0\n", "supervisor.max_restarts: expected int >= 1, found int 0"),
+    ('[backfill]\nstart_date = "last week"\n', "backfill.start_date: expected a date (YYYY-MM-DD)"),
+    ('[backfill]\nresolutions = ["1m", "7m"]\n', "backfill.resolutions[1]: expected one of"),
+    ('[database]\nurl = "mysql://u:hunter2@db/x"\n', "database.url: expected a URL"),
+    ("[daemon\n", "expected valid TOML"),
+    (
+        "[analyzer]\nmin_buckets = 90\nwindow_buckets = 60\n",
+        "analyzer.min_buckets: expected at most analyzer.window_buckets (60), found 90",
+    ),
+    ("exchanges = 5\n", "exchanges: expected a table, found int 5"),
+    (
+        MINIMAL_EXCHANGE + 'api_key_secret = "../../etc/shadow"\n',
+        "exchanges.binance.api_key_secret: expected a secret file name",
+    ),
+    ("[exchanges.Binance-Spot]\n", "exchanges.Binance-Spot: expected an exchange name"),
+]
+
+
+def test_shipped_default_config_is_valid_and_complete() -> None:
+    config = load_config(REPO / DEFAULT_CONFIG_PATH)
+    assert set(config.exchanges) == {"binance", "deribit"}
+    assert config.daemon.mode == "paper"
+    assert config.database.url == "" and config.redis.url == ""
+    # Every key of every section is written out in the shipped file (it documents them all).
+    text = (REPO / DEFAULT_CONFIG_PATH).read_text()
+    for section, values in redacted(config).items():
+        if section == "exchanges":
+            for exchange in values.values():
+                for key in exchange:
+                    assert f"\n{key} =" in text, key
+            continue
+        for key in values:
+            assert f"\n{key} =" in text, f"{section}.{key}"
+
+
+@pytest.mark.parametrize(("text", "expected"), BROKEN_CONFIGS)
+def test_broken_config_names_file_key_expectation(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "tradingd.toml"
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+    assert "hunter2" not in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(("text", "expected"), BROKEN_CONFIGS[:12])
+def test_cli_exits_78_with_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "tradingd.toml"
+    path.write_text(textwrap.dedent(text))
+    result = subprocess.run(
+        [sys.executable, "-m", "tradingd", "--config", str(path), "config", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(path) in lines[0] and expected in lines[0]
+
+
+def test_config_check_prints_effective_config_with_secrets_redacted(tmp_path: Path) -> None:
+    path = tmp_path / "tradingd.toml"
+    path.write_text(
+        '[database]\nurl = "postgresql://trader:s3cr3t-pw@db.internal:5432/tradingd"\n'
+        + MINIMAL_EXCHANGE
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tradingd", "--config", str(path), "config", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+    assert "trader:***@db.internal" in result.stdout
+    assert '"stop_timeout": 20.0' in result.stdout
+
+
+def test_config_env_variable_selects_file(tmp_path: Path) -> None:
+    path = tmp_path / "other.toml"
+    path.write_text('[daemon]\nstop_timeout = "x"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tradingd", "config", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"TRADINGD_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 78
+    assert str(path) in result.stderr
+
+
+def test_unknown_adapter_lists_available(tmp_path: Path) -> None:
+    path = tmp_path / "tradingd.toml"
+    path.write_text(MINIMAL_EXCHANGE + 'adapter = "kraken"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tradingd", "--config", str(path), "config", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78
+    assert "exchanges.binance.adapter" in result.stderr
+    assert "available: binance, deribit" in result.stderr
+
+
+def test_redact_url() -> None:
+    assert redact_url("postgresql://u:pw@h:1/db") == "postgresql://u:***@h:1/db"
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+    assert redact_url("redis://:pw@h/0") == "redis://:***@h/0"
+
+
+def test_changed_keys() -> None:
+    doc = {"daemon": {"log_level": "INFO"}}
+    a = parse_config(doc)
+    b = parse_config({"daemon": {"log_level": "DEBUG", "stop_timeout": 5}})
+    assert changed_keys(a, b) == ["daemon.log_level", "daemon.stop_timeout"]
+    assert changed_keys(a, a) == []

@@ -1,0 +1,3 @@
+from tradingd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,405 @@
+"""The configuration schema (the one place it is defined) and its loader.
+
+The file is TOML, parsed with ``tomllib`` into frozen msgspec Structs. Anything wrong with it
+raises ``ConfigError`` with one line naming the file, the key path, what was expected and what
+was found; the CLI turns that into exit code 78 (EX_CONFIG), which systemd does not restart.
+
+No secret value lives in the configuration: keys ending in ``_secret`` name a secret *file*
+(see ``tradingd.secrets``). URLs may embed a password; ``redacted()`` hides it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import msgspec.inspect
+from msgspec import Meta
+
+from tradingd.model import Channel
+
+_T = TypeVar("_T")
+
+DEFAULT_CONFIG_PATH = Path("config/tradingd.toml")
+CONFIG_ENV = "TRADINGD_CONFIG"
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+WsUrl = Annotated[str, Meta(pattern=r"^wss?://[^\s/]+")]
+HttpUrl = Annotated[str, Meta(pattern=r"^https?://[^\s/]+")]
+SecretName = Annotated[str, Meta(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})?$")]
+Resolution = Literal["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d"]
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+
+
+class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Empty: $STATE_DIRECTORY (set by systemd's StateDirectory=), else ./.state
+    state_dir: str = ""
+    log_level: LogLevel = "INFO"
+    stop_timeout: PositiveFloat = 20.0
+    mode: Literal["paper", "live"] = "paper"
+    # $CREDENTIALS_DIRECTORY (systemd LoadCredential=) when set; else this; else <state>/secrets
+    secrets_dir: str = ""
+    max_clock_skew: PositiveFloat = 60.0
+    clock_warn_skew: PositiveFloat = 1.0
+    clock_check_interval: PositiveFloat = 600.0
+    status_interval: PositiveFloat = 10.0
+
+
+class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    max_restarts: PositiveInt = 5
+    restart_period: PositiveFloat = 30.0
+    backoff_initial: PositiveFloat = 0.2
+    backoff_max: PositiveFloat = 10.0
+
+
+class DatabaseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Empty: embedded PostgreSQL under the state directory.
+    url: str = ""
+    password_secret: SecretName = ""
+    pool_size: PositiveInt = 8
+    connect_backoff_max: PositiveFloat = 30.0
+    # How long start-up waits for an external server before giving up (0: forever).
+    connect_timeout: NonNegativeFloat = 0.0
+
+
+class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Empty: embedded Redis under the state directory.
+    url: str = ""
+    password_secret: SecretName = ""
+    connect_backoff_max: PositiveFloat = 30.0
+    # How long start-up waits for an external server before giving up (0: forever).
+    connect_timeout: NonNegativeFloat = 0.0
+
+
+class PersisterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    batch_size: PositiveInt = 5000
+    flush_interval: PositiveFloat = 0.05
+    writers: Annotated[int, Meta(ge=1, le=8)] = 3
+    queue_size: PositiveInt = 200_000
+    ticker_snapshot_interval: PositiveFloat = 60.0
+    ticker_queue_size: PositiveInt = 10_000
+    retry_backoff_max: PositiveFloat = 10.0
+
+
+class AnalyzerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    queue_size: PositiveInt = 100_000
+    bucket_seconds: PositiveInt = 60
+    window_buckets: PositiveInt = 60
+    min_buckets: PositiveInt = 10
+    threshold: PositiveFloat = 4.0
+
+
+class BackfillConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    start_date: date = date(2026, 11, 1)
+    resolutions: list[Resolution] = msgspec.field(default_factory=lambda: ["1m"])
+    page_delay: NonNegativeFloat = 0.0
+
+
+class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    ws_url: WsUrl
+    rest_url: HttpUrl
+    adapter: str = ""  # empty: the section name
+    enabled: bool = True
+    symbols: list[Annotated[str, Meta(min_length=1)]] = []
+    channels: list[Channel] = msgspec.field(
+        default_factory=lambda: [Channel.TRADES, Channel.BARS, Channel.TICKERS]
+    )
+    bar_resolution: Resolution = "1m"
+    # Deribit: currencies whose instruments are synchronised.
+    currencies: list[Annotated[str, Meta(min_length=1)]] = []
+    max_streams_per_connection: PositiveInt = 1024
+    request_timeout: PositiveFloat = 10.0
+    reconnect_backoff_initial: PositiveFloat = 0.5
+    reconnect_backoff_max: PositiveFloat = 30.0
+    # A connection that stays up this long resets the reconnect backoff.
+    healthy_after: PositiveFloat = 60.0
+    # Open a replacement connection before the venue's forced cut (Binance: 24 h).
+    rotate_after: PositiveFloat = 23 * 3600.0
+    heartbeat_interval: Annotated[float, Meta(ge=10)] = 30.0
+    # No message on a connection for this long: it is dead, reconnect.
+    stale_after: PositiveFloat = 90.0
+    # A stream with a known cadence (bars) silent for this many of its intervals is
+    # resubscribed (and the connection replaced after repeated tries).
+    stream_stale_multiple: Annotated[float, Meta(ge=1)] = 3.0
+    api_key_secret: SecretName = ""
+    api_secret_secret: SecretName = ""
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    daemon: DaemonConfig = DaemonConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    redis: RedisConfig = RedisConfig()
+    persister: PersisterConfig = PersisterConfig()
+    analyzer: AnalyzerConfig = AnalyzerConfig()
+    backfill: BackfillConfig = BackfillConfig()
+    exchanges: dict[str, ExchangeConfig] = {}
+
+    def enabled_exchanges(self) -> dict[str, ExchangeConfig]:
+        return {name: ex for name, ex in self.exchanges.items() if ex.enabled}
+
+    def adapter_name(self, exchange: str) -> str:
+        return self.exchanges[exchange].adapter or exchange
+
+    def state_path(self) -> Path:
+        configured = self.daemon.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(configured or ".state").absolute()
+
+    def secrets_path(self) -> Path:
+        # systemd's LoadCredential= wins over the configured directory.
+        configured = os.environ.get("CREDENTIALS_DIRECTORY", "") or self.daemon.secrets_dir
+        return Path(configured) if configured else self.state_path() / "secrets"
+
+
+# Settings that a SIGHUP applies to the running daemon; everything else needs a restart.
+LIVE_RELOADABLE = frozenset({"daemon.log_level"})
+
+_EXCHANGE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message is one line for the operator."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + problem)
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+
+
+def resolve_config_path(cli_path: str | None) -> Path:
+    if cli_path:
+        return Path(cli_path)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw_text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    try:
+        document = tomllib.loads(raw_text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "expected UTF-8 text, found undecodable bytes") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"expected valid TOML, found a syntax error ({exc})") from None
+    return parse_config(document, path)
+
+
+def parse_config(document: dict[str, Any], path: Path | str = "<config>") -> Config:
+    document = dict(document)
+    raw_exchanges = document.pop("exchanges", {})
+    base = _convert(document, Config, path, prefix="")
+    if not isinstance(raw_exchanges, dict):
+        raise ConfigError(path, "exchanges", f"expected a table, found {_describe(raw_exchanges)}")
+    exchanges: dict[str, ExchangeConfig] = {}
+    for name, section in raw_exchanges.items():
+        key = f"exchanges.{name}"
+        if not _EXCHANGE_NAME.match(name):
+            raise ConfigError(
+                path, key, "expected an exchange name of lowercase letters, digits and _"
+            )
+        if not isinstance(section, dict):
+            raise ConfigError(path, key, f"expected a table, found {_describe(section)}")
+        exchanges[name] = _convert(section, ExchangeConfig, path, prefix=key)
+    config = msgspec.structs.replace(base, exchanges=exchanges)
+    _check_semantics(config, path)
+    return config
+
+
+def _check_semantics(config: Config, path: Path | str) -> None:
+    for name, exchange in config.exchanges.items():
+        if exchange.enabled and not exchange.symbols:
+            raise ConfigError(
+                path, f"exchanges.{name}.symbols", "expected at least one symbol, found none"
+            )
+        for index, symbol in enumerate(exchange.symbols):
+            if symbol != symbol.strip() or " " in symbol:
+                raise ConfigError(
+                    path,
+                    f"exchanges.{name}.symbols[{index}]",
+                    f"expected a symbol without spaces, found {symbol!r}",
+                )
+    if config.supervisor.backoff_initial > config.supervisor.backoff_max:
+        raise ConfigError(
+            path,
+            "supervisor.backoff_initial",
+            f"expected at most supervisor.backoff_max ({config.supervisor.backoff_max}), "
+            f"found {config.supervisor.backoff_initial}",
+        )
+    if config.analyzer.min_buckets > config.analyzer.window_buckets:
+        raise ConfigError(
+            path,
+            "analyzer.min_buckets",
+            f"expected at most analyzer.window_buckets ({config.analyzer.window_buckets}), "
+            f"found {config.analyzer.min_buckets}",
+        )
+    for url_key, url in (("database.url", config.database.url), ("redis.url", config.redis.url)):
+        if url and not re.match(r"^(postgres(ql)?|rediss?|unix)://", url):
+            raise ConfigError(path, url_key, f"expected a URL, found {redact_url(url)!r}")
+
+
+_MSGSPEC_ERROR = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<where>[^`]*)`)?$", re.DOTALL)
+_EXPECTED_GOT = re.compile(
+    r"^Expected `(?P<expected>[^`]+)`(?P<rest>.*?)(?:, got `(?P<got>[^`]+)`)?$"
+)
+
+
+def _convert(section: dict[str, Any], kind: type[_T], path: Path | str, prefix: str) -> _T:
+    try:
+        return msgspec.convert(section, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _translate(str(exc), section, kind, path, prefix) from None
+
+
+def _translate(
+    message: str, section: dict[str, Any], kind: type[Any], path: Path | str, prefix: str
+) -> ConfigError:
+    match = _MSGSPEC_ERROR.match(message)
+    assert match is not None
+    what, where = match["what"], match["where"] or ""
+    key = _join_key(prefix, where)
+    value_found = _lookup(section, where)
+    if what.startswith("Object contains unknown field"):
+        field = what.split("`")[1]
+        return ConfigError(path, _join_key(key, "." + field), "unknown key")
+    if what.startswith("Object missing required field"):
+        field = what.split("`")[1]
+        return ConfigError(path, _join_key(key, "." + field), "required key is missing")
+    if what.startswith("Invalid enum value"):
+        choices = _choices_at(kind, where)
+        return ConfigError(path, key, f"expected one of {choices}, found {_describe(value_found)}")
+    if what.startswith("Invalid RFC3339 encoded date"):
+        return ConfigError(
+            path, key, f"expected a date (YYYY-MM-DD), found {_describe(value_found)}"
+        )
+    expected_match = _EXPECTED_GOT.match(what)
+    if expected_match:
+        expected = expected_match["expected"] + expected_match["rest"].rstrip(",")
+        for prefix_text, friendly in _FRIENDLY_EXPECTATIONS.items():
+            if expected.startswith(prefix_text):
+                expected = friendly
+        expected = {"object": "a table", "array": "an array"}.get(expected, expected)
+        return ConfigError(path, key, f"expected {expected}, found {_describe(value_found)}")
+    return ConfigError(path, key, f"{what[0].lower()}{what[1:]}, found {_describe(value_found)}")
+
+
+_FRIENDLY_EXPECTATIONS = {
+    "str matching regex '^wss?": "a ws:// or wss:// URL",
+    "str matching regex '^https?": "an http:// or https:// URL",
+    "str matching regex '^([A-Za-z0-9]": "a secret file name (letters, digits, _ . -)",
+}
+
+
+def _choices_at(kind: type[Any], where: str) -> str:
+    """The allowed values of the Literal or Enum field at ``where`` in ``kind``."""
+    info: Any = msgspec.inspect.type_info(kind)
+    for name, _index in _PATH_TOKEN.findall(where):
+        while isinstance(info, msgspec.inspect.UnionType):
+            info = next(t for t in info.types if not isinstance(t, msgspec.inspect.NoneType))
+        if name and isinstance(info, msgspec.inspect.StructType):
+            info = next(f.type for f in info.fields if f.name == name)
+        elif name and isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        elif not name and isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.SetType)):
+            info = info.item_type
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return ", ".join(repr(v) for v in info.values)
+    if isinstance(info, msgspec.inspect.EnumType):
+        return ", ".join(repr(m.value) for m in info.cls)
+    return "the documented values"
+
+
+def _join_key(prefix: str, where: str) -> str:
+    if not prefix:
+        return where.lstrip(".")
+    if not where:
+        return prefix
+    return prefix + where
+
+
+_PATH_TOKEN = re.compile(r"\.(\w+)|\[(\d+)\]")
+
+
+def _lookup(section: Any, where: str) -> Any:
+    value = section
+    for name, index in _PATH_TOKEN.findall(where):
+        try:
+            value = value[name] if name else value[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return value
+
+
+_MISSING = object()
+
+
+def _describe(value: Any) -> str:
+    if value is _MISSING:
+        return "nothing"
+    kind = {
+        bool: "bool",
+        int: "int",
+        float: "float",
+        str: "str",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+    if isinstance(value, (dict, list)):
+        return kind
+    shown = repr(value)
+    if isinstance(value, str):
+        shown = repr(redact_url(value))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{kind} {shown}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs and ``config check``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret-bearing value hidden."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    data["database"]["url"] = redact_url(config.database.url)
+    data["redis"]["url"] = redact_url(config.redis.url)
+    return data
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ between two configurations."""
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}.{k}" if prefix else k)
+        elif a != b:
+            changes.append(prefix)
+
+    walk(msgspec.to_builtins(old), msgspec.to_builtins(new), "")
+    return changes

@@ -1,0 +1,448 @@
+"""The composition root: builds storage, adapters, queues and actors, and runs their lifecycle.
+
+Start-up: storage (embedded or external, retried) → migrations → adapters → clock check →
+per-exchange state on start → queues and actors under the supervisor → READY=1 once every actor
+reported ready. Shutdown (SIGTERM/SIGINT): STOPPING=1 → stop intake (receivers) → close the
+queues and let the persister drain them into PostgreSQL → stop the rest → close connections →
+stop embedded servers → exit 0, all within ``daemon.stop_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from loguru import logger
+
+from tradingd import __version__
+from tradingd.actors.analyzer import Analyzer
+from tradingd.actors.persister import Persister
+from tradingd.actors.receiver import MarketDataOutlets, Receiver
+from tradingd.actors.repairer import GapRepairer
+from tradingd.adapters.base import ExchangeAdapter
+from tradingd.adapters.registry import create_adapter
+from tradingd.clock import ClockCheck, SkewTooLarge
+from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
+from tradingd.exitcodes import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
+from tradingd.logs import set_level
+from tradingd.model import Bar, Channel, DeadLetter, Subscription, Ticker, Trade
+from tradingd.queues import BoundedQueue, OverflowPolicy
+from tradingd.reconcile import StartupStates
+from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
+from tradingd.secrets import SecretStore
+from tradingd.sequencing import Gap, SequenceTracker
+from tradingd.status import STATUS_KEY, DaemonStatus, ExchangeStatus, encode_status, one_line
+from tradingd.storage import Storage, open_storage
+from tradingd.storage.embedded import EmbeddedStorageError
+from tradingd.storage.migrations import migrate
+from tradingd.supervisor import ActorSpec, Supervisor, SupervisorEscalation
+
+_T = TypeVar("_T")
+
+
+class Shutdown(Exception):
+    """Asked to stop before start-up finished."""
+
+
+def subscriptions_for(config: Config, exchange: str) -> list[Subscription]:
+    ex = config.exchanges[exchange]
+    subs: list[Subscription] = []
+    for symbol in ex.symbols:
+        for channel in ex.channels:
+            resolution = ex.bar_resolution if channel is Channel.BARS else ""
+            subs.append(Subscription(channel, symbol, resolution))
+    return subs
+
+
+async def last_sequences(storage: Storage, exchange: str, instruments: list[str]) -> dict[str, int]:
+    rows = await storage.pool.fetch(
+        "SELECT i.name AS instrument_name,"
+        " (SELECT max(trade_seq) FROM public_trades t"
+        "   WHERE t.exchange = $1 AND t.instrument_name = i.name) AS last_seq"
+        " FROM unnest($2::text[]) AS i(name)",
+        exchange,
+        instruments,
+    )
+    return {r["instrument_name"]: r["last_seq"] for r in rows if r["last_seq"] is not None}
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path, *, notifier: Notifier | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        # Read before clear_environment(): the embedded servers must not inherit the socket.
+        self.watchdog_period = watchdog_period()
+        clear_environment()
+        self.started_at_us = time.time_ns() // 1000
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._sigint_count = 0
+        self.storage: Storage | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.adapters: dict[str, ExchangeAdapter] = {}
+        self.receivers: dict[str, list[Receiver]] = {}
+        self.repairers: dict[str, GapRepairer] = {}
+        self.supervisor = Supervisor(config.supervisor, on_escalation=lambda _e: self._stop.set())
+        self.persister: Persister | None = None
+        self.analyzer: Analyzer | None = None
+        self.clock: ClockCheck | None = None
+        self.states: StartupStates | None = None
+        self.queues: list[BoundedQueue[object]] = []
+        self._stored_sequences: dict[str, dict[str, int]] = {}
+        self._exit_code = EX_OK
+
+    # -- signals --------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+
+    def request_stop(self, why: str = "requested") -> None:
+        if not self._stop.is_set():
+            logger.info("stopping ({})", why)
+        self._stop.set()
+
+    def _on_sigint(self) -> None:
+        self._sigint_count += 1
+        if self._sigint_count >= 2:
+            logger.warning("second SIGINT: forcing exit now")
+            os._exit(130)
+        self.request_stop("SIGINT; press Ctrl-C again to force")
+
+    async def _until_stopped(self, work: asyncio.Future[_T]) -> _T:
+        """Await start-up work, giving up if a stop is requested meanwhile."""
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        pending: set[asyncio.Future[Any]] = {work, stop}
+        try:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if work not in done:
+            work.cancel()
+            # Let it clean up (close what it opened) before the shutdown path runs.
+            await asyncio.gather(work, return_exceptions=True)
+            raise Shutdown()
+        return work.result()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.install_signal_handlers()
+        exit_code = EX_OK
+        try:
+            await self._start()
+        except Shutdown:
+            logger.info("stopped during start-up")
+            await self._shutdown()
+            return EX_OK
+        except SkewTooLarge as exc:
+            logger.critical("CRITICAL TIME SKEW DETECTED: {}", exc)
+            self.notifier.failed(0, f"CRITICAL TIME SKEW DETECTED: {exc}")
+            await self._shutdown()
+            return EX_UNAVAILABLE
+        except SupervisorEscalation:
+            # Already logged with the actor's name and last error.
+            await self._shutdown()
+            return EX_SOFTWARE
+        except BaseException:
+            await self._shutdown()
+            raise
+        try:
+            exit_code = await self._serve()
+        finally:
+            await self._shutdown()
+        return exit_code
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.notifier.status("starting: storage")
+        secrets = SecretStore(cfg.secrets_path())
+
+        def on_wait(message: str) -> None:
+            self.notifier.status(message)
+            self.notifier.extend_timeout(60)
+
+        self.storage = await self._until_stopped(
+            asyncio.ensure_future(open_storage(cfg, on_wait=on_wait, secrets=secrets))
+        )
+        self.notifier.status("starting: migrations")
+        applied = await migrate(self.storage.pool)
+        if applied:
+            logger.info("applied migrations: {}", ", ".join(applied))
+        self.http = aiohttp.ClientSession()
+        for name in cfg.enabled_exchanges():
+            self.adapters[name] = create_adapter(cfg, name, self.http, self.config_path)
+
+        self.notifier.status("starting: clock check")
+        self.clock = ClockCheck(cfg.daemon, self.adapters)
+        await self._until_stopped(asyncio.ensure_future(self.clock.check_at_start()))
+
+        self.states = StartupStates(cfg, self.storage, self.adapters, self.clock)
+        await self.states.on_start()
+
+        for name in self.adapters:
+            traded = [
+                s.instrument_name
+                for s in subscriptions_for(cfg, name)
+                if s.channel is Channel.TRADES
+            ]
+            self._stored_sequences[name] = await last_sequences(self.storage, name, traded)
+        self._build_actors()
+        self.notifier.status("starting: actors")
+        await self._until_stopped(asyncio.ensure_future(self.supervisor.wait_ready()))
+
+    def _build_actors(self) -> None:
+        cfg = self.config
+        assert self.storage is not None
+        records: BoundedQueue[Trade | Bar | DeadLetter] = BoundedQueue(
+            "records", cfg.persister.queue_size, OverflowPolicy.BLOCK
+        )
+        tickers: BoundedQueue[Ticker] = BoundedQueue(
+            "tickers",
+            cfg.persister.ticker_queue_size,
+            OverflowPolicy.KEEP_LATEST,
+            key=lambda t: (t.exchange, t.instrument_name),
+        )
+        analysis: BoundedQueue[Trade] | None = None
+        if cfg.analyzer.enabled:
+            analysis = BoundedQueue("analysis", cfg.analyzer.queue_size, OverflowPolicy.DROP_OLDEST)
+        self.queues = [records, tickers]  # type: ignore[list-item]
+        if analysis is not None:
+            self.queues.append(analysis)  # type: ignore[arg-type]
+        self._records, self._tickers, self._analysis = records, tickers, analysis
+
+        specs: list[ActorSpec] = []
+        self.persister = Persister(
+            cfg.persister, self.storage.pool, self.storage.redis, records, tickers
+        )
+        specs.append(ActorSpec(self.persister, checkin_timeout=60.0))
+        if analysis is not None:
+            self.analyzer = Analyzer(cfg.analyzer, self.storage.pool, analysis)
+            specs.append(ActorSpec(self.analyzer, checkin_timeout=60.0))
+        for name, adapter in self.adapters.items():
+            ex = cfg.exchanges[name]
+            gaps: BoundedQueue[Gap] = BoundedQueue(f"gaps:{name}", 10_000, OverflowPolicy.BLOCK)
+            self.queues.append(gaps)  # type: ignore[arg-type]
+            outlets = MarketDataOutlets(records, tickers, analysis, gaps)
+            stored = self._stored_sequences.get(name, {})
+            tracker = SequenceTracker(name, stored)
+            repairer = GapRepairer(
+                name,
+                adapter,
+                self.storage.pool,
+                gaps,
+                stored_sequences=stored,
+                db_backoff_max=cfg.persister.retry_backoff_max,
+                venue_backoff_max=ex.reconnect_backoff_max,
+            )
+            intervals = dict(adapter.stream_intervals())
+            self.repairers[name] = repairer
+            specs.append(ActorSpec(repairer, checkin_timeout=120.0, log_fields={"EXCHANGE": name}))
+            plans = adapter.plan_connections(subscriptions_for(cfg, name))
+            self.receivers[name] = []
+            for index, plan in enumerate(plans):
+                receiver = Receiver(
+                    exchange=name,
+                    index=index,
+                    adapter=adapter,
+                    subscriptions=plan,
+                    config=ex,
+                    outlets=outlets,
+                    tracker=tracker,
+                    rng=random.Random(),
+                    intervals=intervals,
+                    stale_multiple=ex.stream_stale_multiple,
+                )
+                self.receivers[name].append(receiver)
+                specs.append(
+                    ActorSpec(
+                        receiver,
+                        checkin_timeout=ex.stale_after + 30.0,
+                        log_fields={"EXCHANGE": name},
+                    )
+                )
+        self.supervisor.start_all(specs)
+
+    async def _serve(self) -> int:
+        cfg = self.config
+        self.notifier.ready(f"running: {len(self.supervisor.names())} actors")
+        logger.success(
+            "tradingd {} running (pid {}, {} mode): {}",
+            __version__,
+            os.getpid(),
+            cfg.daemon.mode,
+            ", ".join(self.adapters) or "no exchanges",
+        )
+        async with asyncio.TaskGroup() as group:
+            background: list[asyncio.Task[None]] = []
+            period = self.watchdog_period
+            if period is not None:
+                background.append(
+                    group.create_task(watchdog_loop(self.notifier, period, self.healthy))
+                )
+            background.append(group.create_task(self._publish_status_loop()))
+            if self.storage is not None and self.storage.embedded is not None:
+                background.append(group.create_task(self._watch_embedded_storage()))
+            assert self.clock is not None and self.states is not None
+            background.append(group.create_task(self.clock.run_periodic(self.states)))
+            background.append(group.create_task(self.states.run_reconciliation(self)))
+            while not self._stop.is_set():
+                reload = asyncio.ensure_future(self._reload.wait())
+                stop = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait({reload, stop}, return_when=asyncio.FIRST_COMPLETED)
+                reload.cancel()
+                stop.cancel()
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload_config()
+            for task in background:
+                task.cancel()
+        if self.supervisor.escalation is not None:
+            return EX_SOFTWARE
+        return self._exit_code
+
+    async def _watch_embedded_storage(self) -> None:
+        assert self.storage is not None and self.storage.embedded is not None
+        try:
+            await self.storage.embedded.watch()
+        except EmbeddedStorageError as exc:
+            logger.critical("{}; exiting so that systemd restarts tradingd", exc)
+            self._exit_code = EX_UNAVAILABLE
+            self.request_stop("embedded storage died")
+
+    def healthy(self) -> bool:
+        return self.supervisor.healthy()
+
+    def reload_config(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            logger.error("reload rejected, keeping the running configuration: {}", exc)
+            self.notifier.ready("running; reload rejected: invalid configuration")
+            return
+        changes = changed_keys(self.config, new)
+        live = [key for key in changes if key in LIVE_RELOADABLE]
+        restart = [key for key in changes if key not in LIVE_RELOADABLE]
+        if "daemon.log_level" in live:
+            set_level(new.daemon.log_level)
+        if live:
+            logger.info("reload applied: {}", ", ".join(live))
+        if restart:
+            logger.warning("reload: these changes need a restart to apply: {}", ", ".join(restart))
+        if not changes:
+            logger.info("reload: configuration unchanged")
+        self.config = _merge_live(self.config, new)
+        self.notifier.ready("running; configuration reloaded")
+
+    # -- status ---------------------------------------------------------------------------
+
+    def snapshot(self) -> DaemonStatus:
+        exchanges = []
+        for name in self.config.enabled_exchanges():
+            receivers = self.receivers.get(name, [])
+            stats = [r.snapshot() for r in receivers]
+            state, reason = (None, "")
+            if self.states is not None:
+                state, reason = self.states.cached(name)
+            repairer = self.repairers.get(name)
+            exchanges.append(
+                ExchangeStatus(
+                    name=name,
+                    state=state,
+                    state_reason=reason,
+                    connections=len(receivers),
+                    connected=sum(1 for s in stats if s.connected),
+                    trades=sum(s.trades for s in stats),
+                    dead_letters=sum(s.dead_letters for s in stats),
+                    gaps_open=repairer.open_gaps if repairer is not None else 0,
+                    seconds_since_frame=min((s.seconds_since_frame for s in stats), default=-1.0),
+                    last_error=next((s.last_error for s in stats if s.last_error), ""),
+                    repair=repairer.snapshot() if repairer is not None else {},
+                )
+            )
+        return DaemonStatus(
+            pid=os.getpid(),
+            version=__version__,
+            started_at_us=self.started_at_us,
+            updated_at_us=time.time_ns() // 1000,
+            mode=self.config.daemon.mode,
+            exchanges=exchanges,
+            actors=self.supervisor.snapshot(),
+            queues=[q.stats() for q in self.queues],
+            persister=self.persister.stats() if self.persister is not None else {},
+            clock=self.clock.snapshot() if self.clock is not None else {},
+            analyzer=self.analyzer.stats() if self.analyzer is not None else {},
+        )
+
+    async def _publish_status_loop(self) -> None:
+        interval = self.config.daemon.status_interval
+        while True:
+            status = self.snapshot()
+            self.notifier.status(one_line(status))
+            if self.storage is not None:
+                try:
+                    await self.storage.redis.set(
+                        STATUS_KEY, encode_status(status), ex=int(interval * 3) + 1
+                    )
+                except Exception as exc:  # Redis down must not stop the daemon
+                    logger.debug("status not published to Redis: {}", exc)
+            await asyncio.sleep(interval)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        timeout = self.config.daemon.stop_timeout
+        self.notifier.stopping("stopping: draining queues")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def remaining() -> float:
+            return max(0.1, deadline - loop.time())
+
+        try:
+            async with asyncio.timeout(timeout):
+                intake = [r.name for rs in self.receivers.values() for r in rs]
+                await self.supervisor.stop(intake)
+                await self.supervisor.stop([r.name for r in self.repairers.values()])
+                for queue in self.queues:
+                    queue.close()
+                writers = [a.name for a in (self.persister, self.analyzer) if a is not None]
+                await self.supervisor.stop(writers, graceful_timeout=remaining() * 0.8)
+                await self.supervisor.stop_all()
+        except TimeoutError:
+            logger.error("shutdown exceeded daemon.stop_timeout ({} s); cutting it short", timeout)
+            await self.supervisor.stop_all()
+        for adapter in self.adapters.values():
+            await _quietly(adapter.close)
+        if self.http is not None:
+            await _quietly(self.http.close)
+        if self.storage is not None:
+            await _quietly(self.storage.close)
+        logger.info("stopped")
+
+
+def _merge_live(running: Config, new: Config) -> Config:
+    import msgspec
+
+    daemon = msgspec.structs.replace(running.daemon, log_level=new.daemon.log_level)
+    return msgspec.structs.replace(running, daemon=daemon)
+
+
+async def _quietly(close: Callable[[], object]) -> None:
+    try:
+        result = close()
+        if asyncio.iscoroutine(result):
+            await result
+    except Exception as exc:
+        logger.warning("error while closing: {!r}", exc)

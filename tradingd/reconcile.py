@@ -1,0 +1,180 @@
+"""What the daemon does with each exchange's state when it starts, and reconciliation.
+
+- never bootstrapped: not traded; the log says to run ``tradingd --bootstrap`` (market data
+  capture still runs);
+- HEALTHY: goes RECONCILING, and back to HEALTHY only when reconciliation passes (the clock is
+  verified, instruments are fresh, market data flows); otherwise LOCKED with the reason;
+- LOCKED, BOOTSTRAPPING, AUDITING: left as they are, and said so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from tradingd.adapters.base import ExchangeAdapter
+from tradingd.clock import ClockCheck
+from tradingd.config import Config
+from tradingd.state import (
+    ExchangeState,
+    IllegalTransition,
+    StateUnavailable,
+    read_state,
+    transition,
+)
+from tradingd.storage import Storage
+
+if TYPE_CHECKING:
+    from tradingd.daemon import Daemon
+
+DAEMON_OPERATOR = "tradingd"
+# Instruments synchronised longer ago than this are stale: run the bootstrap again.
+INSTRUMENTS_FRESH_FOR = "7 days"
+RECONCILE_TIMEOUT = 120.0
+
+
+class StartupStates:
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        adapters: Mapping[str, ExchangeAdapter],
+        clock: ClockCheck,
+    ) -> None:
+        self._config = config
+        self._storage = storage
+        self._adapters = adapters
+        self._clock = clock
+        self._cache: dict[str, tuple[str | None, str]] = {}
+        self.reconciling: list[str] = []
+
+    def cached(self, exchange: str) -> tuple[str | None, str]:
+        return self._cache.get(exchange, (None, "unknown"))
+
+    async def refresh(self) -> None:
+        for name in self._adapters:
+            try:
+                state = await read_state(self._storage.redis, name)
+            except StateUnavailable as exc:
+                self._cache[name] = (None, f"state unavailable: {exc}")
+                continue
+            previous = self._cache.get(name, (None, ""))
+            if state is not None and state.value != previous[0]:
+                self._cache[name] = (state.value, "")
+
+    async def on_start(self) -> None:
+        for name in self._adapters:
+            log = logger.bind(EXCHANGE=name)
+            try:
+                state = await read_state(self._storage.redis, name)
+            except StateUnavailable as exc:
+                self._cache[name] = (None, str(exc))
+                log.error("cannot read the state of {} ({}); it will not trade", name, exc)
+                continue
+            if state is None:
+                reason = "never bootstrapped: run `tradingd --bootstrap`"
+                self._cache[name] = (None, reason)
+                log.warning(
+                    "{} was never bootstrapped and will not trade; run `tradingd --bootstrap`, "
+                    "verify, then `tradingd unlock` (market data is captured meanwhile)",
+                    name,
+                )
+            elif state is ExchangeState.HEALTHY:
+                await transition(
+                    self._storage.pool,
+                    self._storage.redis,
+                    name,
+                    ExchangeState.RECONCILING,
+                    operator=DAEMON_OPERATOR,
+                    reason="daemon start: reconciling before trading",
+                    only_from=frozenset({ExchangeState.HEALTHY}),
+                )
+                self._cache[name] = (ExchangeState.RECONCILING.value, "reconciling")
+                self.reconciling.append(name)
+            else:
+                hint = {
+                    ExchangeState.LOCKED: "locked; verify the data and run `tradingd unlock`",
+                    ExchangeState.BOOTSTRAPPING: "bootstrap unfinished; run `tradingd --bootstrap`",
+                    ExchangeState.AUDITING: "under audit",
+                    ExchangeState.RECONCILING: "was reconciling when stopped; locking",
+                }[state]
+                if state is ExchangeState.RECONCILING:
+                    await self._lock(name, "daemon restarted during reconciliation")
+                    continue
+                self._cache[name] = (state.value, hint)
+                log.info("{} is {}: {}", name, state.value, hint)
+
+    async def reconciliation_failures(self, name: str, daemon: Daemon) -> list[str]:
+        failures = []
+        if not self._clock.verified.is_set():
+            failures.append(self._clock.unverified_reason)
+        fresh = await self._storage.pool.fetchval(
+            "SELECT count(*) FROM instruments WHERE exchange = $1 AND is_active"
+            f" AND updated_at > now() - interval '{INSTRUMENTS_FRESH_FOR}'",
+            name,
+        )
+        if not fresh:
+            failures.append(f"no active instruments synchronised within {INSTRUMENTS_FRESH_FOR}")
+        receivers = daemon.receivers.get(name, [])
+        if not receivers or not all(r.data_flowing.is_set() for r in receivers):
+            failures.append("market data is not flowing on every connection")
+        return failures
+
+    async def _reconcile_one(self, name: str, daemon: Daemon) -> None:
+        waits = [r.data_flowing.wait() for r in daemon.receivers.get(name, [])]
+        waits.append(self._clock.verified.wait())
+        try:
+            async with asyncio.timeout(RECONCILE_TIMEOUT):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            pass
+        failures = await self.reconciliation_failures(name, daemon)
+        if failures:
+            await self._lock(name, "reconciliation failed: " + "; ".join(failures))
+            return
+        await transition(
+            self._storage.pool,
+            self._storage.redis,
+            name,
+            ExchangeState.HEALTHY,
+            operator=DAEMON_OPERATOR,
+            reason="reconciliation passed: clock verified, instruments fresh, data flowing",
+            only_from=frozenset({ExchangeState.RECONCILING}),
+        )
+        self._cache[name] = (ExchangeState.HEALTHY.value, "reconciled")
+
+    async def run_reconciliation(self, daemon: Daemon) -> None:
+        if self.reconciling:
+            await asyncio.gather(*(self._reconcile_one(n, daemon) for n in self.reconciling))
+        # Keep the cached view (STATUS=, `tradingd status`) in step with operators' commands.
+        while True:
+            await asyncio.sleep(self._config.daemon.status_interval)
+            await self.refresh()
+
+    async def _lock(self, name: str, reason: str) -> None:
+        try:
+            await transition(
+                self._storage.pool,
+                self._storage.redis,
+                name,
+                ExchangeState.LOCKED,
+                operator=DAEMON_OPERATOR,
+                reason=reason,
+            )
+        except IllegalTransition as exc:
+            logger.bind(EXCHANGE=name).info("not locking {}: {}", name, exc)
+            return
+        self._cache[name] = (ExchangeState.LOCKED.value, reason)
+        logger.bind(EXCHANGE=name, STATE="LOCKED").warning("{} locked: {}", name, reason)
+
+    async def lock_all(self, reason: str) -> None:
+        for name in self._adapters:
+            try:
+                state = await read_state(self._storage.redis, name)
+            except StateUnavailable:
+                continue
+            if state in (ExchangeState.HEALTHY, ExchangeState.RECONCILING):
+                await self._lock(name, reason)

@@ -1,0 +1,82 @@
+"""Secrets: one file per secret, never in the configuration, never in a log line.
+
+Read from ``$CREDENTIALS_DIRECTORY`` when systemd's ``LoadCredential=`` set it, else from the
+configured secrets directory. A file that its group or others could read is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class SecretError(Exception):
+    """A secret that cannot be used; the message names the file, never its content."""
+
+
+class Secret:
+    """A secret value that does not show itself in reprs, f-strings or tracebacks."""
+
+    __slots__ = ("_value", "name")
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.name!r}, '***')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.name == self.name and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+class SecretStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def load(self, name: str) -> Secret:
+        if not name or "/" in name or name in (".", ".."):
+            raise SecretError(f"invalid secret name {name!r}")
+        path = self.directory / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SecretError(f"secret file {path} does not exist") from None
+        except OSError as exc:
+            raise SecretError(f"secret file {path} cannot be opened: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SecretError(f"secret file {path} is not a regular file")
+            if info.st_mode & 0o077:
+                raise SecretError(
+                    f"secret file {path} is accessible by group or others "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing it. "
+                    f"Run: chmod 600 {path}"
+                )
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                raw = handle.read()
+        finally:
+            os.close(fd)
+        try:
+            value = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise SecretError(f"secret file {path} is not UTF-8 text") from None
+        if not value:
+            raise SecretError(f"secret file {path} is empty")
+        return Secret(name, value)
+
+    def load_optional(self, name: str) -> Secret | None:
+        return self.load(name) if name else None

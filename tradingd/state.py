@@ -1,0 +1,202 @@
+"""The per-exchange operational state: one table of legal transitions, one function to move.
+
+The current state lives in Redis (``system:state:<exchange>``) where every actor can read it;
+every transition is recorded with who, why and when, in PostgreSQL ``state_transitions`` and in
+the Redis list ``system:state:<exchange>:history``. Reads fail closed: when the state cannot be
+read, nothing may trade.
+"""
+
+from __future__ import annotations
+
+import enum
+import getpass
+import os
+import time
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+from loguru import logger
+from redis.exceptions import RedisError, WatchError
+
+
+class ExchangeState(enum.StrEnum):
+    BOOTSTRAPPING = "BOOTSTRAPPING"
+    RECONCILING = "RECONCILING"
+    HEALTHY = "HEALTHY"
+    LOCKED = "LOCKED"
+    AUDITING = "AUDITING"
+
+
+S = ExchangeState
+
+# from-state (None: never set) -> the states it may move to.
+LEGAL_TRANSITIONS: dict[ExchangeState | None, frozenset[ExchangeState]] = {
+    None: frozenset({S.BOOTSTRAPPING}),
+    S.BOOTSTRAPPING: frozenset({S.BOOTSTRAPPING, S.LOCKED}),
+    S.LOCKED: frozenset({S.BOOTSTRAPPING, S.HEALTHY, S.AUDITING, S.LOCKED}),
+    S.HEALTHY: frozenset({S.RECONCILING, S.LOCKED, S.AUDITING, S.BOOTSTRAPPING}),
+    S.RECONCILING: frozenset({S.HEALTHY, S.LOCKED, S.BOOTSTRAPPING}),
+    S.AUDITING: frozenset({S.LOCKED, S.HEALTHY}),
+}
+
+KILL_SWITCH_KEY = "system:kill_switch"
+HISTORY_LENGTH = 1000
+
+
+def state_key(exchange: str) -> str:
+    return f"system:state:{exchange}"
+
+
+def history_key(exchange: str) -> str:
+    return f"system:state:{exchange}:history"
+
+
+class IllegalTransition(Exception):
+    def __init__(
+        self, exchange: str, from_state: ExchangeState | None, to_state: ExchangeState
+    ) -> None:
+        allowed = ", ".join(sorted(LEGAL_TRANSITIONS[from_state])) or "nothing"
+        super().__init__(
+            f"{exchange}: {from_state or 'no state'} -> {to_state} is not allowed "
+            f"(from {from_state or 'no state'} only: {allowed})"
+        )
+        self.exchange = exchange
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+class StateUnavailable(Exception):
+    """The shared state cannot be read; callers must act as if trading were locked."""
+
+
+class Transition(msgspec.Struct, frozen=True):
+    exchange: str
+    from_state: str | None
+    to_state: str
+    operator: str
+    reason: str
+    at_us: int
+
+
+def current_operator() -> str:
+    """The human behind a CLI command (through sudo too), else the process's user."""
+    for variable in ("SUDO_USER", "USER", "LOGNAME"):
+        value = os.environ.get(variable)
+        if value:
+            return value
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+async def read_state(redis: aioredis.Redis, exchange: str) -> ExchangeState | None:
+    try:
+        raw = await redis.get(state_key(exchange))
+    except (RedisError, OSError) as exc:
+        raise StateUnavailable(f"cannot read {state_key(exchange)}: {exc}") from exc
+    if raw is None:
+        return None
+    text = _text(raw)
+    try:
+        return ExchangeState(text)
+    except ValueError:
+        raise StateUnavailable(f"{state_key(exchange)} holds an unknown state {text!r}") from None
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+async def may_trade(redis: aioredis.Redis, exchange: str) -> bool:
+    """True only when the exchange is HEALTHY and the kill switch is off; False on any doubt."""
+    try:
+        state = await read_state(redis, exchange)
+        kill = await redis.get(KILL_SWITCH_KEY)
+    except (StateUnavailable, RedisError, OSError):
+        return False
+    return state is ExchangeState.HEALTHY and not kill
+
+
+async def transition(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    exchange: str,
+    to_state: ExchangeState,
+    *,
+    operator: str,
+    reason: str,
+    only_from: frozenset[ExchangeState | None] | None = None,
+) -> Transition:
+    """Move ``exchange`` to ``to_state`` if the table allows it, and record who, why and when.
+
+    ``only_from`` narrows the legal starting states further for this call (for example, daemon
+    start-up moves HEALTHY to RECONCILING but must leave a LOCKED exchange alone); a state outside
+    it raises ``IllegalTransition`` too. Redis and PostgreSQL are updated together: the
+    PostgreSQL row commits only if the Redis compare-and-set succeeded.
+    """
+    if not reason.strip():
+        raise ValueError("a state transition needs a reason")
+    key = state_key(exchange)
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(),
+        redis.pipeline(transaction=True) as pipe,
+    ):
+        while True:
+            await pipe.watch(key)
+            raw = await pipe.get(key)
+            current = ExchangeState(_text(raw)) if raw else None
+            if to_state not in LEGAL_TRANSITIONS[current] or (
+                only_from is not None and current not in only_from
+            ):
+                raise IllegalTransition(exchange, current, to_state)
+            record = Transition(
+                exchange=exchange,
+                from_state=current.value if current else None,
+                to_state=to_state.value,
+                operator=operator,
+                reason=reason,
+                at_us=time.time_ns() // 1000,
+            )
+            try:
+                # A savepoint: a lost compare-and-set race leaves no row behind.
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO state_transitions"
+                        " (exchange, from_state, to_state, operator, reason, at)"
+                        " VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1e6))",
+                        exchange,
+                        record.from_state,
+                        record.to_state,
+                        operator,
+                        reason,
+                        record.at_us,
+                    )
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, to_state.value)
+                    pipe.lpush(history_key(exchange), msgspec.json.encode(record))
+                    pipe.ltrim(history_key(exchange), 0, HISTORY_LENGTH - 1)
+                    await pipe.execute()
+                break
+            except WatchError:
+                continue
+    logger.bind(EXCHANGE=exchange, STATE=to_state.value).info(
+        "state {} -> {} by {}: {}", record.from_state or "none", to_state.value, operator, reason
+    )
+    return record
+
+
+async def history(
+    pool: asyncpg.Pool, exchange: str | None = None, limit: int = 50
+) -> list[Transition]:
+    rows = await pool.fetch(
+        "SELECT exchange, from_state, to_state, operator, reason,"
+        " (extract(epoch FROM at) * 1e6)::bigint AS at_us"
+        " FROM state_transitions WHERE $1::text IS NULL OR exchange = $1"
+        " ORDER BY at DESC, id DESC LIMIT $2",
+        exchange,
+        limit,
+    )
+    return [Transition(**dict(row)) for row in rows]
