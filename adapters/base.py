@@ -59,11 +59,17 @@ class MarketDataSession(Protocol):
 
     async def unsubscribe(self, subscriptions: Sequence[Subscription]) -> None: ...
 
-    def batches(self) -> AsyncIterator[list[MarketEvent]]:
-        """Canonical records, one list per received frame; ends when the connection closes.
+    frames_received: int
+    """Frames read from the connection so far, keep-alives and replies included."""
 
-        Keep-alives (pings, heartbeats, ``test_request``) are answered inside; a frame that
-        cannot be parsed becomes a ``DeadLetter`` record and the stream goes on.
+    def batches(self) -> AsyncIterator[list[MarketEvent]]:
+        """Canonical records, in arrival order; ends when the connection closes.
+
+        One list per burst: the frame that ended the wait and those already received behind
+        it, so a busy stream is handed over in few lists. A list may be empty (keep-alives,
+        replies): every list is a sign of life. Keep-alives (pings, heartbeats,
+        ``test_request``) are answered inside; a frame that cannot be parsed becomes a
+        ``DeadLetter`` record and the stream goes on.
         """
         ...
 

@@ -116,6 +116,7 @@ class FakeSession:
             self.flowing.set()
         self.muted = muted
         self.closed = False
+        self.frames_received = 0
         self.calls: list[tuple[str, list[Subscription]]] = []
 
     def deliver(self, batch: list[MarketEvent]) -> None:
@@ -140,6 +141,7 @@ class FakeSession:
             batch = await self.frames.get()
             if batch is None:
                 return
+            self.frames_received += 1
             yield batch
 
     async def close(self) -> None:

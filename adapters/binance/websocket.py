@@ -3,8 +3,9 @@
 It answers the venue's pings (echoing the payload), sends live SUBSCRIBE/UNSUBSCRIBE batched
 into few messages, and keeps every message it sends, pongs included, under the venue's budget
 of 5 incoming messages per second per connection (exceeding it gets the connection cut, and
-repeating that gets the IP banned). Every received frame, keep-alives included, yields one
-list, so the receiver can treat any frame as a sign of life.
+repeating that gets the IP banned). The frames received by the time one is read, keep-alives
+included, yield one list (``tradingd.adapters.transport``), so the receiver can treat any list,
+even an empty one, as a sign of life.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from loguru import logger
 
 from tradingd.adapters.base import ParseError, VenueUnavailable
 from tradingd.adapters.binance.parsing import BinanceParser, FrameParseError, stream_name
+from tradingd.adapters.transport import buffered_frames
 from tradingd.model import DeadLetter, MarketEvent, Subscription
 
 VENUE_MAX_STREAMS_PER_CONNECTION: Final = 1024
@@ -102,6 +104,7 @@ class BinanceMarketDataSession:
         self._next_id = 1
         self._ignored_kinds = 0
         self.pongs_sent = 0
+        self.frames_received = 0
         self._log = logger.bind(EXCHANGE=exchange)
 
     async def subscribe(self, subscriptions: Sequence[Subscription]) -> None:
@@ -167,29 +170,37 @@ class BinanceMarketDataSession:
         ping, pong = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG
         while True:
             message = await ws.receive()
-            received_us = clock_ns() // 1000
-            kind = message.type
-            if kind is text or kind is binary:
-                try:
-                    events = parse(message.data, received_us)
-                except ParseError as exc:
-                    events = [self._dead_letter(message.data, exc, received_us)]
-                if len(self.parser.ignored) != self._ignored_kinds:
-                    self._note_ignored()
-                yield events
-            elif kind is ping:
-                await self._send_pong(message.data)
-                yield []
-            elif kind is pong:
-                yield []
-            else:
-                self._log.info(
-                    "connection {} ended: {} (close code {})",
-                    self._source,
-                    kind.name,
-                    ws.close_code,
-                )
-                return
+            # This frame and those already received behind it: one list for all of them.
+            more = buffered_frames(ws)
+            events: list[MarketEvent] = []
+            while True:
+                received_us = clock_ns() // 1000
+                self.frames_received += 1
+                kind = message.type
+                if kind is text or kind is binary:
+                    try:
+                        events += parse(message.data, received_us)
+                    except ParseError as exc:
+                        events.append(self._dead_letter(message.data, exc, received_us))
+                elif kind is ping:
+                    await self._send_pong(message.data)
+                elif kind is not pong:
+                    if events:
+                        yield events
+                    self._log.info(
+                        "connection {} ended: {} (close code {})",
+                        self._source,
+                        kind.name,
+                        ws.close_code,
+                    )
+                    return
+                if more == 0:
+                    break
+                more -= 1
+                message = await ws.receive()
+            if len(self.parser.ignored) != self._ignored_kinds:
+                self._note_ignored()
+            yield events
 
     def _dead_letter(self, payload: bytes | str, exc: ParseError, received_us: int) -> DeadLetter:
         stream = exc.stream if isinstance(exc, FrameParseError) else ""

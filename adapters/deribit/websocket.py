@@ -2,8 +2,9 @@
 
 The session enables Deribit's heartbeat, answers every ``test_request`` with ``public/test``,
 subscribes in few, large ``public/subscribe`` calls (they cost 3000 credits each) and compares
-each subscribe result with what it asked for. ``batches()`` yields one list per received frame,
-empty for keep-alives and replies, so the receiver can count every frame as liveness.
+each subscribe result with what it asked for. ``batches()`` yields one list for the frames
+received by the time one is read (``tradingd.adapters.transport``), empty for keep-alives and
+replies, so the receiver can count every list as liveness.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tradingd.adapters.deribit.parsing import (
     parse_channel_list,
     parse_frame,
 )
+from tradingd.adapters.transport import buffered_frames
 from tradingd.model import Bar, DeadLetter, MarketEvent, StreamNotice, Subscription
 
 # Deribit rejects frames over 32 kB; leave room for the envelope.
@@ -91,6 +93,7 @@ class DeribitSession:
         # The newest bar per (instrument, resolution): marked closed when a later one arrives.
         self._open_bars: dict[tuple[str, str], Bar] = {}
         self.channels: set[str] = set()
+        self.frames_received = 0
         self._log = logger.bind(EXCHANGE=exchange)
 
     # ---------------------------------------------------------------------------- requests
@@ -142,6 +145,7 @@ class DeribitSession:
                 while self._pending:
                     message = await self._ws.receive()
                     received_us = _now_us()
+                    self.frames_received += 1
                     if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                         raise VenueUnavailable(
                             f"connection closed while waiting for replies ({message.type.name})"
@@ -166,16 +170,27 @@ class DeribitSession:
         text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
         while True:
             message = await ws.receive()
-            received_us = time.time_ns() // 1000
-            kind = message.type
-            if kind is text or kind is binary:
-                yield await handle(message.data, received_us)
-            else:
-                if not self._closed:
-                    self._log.info(
-                        "Deribit connection ended ({}, code {})", kind.name, ws.close_code
-                    )
-                return
+            # This frame and those already received behind it: one list for all of them.
+            more = buffered_frames(ws)
+            events: list[MarketEvent] = []
+            while True:
+                received_us = time.time_ns() // 1000
+                self.frames_received += 1
+                kind = message.type
+                if kind is not text and kind is not binary:
+                    if events:
+                        yield events
+                    if not self._closed:
+                        self._log.info(
+                            "Deribit connection ended ({}, code {})", kind.name, ws.close_code
+                        )
+                    return
+                events += await handle(message.data, received_us)
+                if more == 0:
+                    break
+                more -= 1
+                message = await ws.receive()
+            yield events
 
     async def _handle(self, payload: bytes | str, received_us: int) -> list[MarketEvent]:
         try:

@@ -26,6 +26,7 @@ from tradingd.adapters.binance import BinanceAdapter, BinanceMarketDataSession
 from tradingd.adapters.binance.http import BinanceRestClient, RequestRejected
 from tradingd.adapters.binance.websocket import OutgoingMessageBudget
 from tradingd.adapters.registry import load_adapter
+from tradingd.adapters.transport import buffered_frames
 from tradingd.config import ExchangeConfig
 from tradingd.model import (
     Bar,
@@ -232,6 +233,31 @@ async def test_server_pings_are_answered_with_the_same_payload(
     records, frames = await reader
     assert records == []  # pings are keep-alives: an empty batch each
     assert frames >= 3
+
+
+async def test_frames_already_received_are_handed_over_in_one_list(
+    fake: FakeBinance, adapter: BinanceAdapter
+) -> None:
+    session = await adapter.connect(ALL_CHANNELS[:1])
+    await fake.wait_subscribed("BTCUSDT", "trades")
+    frames_before = session.frames_received
+    published = fake.publish_trades("BTCUSDT", 300)
+
+    records, lists = await collect(session, lambda r: len(r) >= 300)
+
+    assert [t.trade_seq for t in of_type(records, Trade)] == [p["t"] for p in published]
+    assert session.frames_received - frames_before == 300
+    # Published in one go, they arrive in few socket reads: far fewer lists than frames.
+    print(f"300 frames in {lists} lists")
+    assert lists <= 30
+    # Each frame keeps the time it was read, in order.
+    received = [t.received_us for t in of_type(records, Trade)]
+    assert received == sorted(received)
+    await session.close()
+
+
+def test_burst_size_falls_back_to_one_frame_without_the_reader_buffer() -> None:
+    assert buffered_frames(object()) == 0  # type: ignore[arg-type]
 
 
 async def test_several_connections_when_over_the_stream_limit(

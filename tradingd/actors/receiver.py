@@ -55,8 +55,8 @@ _T = TypeVar("_T")
 
 _CONNECT_ERRORS = (VenueUnavailable, aiohttp.ClientError, OSError, TimeoutError)
 
-# Frames a replacement connection may hold back before it stops reading (back-pressure).
-HOLD_LIMIT = 10_000
+# Records a replacement connection may hold back before it stops reading (back-pressure).
+HOLD_LIMIT = 20_000
 # A silent stream is resubscribed this many times before the connection is replaced.
 MAX_RESUBSCRIBES = 3
 DEFAULT_STALE_MULTIPLE = 3.0
@@ -107,6 +107,7 @@ class _Link:
         self.holding = holding
         self.discard = False
         self.held: collections.deque[list[MarketEvent]] = collections.deque()
+        self.held_records = 0
         self.room = asyncio.Event()
         self.room.set()
         # Set once a frame with market data (not only keep-alives or replies) arrived.
@@ -114,7 +115,7 @@ class _Link:
         # Set whenever the venue confirms an unsubscribe on this connection.
         self.unsubscribed = asyncio.Event()
         self.last_frame = now
-        self.frames = 0
+        self.frames_seen = 0
         # True while the reader waits for room in our queues (not the venue's silence).
         self.routing = False
 
@@ -296,11 +297,12 @@ class Receiver:
         await _first(fresh.delivered.wait(), fresh_reader, limit=self._config.stale_after)
         # A quiet market sends no data on either connection: a replacement that is alive
         # (its keep-alives or replies arrive) is as good as the old one then.
-        alive = not fresh_reader.done() and fresh.frames > 0
+        alive = not fresh_reader.done() and fresh.frames_seen > 0
         if not fresh.delivered.is_set() and not alive:
             ctx.log.warning("rotation: the replacement delivered nothing; dropping it")
             fresh.discard = True
             fresh.held.clear()
+            fresh.held_records = 0
             fresh.room.set()
             await replacement.close()
             await asyncio.wait({fresh_reader})
@@ -324,12 +326,12 @@ class Receiver:
         # trades the tracker has already accepted.
         await asyncio.wait({reader})
         self._tracker.resumed(self._tracked, "rotation")
-        held = len(fresh.held)
+        held = fresh.held_records
         duplicates = self._tracker.duplicates
         await self._release(ctx, fresh)
         self.stats.rotations += 1
         ctx.log.info(
-            "rotation complete in {:.3f} s ({} frames held, {} overlapping trades dropped)",
+            "rotation complete in {:.3f} s ({} records held, {} overlapping trades dropped)",
             loop.time() - started,
             held,
             self._tracker.duplicates - duplicates,
@@ -340,7 +342,9 @@ class Receiver:
         """Route what ``link`` held back, in order, then let its reader route directly."""
         loop = asyncio.get_running_loop()
         while link.held:
-            await self._route(ctx, link, link.held.popleft(), loop.time())
+            batch = link.held.popleft()
+            link.held_records -= len(batch)
+            await self._route(ctx, link, batch, loop.time())
         # No await between the emptiness check and this: the reader cannot slip a frame past.
         link.holding = False
         link.room.set()
@@ -350,19 +354,21 @@ class Receiver:
         async with asyncio.TaskGroup() as group:
             guard = group.create_task(self._close_when_silent(ctx, link))
             try:
-                async for batch in link.session.batches():
+                session = link.session
+                async for batch in session.batches():
                     now = loop.time()
                     link.last_frame = self._last_frame = now
-                    link.frames += 1
+                    self.stats.frames += session.frames_received - link.frames_seen
+                    link.frames_seen = session.frames_received
                     ctx.checkin()
-                    self.stats.frames += 1
                     if not batch or link.discard:
                         continue
                     if link.holding:
                         link.held.append(batch)
+                        link.held_records += len(batch)
                         if not link.delivered.is_set() and _carries_market_data(batch):
                             link.delivered.set()
-                        if len(link.held) >= HOLD_LIMIT:
+                        if link.held_records >= HOLD_LIMIT:
                             link.room.clear()
                             await link.room.wait()
                         continue
@@ -445,7 +451,7 @@ class Receiver:
         except _CONNECT_ERRORS as exc:
             ctx.log.info("resubscribing failed ({}); the connection is going away", exc)
 
-    # -- routing (the hot path: once per frame, not per record) ----------------------------
+    # -- routing (the hot path: once per burst of frames, not per record) -------------------
 
     async def _route(
         self, ctx: ActorContext, link: _Link, batch: list[MarketEvent], now: float
