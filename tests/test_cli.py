@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.e2e.harness import ExchangeEndpoint, write_config
-from tradingd.state import ExchangeState, transition
+from tradingd.state import ExchangeState, may_trade, read_state, transition
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ def tradingd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         ["status"],
         ["unlock"],
         ["lock"],
+        ["kill-switch"],
         ["state", "history"],
         ["dlq", "list"],
         ["dlq", "show"],
@@ -131,6 +132,39 @@ async def test_lock_and_state_history_record_the_operator(
 
     unknown = tradingd(config_path, "lock", "--exchange", "kraken", "--reason", "x")
     assert unknown.returncode != 0 and "unknown exchange 'kraken'" in unknown.stderr
+
+
+async def test_kill_switch_stops_trading_everywhere_and_is_recorded(
+    config_path: Path, pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    for state in (ExchangeState.BOOTSTRAPPING, ExchangeState.LOCKED, ExchangeState.HEALTHY):
+        await transition(pool, rds, "binance", state, operator="setup", reason="test setup")
+    assert await may_trade(rds, "binance")
+    shown = tradingd(config_path, "kill-switch")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "kill switch: off\n"
+
+    assert tradingd(config_path, "kill-switch", "on").returncode == 64  # no reason
+    assert await may_trade(rds, "binance")
+    on = tradingd(config_path, "kill-switch", "on", "--reason", "venue hacked")
+    assert on.returncode == 0, on.stderr
+    assert "kill switch: ON since " in on.stdout and "by olga: venue hacked" in on.stdout
+    assert not await may_trade(rds, "binance")
+    assert await read_state(rds, "binance") is ExchangeState.HEALTHY
+    report = json.loads(tradingd(config_path, "status", "--json").stdout)
+    assert report["kill_switch"].startswith("ON since ")
+    assert "kill switch: ON since" in tradingd(config_path, "status").stdout
+
+    off = tradingd(config_path, "kill-switch", "off", "--reason", "all clear")
+    assert off.returncode == 0 and off.stdout == "kill switch: off\n"
+    assert await may_trade(rds, "binance")
+    events = await pool.fetch(
+        "SELECT kind, detail FROM system_events WHERE exchange = 'all' ORDER BY id"
+    )
+    assert [(e["kind"], json.loads(e["detail"])) for e in events] == [
+        ("kill_switch_on", {"operator": "olga", "reason": "venue hacked"}),
+        ("kill_switch_off", {"operator": "olga", "reason": "all clear"}),
+    ]
 
 
 async def test_status_and_migrate(config_path: Path) -> None:

@@ -15,12 +15,15 @@ from tradingd.state import (
     LEGAL_TRANSITIONS,
     ExchangeState,
     IllegalTransition,
+    KillSwitch,
     StateUnavailable,
     Transition,
     history,
     history_key,
     may_trade,
+    read_kill_switch,
     read_state,
+    set_kill_switch,
     state_key,
     transition,
 )
@@ -136,14 +139,29 @@ async def test_trading_requires_healthy_and_no_kill_switch(
     for step in (S.BOOTSTRAPPING, S.LOCKED, S.HEALTHY):
         await transition(pool, redis, "binance", step, operator="t", reason="setup")
     assert await may_trade(redis, "binance")
+    # Set by hand: any value is on, and says why.
     await redis.set(KILL_SWITCH_KEY, "operator pressed the button")
     assert not await may_trade(redis, "binance")
+    assert await read_kill_switch(redis) == KillSwitch(
+        reason="operator pressed the button", operator="unknown", at_us=0
+    )
+    assert await set_kill_switch(pool, redis, on=False, operator="t", reason="all clear") is None
+    assert await may_trade(redis, "binance")
+    switch = await set_kill_switch(pool, redis, on=True, operator="t", reason="venue hacked")
+    assert await read_kill_switch(redis) == switch
+    assert not await may_trade(redis, "binance")
+    assert await read_state(redis, "binance") is S.HEALTHY  # the states are left as they are
+    with pytest.raises(ValueError, match="needs a reason"):
+        await set_kill_switch(pool, redis, on=False, operator="t", reason=" ")
+    assert await read_kill_switch(redis) == switch
 
 
 async def test_reads_fail_closed() -> None:
     unreachable = aioredis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
     with pytest.raises(StateUnavailable):
         await read_state(unreachable, "binance")
+    with pytest.raises(StateUnavailable):
+        await read_kill_switch(unreachable)
     assert not await may_trade(unreachable, "binance")
     await unreachable.aclose()
 

@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
             cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    kill = commands.add_parser(
+        "kill-switch",
+        help="stop all trading on every exchange at once (on), allow it again (off), or show",
+    )
+    kill.add_argument("action", choices=("on", "off", "show"), nargs="?", default="show")
+    kill.add_argument("--reason", metavar="TEXT", help="why (recorded with your name)")
+
     state = commands.add_parser("state", help="state transition records")
     state_sub = state.add_subparsers(dest="state_command", metavar="ACTION", required=True)
     hist = state_sub.add_parser("history", help="recent transitions, newest first")
@@ -152,6 +159,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
         "status": commands.status,
         "unlock": commands.unlock,
         "lock": commands.lock,
+        "kill-switch": commands.kill_switch,
         "state": commands.state_history,
         "dlq": commands.dlq,
     }

@@ -21,10 +21,13 @@ from tradingd.secrets import SecretStore
 from tradingd.state import (
     ExchangeState,
     IllegalTransition,
+    KillSwitch,
     StateUnavailable,
     current_operator,
     history,
+    read_kill_switch,
     read_state,
+    set_kill_switch,
     transition,
 )
 from tradingd.status import STATUS_KEY, DaemonStatus, decode_status
@@ -119,6 +122,7 @@ class _StatusReport(msgspec.Struct):
     states: dict[str, dict[str, str | None]]
     open_gaps: list[dict[str, object]]
     dead_letters: int
+    kill_switch: str = "unknown"
     running: DaemonStatus | None = None
 
 
@@ -136,6 +140,10 @@ async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
         async with storage_for(config) as storage:
             report.database = "ok" if await storage.pool.fetchval("SELECT 1") == 1 else "error"
             report.redis = "ok" if await storage.redis.ping() else "error"
+            try:
+                report.kill_switch = describe_kill_switch(await read_kill_switch(storage.redis))
+            except StateUnavailable as exc:
+                report.kill_switch = f"unknown ({exc}): trading counts as stopped"
             for name in config.enabled_exchanges():
                 try:
                     state = await read_state(storage.redis, name)
@@ -180,6 +188,7 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
     print(f"config:   {report.config}")
     print(f"daemon:   {report.daemon}")
     print(f"storage:  database {report.database}, redis {report.redis}")
+    print(f"kill switch: {report.kill_switch}")
     print("exchanges:")
     running = {e.name: e for e in report.running.exchanges} if report.running else {}
     for name, st in report.states.items():
@@ -249,6 +258,40 @@ async def lock(args: argparse.Namespace, config: Config, path: Path) -> int:
                 print(f"tradingd: {exc}", file=sys.stderr)
                 code = EX_FAILURE
     return code
+
+
+async def kill_switch(args: argparse.Namespace, config: Config, path: Path) -> int:
+    if args.action != "show" and not args.reason:
+        print(f"tradingd: error: kill-switch {args.action} needs --reason TEXT", file=sys.stderr)
+        return EX_USAGE
+    async with storage_for(config) as storage:
+        if args.action == "show":
+            try:
+                switch = await read_kill_switch(storage.redis)
+            except StateUnavailable as exc:
+                print(f"tradingd: {exc}; trading counts as stopped", file=sys.stderr)
+                return EX_UNAVAILABLE
+        else:
+            switch = await set_kill_switch(
+                storage.pool,
+                storage.redis,
+                on=args.action == "on",
+                operator=current_operator(),
+                reason=args.reason,
+            )
+    print(f"kill switch: {describe_kill_switch(switch)}")
+    return EX_OK
+
+
+def describe_kill_switch(switch: KillSwitch | None) -> str:
+    if switch is None:
+        return "off"
+    since = (
+        time.strftime(" since %Y-%m-%d %H:%M:%SZ", time.gmtime(switch.at_us / 1e6))
+        if switch.at_us
+        else ""
+    )
+    return f"ON{since} by {switch.operator}: {switch.reason} (nothing trades)"
 
 
 async def unlock(args: argparse.Namespace, config: Config, path: Path) -> int:

@@ -2,8 +2,9 @@
 
 The current state lives in Redis (``system:state:<exchange>``) where every actor can read it;
 every transition is recorded with who, why and when, in PostgreSQL ``state_transitions`` and in
-the Redis list ``system:state:<exchange>:history``. Reads fail closed: when the state cannot be
-read, nothing may trade.
+the Redis list ``system:state:<exchange>:history``. Above every exchange's state sits the kill
+switch (``system:kill_switch``): while it is on, nothing trades anywhere. Reads fail closed:
+when the state or the switch cannot be read, nothing may trade.
 """
 
 from __future__ import annotations
@@ -109,14 +110,63 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+class KillSwitch(msgspec.Struct, frozen=True):
+    """The kill switch while it is on: nothing trades on any exchange, whatever its state."""
+
+    reason: str
+    operator: str
+    at_us: int
+
+
+async def read_kill_switch(redis: aioredis.Redis) -> KillSwitch | None:
+    """The kill switch if it is on, None if off; any value at all counts as on."""
+    try:
+        raw = await redis.get(KILL_SWITCH_KEY)
+    except (RedisError, OSError) as exc:
+        raise StateUnavailable(f"cannot read {KILL_SWITCH_KEY}: {exc}") from exc
+    if raw is None:
+        return None
+    try:
+        return msgspec.json.decode(raw, type=KillSwitch)
+    except msgspec.MsgspecError:
+        # Set by hand (``redis-cli SET system:kill_switch 1``): on, with the value as reason.
+        return KillSwitch(reason=_text(raw), operator="unknown", at_us=0)
+
+
+async def set_kill_switch(
+    pool: asyncpg.Pool, redis: aioredis.Redis, *, on: bool, operator: str, reason: str
+) -> KillSwitch | None:
+    """Turn the kill switch on or off; recorded in ``system_events`` with who and why.
+
+    The record is written first: a switch that cannot be recorded is not changed.
+    """
+    if not reason.strip():
+        raise ValueError("the kill switch needs a reason")
+    switch = KillSwitch(reason=reason, operator=operator, at_us=time.time_ns() // 1000)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO system_events (kind, exchange, detail) VALUES ($1, 'all', $2::jsonb)",
+            "kill_switch_on" if on else "kill_switch_off",
+            msgspec.json.encode({"operator": operator, "reason": reason}).decode(),
+        )
+        if on:
+            await redis.set(KILL_SWITCH_KEY, msgspec.json.encode(switch))
+        else:
+            await redis.delete(KILL_SWITCH_KEY)
+    logger.bind(STATE="KILL_SWITCH").warning(
+        "kill switch {} by {}: {}", "ON" if on else "off", operator, reason
+    )
+    return switch if on else None
+
+
 async def may_trade(redis: aioredis.Redis, exchange: str) -> bool:
     """True only when the exchange is HEALTHY and the kill switch is off; False on any doubt."""
     try:
         state = await read_state(redis, exchange)
-        kill = await redis.get(KILL_SWITCH_KEY)
-    except (StateUnavailable, RedisError, OSError):
+        switch = await read_kill_switch(redis)
+    except StateUnavailable:
         return False
-    return state is ExchangeState.HEALTHY and not kill
+    return state is ExchangeState.HEALTHY and switch is None
 
 
 async def transition(

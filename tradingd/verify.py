@@ -44,11 +44,11 @@ from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from tradingd.model import Channel
 from tradingd.secrets import SecretStore
 from tradingd.state import (
-    KILL_SWITCH_KEY,
     ExchangeState,
     IllegalTransition,
     StateUnavailable,
     current_operator,
+    read_kill_switch,
     read_state,
     transition,
 )
@@ -200,7 +200,11 @@ def evaluate(facts: ExchangeFacts, max_skew: float, warn_skew: float) -> list[Ch
         )
     if facts.kill_switch:
         checks.append(
-            Check("kill switch", "warn", "the kill switch is on: nothing trades until it is off")
+            Check(
+                "kill switch",
+                "warn",
+                "the kill switch is on: nothing trades until `tradingd kill-switch off`",
+            )
         )
     return checks
 
@@ -313,10 +317,10 @@ async def gather_facts(
         exchange,
     )
     try:
-        facts.kill_switch = bool(await redis.get(KILL_SWITCH_KEY))
-    except Exception as exc:  # an unreadable kill switch must not read as "off"
+        facts.kill_switch = await read_kill_switch(redis) is not None
+    except StateUnavailable as exc:  # an unreadable kill switch must not read as "off"
         facts.kill_switch = True
-        logger.warning("cannot read the kill switch: {}", exc)
+        logger.warning("{}", exc)
     if adapter is None:
         facts.clock_error = "no adapter"
     else:
