@@ -53,6 +53,7 @@ def tradingd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         ["unlock"],
         ["lock"],
         ["kill-switch"],
+        ["prune"],
         ["state", "history"],
         ["dlq", "list"],
         ["dlq", "show"],

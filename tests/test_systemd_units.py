@@ -14,6 +14,9 @@ import pytest
 UNIT_DIR = Path(__file__).resolve().parents[1] / "systemd"
 MAIN = "tradingd.service"
 BOOTSTRAP = "tradingd-bootstrap.service"
+PRUNE = "tradingd-prune.service"
+PRUNE_TIMER = "tradingd-prune.timer"
+SERVICES = (MAIN, BOOTSTRAP, PRUNE)
 INSTALLED_BINARY = "/opt/tradingd/venv/bin/tradingd"
 SECRETS = (
     "binance-api-key",
@@ -101,6 +104,11 @@ def bootstrap_unit() -> Unit:
     return parse_unit(UNIT_DIR / BOOTSTRAP)
 
 
+@pytest.fixture(scope="module")
+def prune_unit() -> Unit:
+    return parse_unit(UNIT_DIR / PRUNE)
+
+
 def one(unit: Unit, section: str, key: str) -> str:
     values = unit[section].get(key, [])
     assert len(values) == 1, f"[{section}] {key}= set {len(values)} times"
@@ -135,16 +143,21 @@ def test_main_unit_stops_gracefully(main_unit: Unit):
     assert "PYTHONFAULTHANDLER=1" in environment
 
 
-@pytest.mark.parametrize("name", [MAIN, BOOTSTRAP])
-def test_every_secret_is_a_credential_never_an_environment_variable(name: str):
+@pytest.mark.parametrize(
+    ("name", "secrets"),
+    [(MAIN, SECRETS), (BOOTSTRAP, SECRETS), (PRUNE, ("tradingd-db-password",))],
+)
+def test_every_secret_is_a_credential_never_an_environment_variable(
+    name: str, secrets: tuple[str, ...]
+):
     unit = parse_unit(UNIT_DIR / name)
-    assert sorted(unit["Service"]["LoadCredentialEncrypted"]) == sorted(SECRETS)
+    assert sorted(unit["Service"]["LoadCredentialEncrypted"]) == sorted(secrets)
     assert "EnvironmentFile" not in unit["Service"]
     for assignment in " ".join(unit["Service"].get("Environment", [])).split():
         assert not re.search(r"KEY|SECRET|PASSWORD|TOKEN", assignment.split("=")[0])
 
 
-@pytest.mark.parametrize("name", [MAIN, BOOTSTRAP])
+@pytest.mark.parametrize("name", SERVICES)
 def test_runs_as_the_dedicated_user_with_its_state_directory(name: str):
     unit = parse_unit(UNIT_DIR / name)
     assert one(unit, "Service", "User") == "tradingd"
@@ -163,10 +176,28 @@ def test_bootstrap_unit_is_a_long_oneshot(bootstrap_unit: Unit, main_unit: Unit)
     assert BOOTSTRAP in main_unit["Unit"]["After"]
 
 
-def test_both_units_share_one_sandbox(main_unit: Unit, bootstrap_unit: Unit):
+def test_every_service_shares_one_sandbox(main_unit: Unit, bootstrap_unit: Unit, prune_unit: Unit):
     for key in SANDBOX:
         assert key in main_unit["Service"], f"{key}= missing from {MAIN}"
         assert main_unit["Service"][key] == bootstrap_unit["Service"].get(key), key
+        if key != "LoadCredentialEncrypted":
+            assert main_unit["Service"][key] == prune_unit["Service"].get(key), key
+
+
+def test_prune_is_a_low_priority_daily_oneshot(prune_unit: Unit):
+    assert one(prune_unit, "Service", "Type") == "oneshot"
+    assert one(prune_unit, "Service", "ExecStart") == (
+        f"{INSTALLED_BINARY} prune --config /etc/tradingd/tradingd.toml"
+    )
+    assert int(one(prune_unit, "Service", "Nice")) >= 10
+    assert one(prune_unit, "Service", "IOSchedulingClass") == "idle"
+    assert one(prune_unit, "Service", "CPUSchedulingPolicy") == "batch"
+    # Its own runtime directory: the daemon's is removed whenever the daemon stops.
+    assert one(prune_unit, "Service", "RuntimeDirectory") == "tradingd-prune"
+    timer = parse_unit(UNIT_DIR / PRUNE_TIMER)
+    assert one(timer, "Timer", "Persistent") == "true"  # a run missed while off happens later
+    assert "Unit" not in timer["Timer"]  # starts the service of the same name
+    assert one(timer, "Install", "WantedBy") == "timers.target"
 
 
 # systemd-analyze needs no running systemd, only the package.
@@ -188,7 +219,7 @@ def verifiable_units(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     if not binary.exists():
         pytest.skip(f"no installed tradingd entry point beside {sys.executable}")
     directory = tmp_path_factory.mktemp("units")
-    for name in (MAIN, BOOTSTRAP):
+    for name in (*SERVICES, PRUNE_TIMER):
         text = (UNIT_DIR / name).read_text().replace(INSTALLED_BINARY, str(binary))
         (directory / name).write_text(text)
     yield directory
@@ -209,8 +240,7 @@ def test_units_verify_cleanly(verifiable_units: Path):
     result = analyze(
         "verify",
         "--recursive-errors=one",
-        verifiable_units / MAIN,
-        verifiable_units / BOOTSTRAP,
+        *(verifiable_units / name for name in (*SERVICES, PRUNE_TIMER)),
     )
     assert result.returncode == 0, result.stderr
     assert "ignoring" not in result.stderr, result.stderr
@@ -229,7 +259,15 @@ def test_verify_catches_what_systemd_252_does_not_know(verifiable_units: Path, t
 
 
 @requires_systemd_analyze
-@pytest.mark.parametrize("name", [MAIN, BOOTSTRAP])
+def test_the_prune_timer_calendar_is_valid():
+    timer = parse_unit(UNIT_DIR / PRUNE_TIMER)
+    result = analyze("calendar", one(timer, "Timer", "OnCalendar"))
+    assert result.returncode == 0, result.stderr
+    assert "Next elapse:" in result.stdout
+
+
+@requires_systemd_analyze
+@pytest.mark.parametrize("name", SERVICES)
 def test_security_exposure_at_most_2(verifiable_units: Path, name: str):
     result = analyze("security", "--offline=yes", "--threshold=20", verifiable_units / name)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr

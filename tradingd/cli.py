@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
             cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    prune = commands.add_parser(
+        "prune",
+        help="apply [retention]: drop old public_trades months, delete old ticker snapshots "
+        "and dead letters (tradingd-prune.timer runs it daily)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="report only; delete nothing")
+
     kill = commands.add_parser(
         "kill-switch",
         help="stop all trading on every exchange at once (on), allow it again (off), or show",
@@ -160,6 +167,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
         "unlock": commands.unlock,
         "lock": commands.lock,
         "kill-switch": commands.kill_switch,
+        "prune": commands.prune,
         "state": commands.state_history,
         "dlq": commands.dlq,
     }

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +17,14 @@ from loguru import logger
 
 from tradingd.adapters.registry import create_adapter
 from tradingd.config import Config, redacted
-from tradingd.exitcodes import EX_CONFIG, EX_FAILURE, EX_OK, EX_UNAVAILABLE, EX_USAGE
+from tradingd.exitcodes import (
+    EX_CONFIG,
+    EX_FAILURE,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+)
 from tradingd.secrets import SecretStore
 from tradingd.state import (
     ExchangeState,
@@ -311,6 +319,48 @@ async def state_history(args: argparse.Namespace, config: Config, path: Path) ->
             f"{at}Z  {record.exchange:<10} {record.from_state or '-':>13} -> "
             f"{record.to_state:<13} by {record.operator}: {record.reason}"
         )
+    return EX_OK
+
+
+# -- retention ------------------------------------------------------------------------------
+
+
+async def prune(args: argparse.Namespace, config: Config, path: Path) -> int:
+    from tradingd.retention import PruneDeferred, run_prune
+
+    try:
+        async with storage_for(config) as storage:
+            report = await run_prune(
+                storage.pool, config.retention, today=datetime.now(UTC).date(), dry_run=args.dry_run
+            )
+    except StorageUnavailable as exc:
+        logger.critical("storage unavailable: {}", exc)
+        return EX_UNAVAILABLE
+    except PruneDeferred as exc:
+        logger.error("prune deferred: {}", exc)
+        return EX_TEMPFAIL
+    verb = "would drop" if report.dry_run else "dropped"
+    if report.trades_kept_from is None:
+        print("public_trades: kept forever (retention.trades_months = 0)")
+    elif report.partitions:
+        print(
+            f"public_trades: keeping {report.trades_kept_from:%Y-%m} onwards; {verb}"
+            f" {', '.join(report.partitions)} (about {report.trades_estimate} trades)"
+        )
+    else:
+        print(f"public_trades: keeping {report.trades_kept_from:%Y-%m} onwards; nothing older")
+    if report.gaps_closed:
+        closed = "would close" if report.dry_run else "closed"
+        print(f"open gaps in those months: {closed} {report.gaps_closed} as unfillable")
+    verb = "would delete" if report.dry_run else "deleted"
+    for name, count, days in (
+        ("ticker snapshots", report.tickers, config.retention.tickers_days),
+        ("dead letters", report.dead_letters, config.retention.dead_letters_days),
+    ):
+        if days == 0:
+            print(f"{name}: kept forever")
+        else:
+            print(f"{name}: {verb} {count} older than {days} days")
     return EX_OK
 
 

@@ -32,6 +32,7 @@ CONFIG_ENV = "TRADINGD_CONFIG"
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
 WsUrl = Annotated[str, Meta(pattern=r"^wss?://[^\s/]+")]
 HttpUrl = Annotated[str, Meta(pattern=r"^https?://[^\s/]+")]
 SecretName = Annotated[str, Meta(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})?$")]
@@ -104,6 +105,14 @@ class BackfillConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     page_delay: NonNegativeFloat = 0.0
 
 
+class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Whole months of public_trades kept before the current one (0: keep every trade).
+    trades_months: NonNegativeInt = 0
+    # Days of ticker snapshots and of dead letters kept (0: keep them all).
+    tickers_days: NonNegativeInt = 90
+    dead_letters_days: NonNegativeInt = 30
+
+
 class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     ws_url: WsUrl
     rest_url: HttpUrl
@@ -142,6 +151,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     persister: PersisterConfig = PersisterConfig()
     analyzer: AnalyzerConfig = AnalyzerConfig()
     backfill: BackfillConfig = BackfillConfig()
+    retention: RetentionConfig = RetentionConfig()
     exchanges: dict[str, ExchangeConfig] = {}
 
     def enabled_exchanges(self) -> dict[str, ExchangeConfig]:
