@@ -16,6 +16,9 @@ MAIN = "tradingd.service"
 BOOTSTRAP = "tradingd-bootstrap.service"
 PRUNE = "tradingd-prune.service"
 PRUNE_TIMER = "tradingd-prune.timer"
+ALERT = "tradingd-alert@.service"
+# The alert template as systemd instantiates it for a failed tradingd.service.
+ALERT_INSTANCE = "tradingd-alert@tradingd.service.service"
 SERVICES = (MAIN, BOOTSTRAP, PRUNE)
 INSTALLED_BINARY = "/opt/tradingd/venv/bin/tradingd"
 SECRETS = (
@@ -109,6 +112,11 @@ def prune_unit() -> Unit:
     return parse_unit(UNIT_DIR / PRUNE)
 
 
+@pytest.fixture(scope="module")
+def alert_unit() -> Unit:
+    return parse_unit(UNIT_DIR / ALERT)
+
+
 def one(unit: Unit, section: str, key: str) -> str:
     values = unit[section].get(key, [])
     assert len(values) == 1, f"[{section}] {key}= set {len(values)} times"
@@ -145,7 +153,12 @@ def test_main_unit_stops_gracefully(main_unit: Unit):
 
 @pytest.mark.parametrize(
     ("name", "secrets"),
-    [(MAIN, SECRETS), (BOOTSTRAP, SECRETS), (PRUNE, ("tradingd-db-password",))],
+    [
+        (MAIN, SECRETS),
+        (BOOTSTRAP, SECRETS),
+        (PRUNE, ("tradingd-db-password",)),
+        (ALERT, ("tradingd-alert-webhook", "tradingd-telegram-token")),
+    ],
 )
 def test_every_secret_is_a_credential_never_an_environment_variable(
     name: str, secrets: tuple[str, ...]
@@ -157,7 +170,7 @@ def test_every_secret_is_a_credential_never_an_environment_variable(
         assert not re.search(r"KEY|SECRET|PASSWORD|TOKEN", assignment.split("=")[0])
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", [*SERVICES, ALERT])
 def test_runs_as_the_dedicated_user_with_its_state_directory(name: str):
     unit = parse_unit(UNIT_DIR / name)
     assert one(unit, "Service", "User") == "tradingd"
@@ -176,12 +189,26 @@ def test_bootstrap_unit_is_a_long_oneshot(bootstrap_unit: Unit, main_unit: Unit)
     assert BOOTSTRAP in main_unit["Unit"]["After"]
 
 
-def test_every_service_shares_one_sandbox(main_unit: Unit, bootstrap_unit: Unit, prune_unit: Unit):
+def test_every_service_shares_one_sandbox(
+    main_unit: Unit, bootstrap_unit: Unit, prune_unit: Unit, alert_unit: Unit
+):
     for key in SANDBOX:
         assert key in main_unit["Service"], f"{key}= missing from {MAIN}"
         assert main_unit["Service"][key] == bootstrap_unit["Service"].get(key), key
         if key != "LoadCredentialEncrypted":
             assert main_unit["Service"][key] == prune_unit["Service"].get(key), key
+            assert main_unit["Service"][key] == alert_unit["Service"].get(key), key
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_a_unit_that_fails_for_good_pages_a_human(name: str, alert_unit: Unit):
+    unit = parse_unit(UNIT_DIR / name)
+    assert one(unit, "Unit", "OnFailure") == "tradingd-alert@%n.service"
+    assert "OnFailure" not in alert_unit["Unit"]  # an alert that fails must not alert again
+    assert one(alert_unit, "Service", "Type") == "oneshot"
+    assert one(alert_unit, "Service", "ExecStart") == (
+        f"{INSTALLED_BINARY} alert --unit %i --config /etc/tradingd/tradingd.toml"
+    )
 
 
 def test_prune_is_a_low_priority_daily_oneshot(prune_unit: Unit):
@@ -219,9 +246,10 @@ def verifiable_units(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     if not binary.exists():
         pytest.skip(f"no installed tradingd entry point beside {sys.executable}")
     directory = tmp_path_factory.mktemp("units")
-    for name in (*SERVICES, PRUNE_TIMER):
+    for name in (*SERVICES, PRUNE_TIMER, ALERT):
         text = (UNIT_DIR / name).read_text().replace(INSTALLED_BINARY, str(binary))
         (directory / name).write_text(text)
+    shutil.copy(directory / ALERT, directory / ALERT_INSTANCE)
     yield directory
 
 
@@ -240,7 +268,7 @@ def test_units_verify_cleanly(verifiable_units: Path):
     result = analyze(
         "verify",
         "--recursive-errors=one",
-        *(verifiable_units / name for name in (*SERVICES, PRUNE_TIMER)),
+        *(verifiable_units / name for name in (*SERVICES, PRUNE_TIMER, ALERT_INSTANCE)),
     )
     assert result.returncode == 0, result.stderr
     assert "ignoring" not in result.stderr, result.stderr
@@ -267,7 +295,7 @@ def test_the_prune_timer_calendar_is_valid():
 
 
 @requires_systemd_analyze
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", [*SERVICES, ALERT_INSTANCE])
 def test_security_exposure_at_most_2(verifiable_units: Path, name: str):
     result = analyze("security", "--offline=yes", "--threshold=20", verifiable_units / name)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr

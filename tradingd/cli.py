@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="report only; delete nothing")
 
+    alert = commands.add_parser(
+        "alert",
+        help="send a message to the [alerts] channels (tradingd-alert@.service runs it when a "
+        "unit fails)",
+    )
+    what = alert.add_mutually_exclusive_group(required=True)
+    what.add_argument("--unit", metavar="NAME", help="report that this systemd unit failed")
+    what.add_argument("--message", metavar="TEXT", help="send this text (e.g. to test)")
+
     kill = commands.add_parser(
         "kill-switch",
         help="stop all trading on every exchange at once (on), allow it again (off), or show",
@@ -168,6 +177,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
         "lock": commands.lock,
         "kill-switch": commands.kill_switch,
         "prune": commands.prune,
+        "alert": commands.alert,
         "state": commands.state_history,
         "dlq": commands.dlq,
     }

@@ -322,6 +322,28 @@ async def state_history(args: argparse.Namespace, config: Config, path: Path) ->
     return EX_OK
 
 
+# -- alerts ---------------------------------------------------------------------------------
+
+
+async def alert(args: argparse.Namespace, config: Config, path: Path) -> int:
+    from tradingd.alerts import AlertsUndelivered, send_alert, unit_failure_text
+
+    text = await unit_failure_text(args.unit) if args.unit else args.message
+    async with aiohttp.ClientSession() as http:
+        try:
+            delivered = await send_alert(
+                config.alerts, SecretStore(config.secrets_path()), text, http=http
+            )
+        except AlertsUndelivered as exc:
+            print(f"tradingd: alert not delivered: {exc}", file=sys.stderr)
+            return EX_UNAVAILABLE
+    if delivered:
+        print(f"alert sent to {', '.join(delivered)}")
+    else:
+        print("no alert channel configured ([alerts]); logged to the journal only")
+    return EX_OK
+
+
 # -- retention ------------------------------------------------------------------------------
 
 

@@ -113,6 +113,16 @@ class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     dead_letters_days: NonNegativeInt = 30
 
 
+class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Name of the secret file holding an incoming-webhook URL (Slack, Mattermost and compatible:
+    # JSON {"text": ...} is POSTed to it). Such a URL is a credential. Empty: no webhook.
+    webhook_url_secret: SecretName = ""
+    # Telegram: the bot token is a secret (its file name here); the chat id is not.
+    telegram_token_secret: SecretName = ""
+    telegram_chat_id: str = ""
+    telegram_api_url: HttpUrl = "https://api.telegram.org"
+
+
 class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     ws_url: WsUrl
     rest_url: HttpUrl
@@ -152,6 +162,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     analyzer: AnalyzerConfig = AnalyzerConfig()
     backfill: BackfillConfig = BackfillConfig()
     retention: RetentionConfig = RetentionConfig()
+    alerts: AlertsConfig = AlertsConfig()
     exchanges: dict[str, ExchangeConfig] = {}
 
     def enabled_exchanges(self) -> dict[str, ExchangeConfig]:
@@ -258,6 +269,14 @@ def _check_semantics(config: Config, path: Path | str) -> None:
             f"expected at most analyzer.window_buckets ({config.analyzer.window_buckets}), "
             f"found {config.analyzer.min_buckets}",
         )
+    alerts = config.alerts
+    if bool(alerts.telegram_token_secret) != bool(alerts.telegram_chat_id):
+        key, other = (
+            ("alerts.telegram_chat_id", "alerts.telegram_token_secret")
+            if alerts.telegram_token_secret
+            else ("alerts.telegram_token_secret", "alerts.telegram_chat_id")
+        )
+        raise ConfigError(path, key, f"expected a value when {other} is set, found none")
     for url_key, url in (("database.url", config.database.url), ("redis.url", config.redis.url)):
         if url and not re.match(r"^(postgres(ql)?|rediss?|unix)://", url):
             raise ConfigError(path, url_key, f"expected a URL, found {redact_url(url)!r}")
