@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from aiohttp import web
 from loguru import logger
 
-from tests.e2e.harness import ExchangeEndpoint, write_config
+from tests.e2e.harness import offline_config, run_cli
 from tradingd.alerts import AlertsUndelivered, send_alert
 from tradingd.config import AlertsConfig
 from tradingd.secrets import SecretStore
@@ -160,30 +159,18 @@ async def test_without_channels_the_alert_is_only_logged(tmp_path: Path, logged:
     assert any("CRITICAL" in line for line in logged)
 
 
-def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tradingd", "--config", str(config), "alert", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+def alert(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(config, "alert", *args)
 
 
 async def test_the_cli_reports_a_failed_unit(
     tmp_path: Path, channels: FakeChannels, secrets_dir: Path
 ) -> None:
-    config = write_config(
+    config = offline_config(
         tmp_path / "tradingd.toml",
         state_dir=tmp_path / "state",
         database_url="postgresql://127.0.0.1:9/none",  # alerts need no storage
         redis_url="redis://127.0.0.1:9/0",
-        exchanges={
-            "binance": ExchangeEndpoint(
-                "binance", "ws://127.0.0.1:9", "http://127.0.0.1:9", ["BTCUSDT"]
-            ),
-        },
         sections={
             "daemon": {"secrets_dir": str(secrets_dir)},
             "alerts": {
@@ -194,7 +181,7 @@ async def test_the_cli_reports_a_failed_unit(
             },
         },
     )
-    sent = await asyncio.to_thread(run_cli, config, "--unit", "tradingd.service")
+    sent = await asyncio.to_thread(alert, config, "--unit", "tradingd.service")
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout == "alert sent to webhook, telegram\n"
     (posted,) = channels.webhook_posts
@@ -204,20 +191,20 @@ async def test_the_cli_reports_a_failed_unit(
     assert channels.telegram_posts[0]["text"] == text
 
     channels.telegram_refusal = "Forbidden: bot was blocked by the user"
-    refused = await asyncio.to_thread(run_cli, config, "--message", "test")
+    refused = await asyncio.to_thread(alert, config, "--message", "test")
     assert refused.returncode == 69
     assert "bot was blocked" in refused.stderr
     assert TOKEN not in refused.stderr + refused.stdout
 
     (secrets_dir / "telegram-token").chmod(0o644)
-    unsafe = await asyncio.to_thread(run_cli, config, "--message", "test")
+    unsafe = await asyncio.to_thread(alert, config, "--message", "test")
     assert unsafe.returncode == 78 and "chmod 600" in unsafe.stderr
 
 
 def test_a_telegram_token_needs_a_chat(tmp_path: Path) -> None:
     config = tmp_path / "tradingd.toml"
     config.write_text('[alerts]\ntelegram_token_secret = "telegram-token"\n')
-    result = run_cli(config, "--message", "x")
+    result = alert(config, "--message", "x")
     assert result.returncode == 78
     assert "alerts.telegram_chat_id: expected a value when alerts.telegram_token_secret is set" in (
         result.stderr

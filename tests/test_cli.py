@@ -11,35 +11,22 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from tests.e2e.harness import ExchangeEndpoint, write_config
+from tests.e2e.harness import offline_config, run_cli, write_config
 from tradingd.state import ExchangeState, may_trade, read_state, transition
 
 
 @pytest.fixture
 def config_path(tmp_path: Path, migrated_database_url: str, redis_url: str) -> Path:
-    # The CLI never connects to the exchanges for these commands: any URL will do.
-    return write_config(
+    return offline_config(
         tmp_path / "tradingd.toml",
         state_dir=tmp_path / "state",
         database_url=migrated_database_url,
         redis_url=redis_url,
-        exchanges={
-            "binance": ExchangeEndpoint(
-                "binance", "ws://127.0.0.1:9", "http://127.0.0.1:9", ["BTCUSDT"]
-            ),
-        },
     )
 
 
 def tradingd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tradingd", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env={"PATH": "/usr/bin:/bin", "USER": "olga"},
-    )
+    return run_cli(config, *args, env={"USER": "olga"})
 
 
 @pytest.mark.parametrize(

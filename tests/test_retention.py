@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.e2e.harness import ExchangeEndpoint, write_config
+from tests.e2e.harness import offline_config, run_cli
 from tradingd import retention
 from tradingd.config import RetentionConfig
 from tradingd.model import MarketType, Trade
@@ -174,28 +173,16 @@ async def test_the_cli_command_reports_and_prunes(
     tmp_path: Path, migrated_database_url: str, redis_url: str, pool: asyncpg.Pool
 ) -> None:
     await seed(pool)
-    config = write_config(
+    config = offline_config(
         tmp_path / "tradingd.toml",
         state_dir=tmp_path / "state",
         database_url=migrated_database_url,
         redis_url=redis_url,
-        exchanges={
-            "binance": ExchangeEndpoint(
-                "binance", "ws://127.0.0.1:9", "http://127.0.0.1:9", ["BTCUSDT"]
-            ),
-        },
         sections={"retention": {"trades_months": 4, "dead_letters_days": 0}},
     )
 
     def tradingd(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "tradingd", "--config", str(config), "prune", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin"},
-        )
+        return run_cli(config, "prune", *args)
 
     dry = await asyncio.to_thread(tradingd, "--dry-run")
     assert dry.returncode == 0, dry.stderr

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -121,6 +122,40 @@ def write_config(
         lines.extend(f"{k} = {toml_value(v)}" for k, v in ex.extra.items())
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def offline_config(
+    path: Path,
+    *,
+    state_dir: Path,
+    database_url: str,
+    redis_url: str,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """A configuration for the operator commands that never connect to an exchange."""
+    unreachable = ExchangeEndpoint("binance", "ws://127.0.0.1:9", "http://127.0.0.1:9", ["BTCUSDT"])
+    return write_config(
+        path,
+        state_dir=state_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        exchanges={"binance": unreachable},
+        sections=sections,
+    )
+
+
+def run_cli(
+    config: Path, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``tradingd --config CONFIG ARGS...`` as an operator runs it: no terminal, a bare env."""
+    return subprocess.run(
+        [sys.executable, "-m", "tradingd", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
 
 
 LIVE_DAEMONS: set[DaemonProcess] = set()
