@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tradingd.config import parse_config
-from tradingd.secrets import Secret, SecretError, SecretStore
+from tradingd.secrets import Secret, SecretError, SecretStore, secret_store
 
 
 def write_secret(directory: Path, name: str, value: str, mode: int) -> Path:
@@ -56,6 +56,30 @@ def test_credentials_directory_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert config.secrets_path() == configured
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     assert config.secrets_path() == credentials
+
+
+def test_systemd_credentials_may_show_the_acl_mask_in_the_group_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # systemd writes a credential 0400 owned by root and grants the unit's user read access
+    # with an ACL entry; the ACL mask then shows as the group bits: 0440.
+    credentials, configured = tmp_path / "credentials", tmp_path / "configured"
+    credentials.mkdir()
+    configured.mkdir()
+    for directory in (credentials, configured):
+        write_secret(directory, "binance-api-key", "from-systemd", 0o440)
+        write_secret(directory, "world-readable", "x", 0o444)
+    config = parse_config({"daemon": {"secrets_dir": str(configured)}})
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    store = secret_store(config)
+    assert store.directory == credentials
+    assert store.load("binance-api-key").reveal() == "from-systemd"
+    with pytest.raises(SecretError, match="accessible by others"):
+        store.load("world-readable")
+    # Anywhere else, group access is refused as before.
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(SecretError, match="accessible by group or others"):
+        secret_store(config).load("binance-api-key")
 
 
 def test_secret_equality_does_not_leak() -> None:

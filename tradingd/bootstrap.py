@@ -47,7 +47,7 @@ from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_UNAVAILABLE
 from tradingd.model import Bar, Instrument
 from tradingd.progress import ProgressReporter, Task
 from tradingd.sdnotify import Notifier
-from tradingd.secrets import SecretStore
+from tradingd.secrets import secret_store
 from tradingd.state import (
     ExchangeState,
     IllegalTransition,
@@ -653,9 +653,7 @@ async def _bootstrap(
     try:
         storage = await _until(
             signals.stopped,
-            open_storage(
-                config, on_wait=on_wait, secrets=SecretStore(config.secrets_path()), attach=True
-            ),
+            open_storage(config, on_wait=on_wait, secrets=secret_store(config), attach=True),
         )
     except StorageError as exc:
         logger.critical("storage unavailable: {}", exc)

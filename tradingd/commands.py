@@ -25,7 +25,7 @@ from tradingd.exitcodes import (
     EX_UNAVAILABLE,
     EX_USAGE,
 )
-from tradingd.secrets import SecretStore
+from tradingd.secrets import secret_store
 from tradingd.state import (
     ExchangeState,
     IllegalTransition,
@@ -49,7 +49,7 @@ async def storage_for(config: Config) -> AsyncIterator[Storage]:
     storage = await open_storage(
         config,
         on_wait=lambda message: logger.warning("{}", message),
-        secrets=SecretStore(config.secrets_path()),
+        secrets=secret_store(config),
         attach=True,
     )
     try:
@@ -331,9 +331,7 @@ async def alert(args: argparse.Namespace, config: Config, path: Path) -> int:
     text = await unit_failure_text(args.unit) if args.unit else args.message
     async with aiohttp.ClientSession() as http:
         try:
-            delivered = await send_alert(
-                config.alerts, SecretStore(config.secrets_path()), text, http=http
-            )
+            delivered = await send_alert(config.alerts, secret_store(config), text, http=http)
         except AlertsUndelivered as exc:
             print(f"tradingd: alert not delivered: {exc}", file=sys.stderr)
             return EX_UNAVAILABLE

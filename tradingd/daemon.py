@@ -36,7 +36,7 @@ from tradingd.model import Bar, Channel, DeadLetter, Subscription, Ticker, Trade
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.reconcile import StartupStates
 from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
-from tradingd.secrets import SecretStore
+from tradingd.secrets import secret_store
 from tradingd.sequencing import Gap, SequenceTracker
 from tradingd.status import STATUS_KEY, DaemonStatus, ExchangeStatus, encode_status, one_line
 from tradingd.storage import Storage, open_storage
@@ -166,7 +166,7 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.config
         self.notifier.status("starting: storage")
-        secrets = SecretStore(cfg.secrets_path())
+        secrets = secret_store(cfg)
 
         def on_wait(message: str) -> None:
             self.notifier.status(message)

@@ -10,6 +10,10 @@ import os
 import stat
 from pathlib import Path
 
+from tradingd.config import Config
+
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
+
 
 class SecretError(Exception):
     """A secret that cannot be used; the message names the file, never its content."""
@@ -43,8 +47,18 @@ class Secret:
 
 
 class SecretStore:
-    def __init__(self, directory: Path) -> None:
+    """Secret files in ``directory``.
+
+    ``systemd_credentials``: the directory is systemd's ``$CREDENTIALS_DIRECTORY``. systemd
+    writes each credential mode 0400, owned by root, and lets the unit's user read it through
+    an ACL entry, whose mask shows in the group bits (0440). That directory is private to the
+    unit and read-only, so there only permission for others is refused.
+    """
+
+    def __init__(self, directory: Path, *, systemd_credentials: bool = False) -> None:
         self.directory = directory
+        self._forbidden = 0o007 if systemd_credentials else 0o077
+        self._who = "others" if systemd_credentials else "group or others"
 
     def load(self, name: str) -> Secret:
         if not name or "/" in name or name in (".", ".."):
@@ -60,9 +74,9 @@ class SecretStore:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise SecretError(f"secret file {path} is not a regular file")
-            if info.st_mode & 0o077:
+            if info.st_mode & self._forbidden:
                 raise SecretError(
-                    f"secret file {path} is accessible by group or others "
+                    f"secret file {path} is accessible by {self._who} "
                     f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing it. "
                     f"Run: chmod 600 {path}"
                 )
@@ -80,3 +94,12 @@ class SecretStore:
 
     def load_optional(self, name: str) -> Secret | None:
         return self.load(name) if name else None
+
+
+def secret_store(config: Config) -> SecretStore:
+    """The secrets of ``config``: systemd's credentials directory when systemd set one."""
+    directory = config.secrets_path()
+    from_systemd = os.environ.get(CREDENTIALS_ENV, "")
+    return SecretStore(
+        directory, systemd_credentials=bool(from_systemd) and directory == Path(from_systemd)
+    )

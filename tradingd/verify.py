@@ -42,7 +42,7 @@ from tradingd.clock import ClockReading, measure_skew
 from tradingd.config import Config, resolve_config_path
 from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from tradingd.model import Channel
-from tradingd.secrets import SecretStore
+from tradingd.secrets import secret_store
 from tradingd.state import (
     ExchangeState,
     IllegalTransition,
@@ -425,7 +425,7 @@ async def run_unlock(
         storage = await open_storage(
             config,
             on_wait=lambda message: logger.warning("{}", message),
-            secrets=SecretStore(config.secrets_path()),
+            secrets=secret_store(config),
             attach=True,
         )
     except StorageError as exc:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from tradingd.config import Config
-from tradingd.secrets import SecretStore
+from tradingd.secrets import SecretStore, secret_store
 from tradingd.storage.connect import (
     OnWait,
     StorageError,
@@ -103,7 +103,7 @@ async def open_storage(
     ``StorageRejected`` (credentials, missing database).
     """
     if secrets is None:
-        secrets = SecretStore(config.secrets_path())
+        secrets = secret_store(config)
     database, redis_config = config.database, config.redis
     database_password = redis_password = None
     if database.url:

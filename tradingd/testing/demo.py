@@ -32,7 +32,7 @@ from loguru import logger
 
 from tradingd.config import load_config
 from tradingd.logs import configure_logging
-from tradingd.secrets import SecretStore
+from tradingd.secrets import secret_store
 from tradingd.state import StateUnavailable, read_state
 from tradingd.storage import StorageError, open_storage
 from tradingd.storage.embedded import postgres_bin_dir
@@ -260,7 +260,7 @@ async def run_child(
 async def prepare_storage(config_path: Path) -> dict[str, str | None]:
     """Migrate, clear the previous run's trade tapes, and return each exchange's state."""
     config = load_config(config_path)
-    storage = await open_storage(config, secrets=SecretStore(config.secrets_path()), attach=True)
+    storage = await open_storage(config, secrets=secret_store(config), attach=True)
     try:
         await migrate(storage.pool)
         cleared = await storage.pool.fetchval("SELECT count(*) FROM public_trades")
@@ -288,7 +288,7 @@ async def prepare_storage(config_path: Path) -> dict[str, str | None]:
 async def psql_command(config_path: Path) -> str:
     """The exact psql command line for the running daemon's embedded PostgreSQL."""
     config = load_config(config_path)
-    storage = await open_storage(config, secrets=SecretStore(config.secrets_path()), attach=True)
+    storage = await open_storage(config, secrets=secret_store(config), attach=True)
     try:
         parts = urlsplit(storage.database_url)
     finally:
