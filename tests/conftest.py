@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from loguru import logger
 
 from tradingd.storage.embedded import EmbeddedStorage
 from tradingd.storage.migrations import migrate
@@ -253,6 +254,17 @@ async def rds(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    """Every log line (DEBUG and up) written during the test, formatted."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from loguru import logger
 
 from tests.e2e.harness import offline_config, run_cli
 from tradingd.alerts import AlertsUndelivered, send_alert
@@ -88,16 +87,6 @@ def secrets_dir(tmp_path: Path, channels: FakeChannels) -> Path:
         (directory / name).write_text(value + "\n")
         (directory / name).chmod(0o600)
     return directory
-
-
-@pytest.fixture
-def logged() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
-    try:
-        yield lines
-    finally:
-        logger.remove(sink)
 
 
 def both(channels: FakeChannels) -> AlertsConfig:

@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from loguru import logger
 
 from tradingd.config import parse_config
 from tradingd.storage import (
@@ -40,16 +39,6 @@ def closed_port() -> int:
 
 def delays(messages: list[str]) -> list[float]:
     return [float(NEXT_TRY.search(message)[1]) for message in messages]  # type: ignore[index]
-
-
-@asynccontextmanager
-async def captured_logs() -> AsyncIterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
-    try:
-        yield lines
-    finally:
-        logger.remove(sink)
 
 
 def upstream_of(url: str) -> Callable[[], object]:
@@ -143,30 +132,29 @@ async def test_closed_port_retries_with_capped_backoff_then_times_out(service: s
     assert "last error:" in str(failure.value)
 
 
-async def test_password_never_reaches_messages_or_logs() -> None:
+async def test_password_never_reaches_messages_or_logs(logged: list[str]) -> None:
     port = closed_port()
     waits: list[str] = []
-    async with captured_logs() as lines:
-        with pytest.raises(StorageUnavailable) as failure:
-            await connect_postgres(
-                f"postgresql://trader:url-s3cret@127.0.0.1:{port}/tradingd",
-                password="arg-s3cret",
-                backoff_initial=0.05,
-                backoff_max=0.05,
-                timeout=0.3,
-                on_wait=waits.append,
-            )
-        with pytest.raises(StorageUnavailable):
-            await connect_redis(
-                f"redis://:url-s3cret@127.0.0.1:{port}/0",
-                password="arg-s3cret",
-                backoff_initial=0.05,
-                backoff_max=0.05,
-                timeout=0.3,
-                on_wait=waits.append,
-            )
-    everything = "\n".join([*waits, *lines, str(failure.value)])
-    assert waits and lines
+    with pytest.raises(StorageUnavailable) as failure:
+        await connect_postgres(
+            f"postgresql://trader:url-s3cret@127.0.0.1:{port}/tradingd",
+            password="arg-s3cret",
+            backoff_initial=0.05,
+            backoff_max=0.05,
+            timeout=0.3,
+            on_wait=waits.append,
+        )
+    with pytest.raises(StorageUnavailable):
+        await connect_redis(
+            f"redis://:url-s3cret@127.0.0.1:{port}/0",
+            password="arg-s3cret",
+            backoff_initial=0.05,
+            backoff_max=0.05,
+            timeout=0.3,
+            on_wait=waits.append,
+        )
+    everything = "\n".join([*waits, *logged, str(failure.value)])
+    assert waits and logged
     assert "s3cret" not in everything
     assert "trader:***@127.0.0.1" in everything
 
