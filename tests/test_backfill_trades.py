@@ -143,7 +143,7 @@ def test_checksum_files() -> None:
     digest = "ab" * 32
     assert parse_checksum(f"{digest}  X.zip\n".encode(), "X.zip") == digest
     assert parse_checksum(f"{digest.upper()} *X.zip".encode(), "X.zip") == digest
-    with pytest.raises(ValueError, match="X.zip.CHECKSUM: expected"):
+    with pytest.raises(ValueError, match=r"X\.zip\.CHECKSUM: expected"):
         parse_checksum(f"{digest}  Y.zip".encode(), "X.zip")
 
 
