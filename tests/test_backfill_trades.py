@@ -89,7 +89,9 @@ def test_whole_past_months_are_monthly_files_the_rest_daily() -> None:
     )
     assert plan[2].hours == 31 * 24
     # The current month is never monthly, even when the range covers it whole.
-    current = plan_trade_files("ETHBTC", date(2025, 3, 1), date(2025, 3, 31), today=date(2025, 3, 4))
+    current = plan_trade_files(
+        "ETHBTC", date(2025, 3, 1), date(2025, 3, 31), today=date(2025, 3, 4)
+    )
     assert len(current) == 31 and not any(f.monthly for f in current)
 
 
@@ -132,7 +134,9 @@ def test_a_bad_line_is_an_error_naming_file_and_line() -> None:
         b"2,1.0,1.0": "expected 7 columns, found 3",
     }
     for line, reason in cases.items():
-        with pytest.raises(TradeFileError, match=f"BTCUSDT-trades-2025-01-01.zip line 2: .*{reason}"):
+        with pytest.raises(
+            TradeFileError, match=f"BTCUSDT-trades-2025-01-01.zip line 2: .*{reason}"
+        ):
             list(parse_trade_lines([good, line], file, exchange="binance", received_us=1))
     # A header row (as futures files have) is skipped.
     header = b"id,price,qty,quote_qty,time,is_buyer_maker,is_best_match"
