@@ -55,7 +55,8 @@ class FakeBinanceData:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1]
         return self
 
     async def stop(self) -> None:
