@@ -166,3 +166,43 @@ async def test_a_broken_archive_changes_nothing(
     assert failed.returncode == 1, failed.stdout
     assert "the database is unchanged" in failed.stderr
     assert await snapshot(migrated_database_url) == before
+
+
+async def test_embedded_storage_backfill_backup_restore(
+    tmp_path: Path, storage_state_dir: Path
+) -> None:
+    """Embedded PostgreSQL (started by each command): pgserver's own pg_dump/pg_restore."""
+    from datetime import date, timedelta
+
+    from tests.test_backfill_trades import tape
+    from tradingd.testing.fake_binance_data import FakeBinanceData
+
+    day = datetime.now(UTC).date() - timedelta(3)
+    async with FakeBinanceData() as repository:
+        repository.add_trades(tape(day, 1, 100) + tape(day + timedelta(1), 101, 50))
+        config = offline_config(
+            tmp_path / "tradingd.toml",
+            state_dir=storage_state_dir,
+            database_url="",
+            redis_url="",
+            sections={"backfill": {"trades_base_url": repository.base_url}},
+        )
+
+        def backfill(first: date) -> subprocess.CompletedProcess[str]:
+            return tradingd(
+                config, "backfill", "trades", "--exchange", "binance", "--symbol", "BTCUSDT",
+                "--from", f"{first}", "--to", f"{first}",
+            )  # fmt: skip
+
+        loaded = await asyncio.to_thread(backfill, day)
+        assert loaded.returncode == 0, loaded.stderr
+        made = await asyncio.to_thread(tradingd, config, "backup")
+        assert made.returncode == 0, made.stderr
+        assert "public_trades 100" in made.stdout
+        (archive,) = (storage_state_dir / "backups").glob("tradingd-*.dump")
+        more = await asyncio.to_thread(backfill, day + timedelta(1))
+        assert more.returncode == 0 and "trades: 50 read, 50 new" in more.stdout
+
+    restored = await asyncio.to_thread(tradingd, config, "restore", str(archive), "--yes")
+    assert restored.returncode == 0, restored.stderr
+    assert "public_trades 100" in restored.stdout
