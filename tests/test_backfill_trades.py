@@ -487,3 +487,45 @@ async def test_the_command_resumes_after_sigkill_mid_file(
         "SELECT rows_read FROM trade_backfill_files WHERE file_name = $1", names[1]
     )
     assert rows_read == 1000  # resumed after 1400, not from the file's start
+
+
+async def test_a_running_repairer_takes_over_a_gap_another_process_recorded(
+    pool: asyncpg.Pool,
+) -> None:
+    from tests.test_repairer import ScriptedHistory, gaps_queue
+    from tradingd.actors.repairer import GapRepairer
+    from tradingd.supervisor import ActorContext
+
+    history = ScriptedHistory(50)
+    fetched = asyncio.Event()
+    fetch = history.fetch_trades
+
+    async def fetch_and_tell(instrument: str, first_seq: int, last_seq: int) -> list[Trade]:
+        fetched.set()
+        return await fetch(instrument, first_seq, last_seq)
+
+    history.fetch_trades = fetch_and_tell  # type: ignore[method-assign]
+    queue = gaps_queue()
+    repairer = GapRepairer("fake", history, pool, queue, ledger_recheck=0.05)  # type: ignore[arg-type]
+    task = asyncio.create_task(repairer.run(ActorContext(repairer.name, {})))
+    try:
+        async with asyncio.timeout(30):
+            await repairer.idle.wait()
+            # What `tradingd backfill trades` does at its edge, while the daemon runs.
+            await pool.execute(
+                "INSERT INTO data_gaps (exchange, instrument_name, first_seq, last_seq, reason)"
+                " VALUES ('fake', 'A', 5, 9, $1)",
+                BACKFILL_EDGE,
+            )
+            await fetched.wait()
+            await repairer.idle.wait()
+        status = await pool.fetchval(
+            "SELECT status FROM data_gaps WHERE reason = $1", BACKFILL_EDGE
+        )
+        assert status == "repaired"
+        stored_seqs = await pool.fetch("SELECT trade_seq FROM public_trades ORDER BY 1")
+        assert [r["trade_seq"] for r in stored_seqs] == [5, 6, 7, 8, 9]
+    finally:
+        queue.close()
+        async with asyncio.timeout(30):
+            await task
