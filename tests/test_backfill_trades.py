@@ -31,6 +31,7 @@ from tradingd.adapters.binance.public_data import (
     plan_trade_files,
 )
 from tradingd.backfill_trades import (
+    BackfillError,
     BackfillRequest,
     ChecksumMismatch,
     TradesBackfill,
@@ -310,6 +311,25 @@ async def test_a_checksum_mismatch_is_downloaded_again_once_then_refused(
     assert (report.files_already_done, report.files_loaded) == (1, 2)
     assert repository.downloads["BTCUSDT-trades-2025-05-01.zip"] == 2
     assert [t.trade_seq for t in await stored(pool)] == list(range(1, 151))
+
+
+async def test_a_second_run_on_the_same_symbol_is_refused(
+    pool: asyncpg.Pool, repository: FakeBinanceData, tmp_path: Path
+) -> None:
+    repository.add_trades(tape(date(2025, 5, 1), 1, 10))
+    request = BackfillRequest("binance", "BTCUSDT", date(2025, 5, 1), date(2025, 5, 1))
+    async with aiohttp.ClientSession() as http, pool.acquire() as other:
+        key = "tradingd.backfill_trades:binance:BTCUSDT"
+        await other.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+        with pytest.raises(BackfillError, match="another `tradingd backfill trades` is loading"):
+            await backfill(pool, http, repository.base_url, tmp_path).run(
+                request, today=date(2025, 6, 1)
+            )
+        await other.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+        report = await backfill(pool, http, repository.base_url, tmp_path).run(
+            request, today=date(2025, 6, 1)
+        )
+    assert report.rows_new == 10
 
 
 def live(trades: list[Trade]) -> list[Trade]:

@@ -123,6 +123,21 @@ class TradesBackfill:
     _partitions: TradePartitions = field(default_factory=TradePartitions)
 
     async def run(self, request: BackfillRequest, *, today: date) -> BackfillReport:
+        """Load ``request``; refused while another run loads the same symbol (they would race
+        on its progress rows)."""
+        key = f"tradingd.backfill_trades:{request.exchange}:{request.symbol}"
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+                raise BackfillError(
+                    f"another `tradingd backfill trades` is loading {request.exchange}"
+                    f" {request.symbol}; let it finish or stop it, then run this again"
+                )
+            try:
+                return await self._run(request, today=today)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+    async def _run(self, request: BackfillRequest, *, today: date) -> BackfillReport:
         plan = plan_trade_files(request.symbol, request.first, request.last, today=today)
         self.report.files = len(plan)
         stored = await self._recorded(request)
