@@ -45,6 +45,7 @@ class FakeBinanceData:
         self.waiting: set[str] = set()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self._archives: dict[TradesFile, bytes | None] = {}
 
     async def start(self) -> FakeBinanceData:
         app = web.Application()
@@ -82,9 +83,11 @@ class FakeBinanceData:
         for trade in trades:
             day = us_to_datetime(trade.trade_us).date()
             self._trades[trade.instrument_name].setdefault(day, []).append(trade)
+        self._archives.clear()
 
     def publish_monthly(self, symbol: str, month: date) -> None:
         self._monthly.add((symbol, month.replace(day=1)))
+        self._archives.clear()
 
     def corrupt(self, name: str, times: int = 1) -> None:
         self._corrupt[name] += times
@@ -113,6 +116,11 @@ class FakeBinanceData:
         return days.get(file.first_day)
 
     def archive(self, file: TradesFile) -> bytes | None:
+        if file not in self._archives:
+            self._archives[file] = self._build_archive(file)
+        return self._archives[file]
+
+    def _build_archive(self, file: TradesFile) -> bytes | None:
         trades = self.file_trades(file)
         if trades is None:
             return None
