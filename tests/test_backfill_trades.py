@@ -549,3 +549,39 @@ async def test_a_running_repairer_takes_over_a_gap_another_process_recorded(
         queue.close()
         async with asyncio.timeout(30):
             await task
+
+
+def test_the_arguments_are_checked_before_anything_is_fetched() -> None:
+    import argparse
+
+    from tradingd.backfill_trades import build_request
+    from tradingd.config import parse_config
+
+    config = parse_config(
+        {
+            "exchanges": {
+                "spot": {"adapter": "binance", "ws_url": "ws://x", "rest_url": "http://x",
+                         "symbols": ["BTCUSDT"]},
+                "deribit": {"ws_url": "ws://x", "rest_url": "http://x", "symbols": ["X"]},
+            }
+        }
+    )  # fmt: skip
+    today = date(2026, 12, 6)
+
+    def request(exchange: str, symbol: str, first: date, last: date | None = None):
+        args = argparse.Namespace(exchange=exchange, symbol=symbol, first=first, last=last)
+        return build_request(args, config, today)
+
+    assert request("spot", "btcusdt", date(2026, 11, 1)) == BackfillRequest(
+        "spot", "BTCUSDT", date(2026, 11, 1), date(2026, 12, 5)
+    )
+    # Today's file is not published: --to is capped at yesterday.
+    assert request("spot", "ETHBTC", date(2026, 12, 1), today).last == date(2026, 12, 5)
+    for args, problem in (
+        (("kraken", "BTCUSDT", date(2026, 1, 1)), "unknown exchange 'kraken'"),
+        (("deribit", "BTCUSDT", date(2026, 1, 1)), "uses the 'deribit' adapter"),
+        (("spot", "BTC/USDT", date(2026, 1, 1)), "expected a Binance symbol"),
+        (("spot", "BTCUSDT", today), "is after the last day to load"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            request(*args)
