@@ -585,3 +585,24 @@ def test_the_arguments_are_checked_before_anything_is_fetched() -> None:
     ):
         with pytest.raises(ValueError, match=problem):
             request(*args)
+
+
+async def test_a_symbol_the_repository_does_not_have_is_an_error(
+    tmp_path: Path, migrated_database_url: str, redis_url: str, repository: FakeBinanceData
+) -> None:
+    from tests.e2e.harness import run_cli
+
+    config = offline_config(
+        tmp_path / "tradingd.toml",
+        state_dir=tmp_path / "state",
+        database_url=migrated_database_url,
+        redis_url=redis_url,
+        sections={"backfill": {"trades_base_url": repository.base_url}},
+    )
+    result = await asyncio.to_thread(
+        run_cli, config, "backfill", "trades", "--exchange", "binance", "--symbol", "NOPEUSDT",
+        "--from", "2025-01-30", "--to", "2025-02-01",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "no trades file for NOPEUSDT in the repository" in result.stderr
+    assert "3 not in the repository" in result.stdout

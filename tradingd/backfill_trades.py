@@ -617,8 +617,12 @@ async def command(args: argparse.Namespace, config: Config, path: Path) -> int:
         print(f"tradingd: backfill trades: {exc}", file=sys.stderr)
         return exc.exit_code
     _print_report(request, report)
-    if report.files and len(report.absent) == report.files:
-        print(f"no trades file for {request.symbol} in the repository: check the symbol")
+    if report.absent and not (report.files_loaded or report.files_already_done):
+        print(
+            f"tradingd: backfill trades: no trades file for {request.symbol} in the repository"
+            f" ({config.backfill.trades_base_url}): check the symbol and the dates",
+            file=sys.stderr,
+        )
         return EX_FAILURE
     return EX_OK
 
