@@ -206,3 +206,15 @@ async def test_embedded_storage_backfill_backup_restore(
     restored = await asyncio.to_thread(tradingd, config, "restore", str(archive), "--yes")
     assert restored.returncode == 0, restored.stderr
     assert "public_trades 100" in restored.stdout
+
+
+def test_a_password_never_reaches_the_client_command_line(tmp_path: Path) -> None:
+    from tradingd.backup import _client_connection
+    from tradingd.config import parse_config
+
+    config = parse_config(
+        {"database": {"url": "postgresql://trader:s%40cret@db.example:5433/tradingd"}}
+    )
+    url, env = _client_connection(config, config.database.url)
+    assert url == "postgresql://trader@db.example:5433/tradingd"
+    assert env["PGPASSWORD"] == "s@cret"

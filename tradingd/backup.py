@@ -26,6 +26,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -114,13 +115,21 @@ async def server_major(pool: asyncpg.Pool) -> int:
     return number // 10000
 
 
-def _client_env(config: Config) -> dict[str, str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+def _client_connection(config: Config, url: str) -> tuple[str, dict[str, str]]:
+    """The URL for ``--dbname`` and the environment of a client program: a password (in the
+    URL or a secret) travels in ``PGPASSWORD``, never on a command line other users can see."""
+    environment = dict(os.environ)
+    parts = urlsplit(url)
+    if parts.password is not None:
+        environment["PGPASSWORD"] = unquote(parts.password)
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+        url = urlunsplit(parts._replace(netloc=f"{user}@{host}"))
     if config.database.url:
         secret = secret_store(config).load_optional(config.database.password_secret)
         if secret is not None:
             environment["PGPASSWORD"] = secret.reveal()
-    return environment
+    return url, environment
 
 
 async def _run(
@@ -146,7 +155,7 @@ def _tail(err: bytes, hidden: tuple[str, ...]) -> str:
     return text
 
 
-def _hidden(config: Config, env: dict[str, str]) -> tuple[str, ...]:
+def _hidden(env: dict[str, str]) -> tuple[str, ...]:
     return tuple(s for s in (env.get("PGPASSWORD"),) if s)
 
 
@@ -171,7 +180,7 @@ def default_backup_path(config: Config, now: datetime) -> Path:
 
 async def write_backup(storage: Storage, config: Config, output: Path) -> dict[str, int]:
     """Dump the database into ``output`` (complete or absent); the row counts it holds."""
-    env = _client_env(config)
+    url, env = _client_connection(config, storage.database_url)
     pg_dump = await find_client("pg_dump", await server_major(storage.pool))
     output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = output.with_name(output.name + ".partial")
@@ -185,9 +194,9 @@ async def write_backup(storage: Storage, config: Config, output: Path) -> dict[s
             "--no-owner",
             "--no-privileges",
             f"--file={partial}",
-            f"--dbname={storage.database_url}",
+            f"--dbname={url}",
             env=env,
-            hidden=_hidden(config, env),
+            hidden=_hidden(env),
         )
         partial.chmod(0o600)
         partial.replace(output)
@@ -242,8 +251,8 @@ async def restore_archive(storage: Storage, config: Config, archive: Path) -> di
     major = await server_major(storage.pool)
     pg_restore = await find_client("pg_restore", major)
     psql = await find_client("psql", major)
-    env = _client_env(config)
-    hidden = _hidden(config, env)
+    url, env = _client_connection(config, storage.database_url)
+    hidden = _hidden(env)
     renderer = await asyncio.create_subprocess_exec(
         str(pg_restore),
         "--no-owner",
@@ -261,7 +270,7 @@ async def restore_archive(storage: Storage, config: Config, archive: Path) -> di
         "--quiet",
         "--single-transaction",
         "--set=ON_ERROR_STOP=1",
-        f"--dbname={storage.database_url}",
+        f"--dbname={url}",
         "--command=DROP SCHEMA public CASCADE",
         "--command=CREATE SCHEMA public",
         "--file=-",
