@@ -58,6 +58,8 @@ REPOSITORY_ADAPTER = "binance"
 FETCH_ATTEMPTS = 3
 FETCH_BACKOFF = 1.0
 CHUNK = 1 << 20
+# A monthly file is gigabytes: no bound on the whole transfer, only on a stalled connection.
+DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
 HOUR_US = 3_600_000_000
 _SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
 
@@ -597,7 +599,10 @@ async def command(args: argparse.Namespace, config: Config, path: Path) -> int:
     progress = ProgressReporter.for_stderr(Notifier(), title="backfill")
     progress.unit, progress.task_noun = "hours", "files"
     try:
-        async with storage_for(config) as storage, aiohttp.ClientSession() as http:
+        async with (
+            storage_for(config) as storage,
+            aiohttp.ClientSession(timeout=DOWNLOAD_TIMEOUT) as http,
+        ):
             from tradingd.storage.migrations import migrate
 
             await migrate(storage.pool)
@@ -616,6 +621,13 @@ async def command(args: argparse.Namespace, config: Config, path: Path) -> int:
     except BackfillError as exc:
         print(f"tradingd: backfill trades: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        # PostgreSQL went away or the disk filled: what was committed stays recorded.
+        print(
+            f"tradingd: backfill trades: stopped by {exc!r}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return EX_UNAVAILABLE
     _print_report(request, report)
     if report.absent and not (report.files_loaded or report.files_already_done):
         print(
