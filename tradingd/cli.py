@@ -14,7 +14,7 @@ from typing import Any
 import uvloop
 from loguru import logger
 
-from tradingd import __version__
+from tradingd import __version__, backfill_trades, backup
 from tradingd.config import Config, ConfigError, load_config, resolve_config_path
 from tradingd.exitcodes import EX_CONFIG, EX_USAGE
 from tradingd.logs import configure_logging, flush_logs
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--exchange", metavar="NAME")
     hist.add_argument("--limit", type=int, default=50)
 
+    backfill_trades.add_arguments(commands)
+    backup.add_arguments(commands)
+
     dlq = commands.add_parser("dlq", help="inspect and clear dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     dlq_list = dlq_sub.add_parser("list", help="newest dead letters, one line each")
@@ -180,6 +183,9 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
         "alert": commands.alert,
         "state": commands.state_history,
         "dlq": commands.dlq,
+        "backfill": backfill_trades.command,
+        "backup": backup.backup_command,
+        "restore": backup.restore_command,
     }
     return table[args.command]
 

@@ -103,6 +103,8 @@ class BackfillConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     start_date: date = date(2026, 11, 1)
     resolutions: list[Resolution] = msgspec.field(default_factory=lambda: ["1m"])
     page_delay: NonNegativeFloat = 0.0
+    # `tradingd backfill trades`: the Binance public data repository (daily/monthly trade files).
+    trades_base_url: HttpUrl = "https://data.binance.vision"
 
 
 class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

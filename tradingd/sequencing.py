@@ -21,6 +21,8 @@ LIVE_STREAM = "live stream"
 RECONNECT = "reconnect"
 DAEMON_START = "daemon start"
 STARTUP_SCAN = "start-up scan"
+# Between trades loaded by `tradingd backfill trades` and the next stored trade.
+BACKFILL_EDGE = "backfill edge"
 
 
 class Gap(msgspec.Struct, frozen=True):

@@ -48,6 +48,9 @@ EMPTY_PAGE_RETRIES = 3
 # A request the venue refuses (bad parameter, unparsable answer) is retried this often.
 REJECTED_RETRIES = 3
 LATENCIES_KEPT = 1000
+# While idle, the ledger is read again this often for open gaps recorded by another process
+# (`tradingd backfill trades` records the hole between its files and the live data).
+LEDGER_RECHECK = 30.0
 WARNING_INTERVAL = 30.0
 _VENUE_ERRORS = (VenueUnavailable, aiohttp.ClientError, OSError, TimeoutError)
 
@@ -84,6 +87,7 @@ class GapRepairer:
         stored_sequences: Mapping[str, int] | None = None,
         db_backoff_max: float = 10.0,
         venue_backoff_max: float = 30.0,
+        ledger_recheck: float = LEDGER_RECHECK,
         clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
     ) -> None:
         self.name = f"repairer:{exchange}"
@@ -96,6 +100,7 @@ class GapRepairer:
         self._stored = dict(stored_sequences) if stored_sequences is not None else None
         self._db_backoff_max = db_backoff_max
         self._venue_backoff_max = venue_backoff_max
+        self._ledger_recheck = ledger_recheck
         self._clock_us = clock_us
         self._partitions = TradePartitions()
         self._unrecorded: deque[Gap] = deque()
@@ -127,11 +132,25 @@ class GapRepairer:
                 continue
             if not len(self._gaps):
                 self.idle.set()
-            fresh = await checked_in(ctx, self._gaps.get_batch(1000))
+            fresh = await checked_in(ctx, self._next_gaps())
+            if fresh is None:
+                # Idle, so every open row of this exchange's ledger is someone else's.
+                await self._resume_ledger(ctx)
+                if self._pending:
+                    self.idle.clear()
+                continue
             if not fresh:
                 return  # closed and drained: the daemon is stopping
             self.idle.clear()
             self._unrecorded.extend(fresh)
+
+    async def _next_gaps(self) -> list[Gap] | None:
+        """Queued gaps ([] once closed and drained), or None after ``ledger_recheck`` idle s."""
+        try:
+            async with asyncio.timeout(self._ledger_recheck):
+                return await self._gaps.get_batch(1000)
+        except TimeoutError:
+            return None
 
     def _take_queued(self) -> None:
         if len(self._gaps):
