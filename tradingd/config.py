@@ -187,7 +187,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         ``daemon.state_dir`` was made absolute against the configuration file's directory when
         the file was loaded, so the working directory never changes where the state is."""
         if self.daemon.state_dir:
-            return Path(self.daemon.state_dir), "daemon.state_dir"
+            return Path(self.daemon.state_dir), "daemon.state_dir, relative to the config file"
         systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         if systemd:
             return Path(systemd).absolute(), "$STATE_DIRECTORY"
@@ -368,10 +368,14 @@ def _translate(
     value_found = _lookup(section, where)
     if what.startswith("Object contains unknown field"):
         field = what.split("`")[1]
-        return ConfigError(path, _join_key(key, "." + field), "unknown key")
+        return ConfigError(
+            path, _join_key(key, "." + field), "expected a known key, found an unknown key"
+        )
     if what.startswith("Object missing required field"):
         field = what.split("`")[1]
-        return ConfigError(path, _join_key(key, "." + field), "required key is missing")
+        return ConfigError(
+            path, _join_key(key, "." + field), "expected a value (required), found nothing"
+        )
     if what.startswith("Invalid enum value"):
         choices = _choices_at(kind, where)
         return ConfigError(path, key, f"expected one of {choices}, found {_describe(value_found)}")

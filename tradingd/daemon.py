@@ -428,6 +428,8 @@ class Daemon:
         if self.http is not None:
             await _quietly(self.http.close)
         if self.storage is not None:
+            # `tradingd status` must not report a stopped daemon as running.
+            await _quietly(lambda: self.storage.redis.delete(STATUS_KEY) if self.storage else None)
             await _quietly(self.storage.close)
         logger.info("stopped")
 

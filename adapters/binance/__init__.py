@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import aiohttp
-
-import re
 
 from tradingd.adapters.base import RangeUnavailable, check_symbols
 from tradingd.adapters.binance.http import BinanceRestClient, RequestRejected

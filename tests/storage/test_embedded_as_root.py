@@ -35,7 +35,9 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     (site / "pginstall").symlink_to(real_pginstall)
     (site / "redis-bin").symlink_to(real_redis_bin)
     monkeypatch.setattr(embedded, "postgres_bin_dir", lambda: site / "pginstall" / "bin")
-    monkeypatch.setattr(embedded, "redis_server_binary", lambda: site / "redis-bin" / "redis-server")
+    monkeypatch.setattr(
+        embedded, "redis_server_binary", lambda: site / "redis-bin" / "redis-server"
+    )
     yield home
     before = set((DEFAULT_STATE_DIR_ROOT / "embedded").glob("checkout-*"))
     for data_root in before:
