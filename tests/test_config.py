@@ -32,7 +32,10 @@ BROKEN_CONFIGS = [
     # (file text, expected message after "<path>: ")
     ('[daemon]\nstop_timeout = "soon"\n', "daemon.stop_timeout: expected float, found str 'soon'"),
     ("[daemon]\nstop_timeout = -1\n", "daemon.stop_timeout: expected float > 0.0, found int -1"),
-    ('[daemon]\nlog_leve = "INFO"\n', "daemon.log_leve: expected a known key, found an unknown key"),
+    (
+        '[daemon]\nlog_leve = "INFO"\n',
+        "daemon.log_leve: expected a known key, found an unknown key",
+    ),
     ('[daemon]\nlog_level = "LOUD"\n', "daemon.log_level: expected one of"),
     ("[deamon]\n", "deamon: expected a known key, found an unknown key"),
     (

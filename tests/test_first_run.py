@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -260,10 +261,8 @@ def status_config(tmp_path: Path, migrated_database_url: str, redis_url: str) ->
 async def test_status_of_a_dead_daemon_is_not_running(
     status_config: Path, rds: aioredis.Redis
 ) -> None:
-    dead = subprocess.run(["true"], check=True)
-    del dead
-    child = subprocess.Popen(["true"])
-    child.wait()
+    child = await asyncio.create_subprocess_exec("true")
+    await child.wait()
     await rds.set(STATUS_KEY, encode_status(_snapshot(child.pid)))
     result = run_cli(status_config, "status")
     assert result.returncode == 0, result.stderr
