@@ -422,16 +422,38 @@ async def unlock(args: argparse.Namespace, config: Config, path: Path) -> int:
 
 
 async def state_history(args: argparse.Namespace, config: Config, path: Path) -> int:
+    """State transitions and kill-switch changes, newest first."""
     async with storage_for(config) as storage:
         records = await history(storage.pool, args.exchange, args.limit)
-    if not records:
-        print("no state transitions recorded")
-    for record in records:
-        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.at_us / 1e6))
-        print(
-            f"{at}Z  {record.exchange:<10} {record.from_state or '-':>13} -> "
-            f"{record.to_state:<13} by {record.operator}: {record.reason}"
+        switches = await storage.pool.fetch(
+            "SELECT (extract(epoch FROM at) * 1e6)::bigint AS at_us, kind, detail::text AS detail"
+            " FROM system_events WHERE kind IN ('kill_switch_on', 'kill_switch_off')"
+            " ORDER BY at DESC LIMIT $1",
+            args.limit,
         )
+    lines: list[tuple[int, str]] = [
+        (
+            record.at_us,
+            f"{record.exchange:<10} {record.from_state or '-':>13} -> "
+            f"{record.to_state:<13} by {record.operator}: {record.reason}",
+        )
+        for record in records
+    ]
+    for row in switches:
+        detail = msgspec.json.decode(row["detail"])
+        action = "ON" if row["kind"] == "kill_switch_on" else "off"
+        lines.append(
+            (
+                row["at_us"],
+                f"{'all':<10} {'kill switch':>13} -> {action:<13}"
+                f" by {detail.get('operator', '?')}: {detail.get('reason', '')}",
+            )
+        )
+    if not lines:
+        print("no state transitions recorded")
+    for at_us, text in sorted(lines, key=lambda line: line[0], reverse=True)[: args.limit]:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at_us / 1e6))
+        print(f"{at}Z  {text}")
     return EX_OK
 
 

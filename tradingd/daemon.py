@@ -33,6 +33,7 @@ from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, 
 from tradingd.exitcodes import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from tradingd.logs import set_level
 from tradingd.model import Bar, Channel, DeadLetter, Subscription, Ticker, Trade
+from tradingd.observer import log_state_changes
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.reconcile import StartupStates
 from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
@@ -291,6 +292,14 @@ class Daemon:
                     group.create_task(watchdog_loop(self.notifier, period, self.healthy))
                 )
             background.append(group.create_task(self._publish_status_loop()))
+            if self.storage is not None:
+                background.append(
+                    group.create_task(
+                        log_state_changes(
+                            self.storage.redis, list(self.adapters), cfg.daemon.status_interval
+                        )
+                    )
+                )
             if self.storage is not None and self.storage.embedded is not None:
                 background.append(group.create_task(self._watch_embedded_storage()))
             assert self.clock is not None and self.states is not None
