@@ -98,6 +98,7 @@ class Daemon:
         self.states: StartupStates | None = None
         self.queues: list[BoundedQueue[object]] = []
         self._stored_sequences: dict[str, dict[str, int]] = {}
+        self._unlisted: dict[str, set[str]] = {}
         self._exit_code = EX_OK
 
     # -- signals --------------------------------------------------------------------------
@@ -186,21 +187,58 @@ class Daemon:
 
         self.notifier.status("starting: clock check")
         self.clock = ClockCheck(cfg.daemon, self.adapters)
-        await self._until_stopped(asyncio.ensure_future(self.clock.check_at_start()))
+        await self._until_stopped(
+            asyncio.ensure_future(
+                asyncio.gather(self.clock.check_at_start(), self._skip_unlisted_symbols())
+            )
+        )
 
         self.states = StartupStates(cfg, self.storage, self.adapters, self.clock)
         await self.states.on_start()
 
         for name in self.adapters:
             traded = [
-                s.instrument_name
-                for s in subscriptions_for(cfg, name)
-                if s.channel is Channel.TRADES
+                s.instrument_name for s in self._subscriptions(name) if s.channel is Channel.TRADES
             ]
             self._stored_sequences[name] = await last_sequences(self.storage, name, traded)
         self._build_actors()
         self.notifier.status("starting: actors")
         await self._until_stopped(asyncio.ensure_future(self.supervisor.wait_ready()))
+
+    async def _skip_unlisted_symbols(self) -> None:
+        """A configured symbol the venue does not list is reported and left out, so that the
+        others stream (one unknown Binance stream fails the whole connection). When the
+        instruments cannot be fetched (offline), every configured symbol is kept."""
+
+        async def check(name: str, adapter: ExchangeAdapter) -> None:
+            ex = self.config.exchanges[name]
+            try:
+                async with asyncio.timeout(ex.request_timeout):
+                    listed = {i.instrument_name for i in await adapter.fetch_instruments()}
+            except Exception as exc:
+                logger.bind(EXCHANGE=name).info(
+                    "{}: instruments not fetched ({!r}): every configured symbol is subscribed",
+                    name,
+                    exc,
+                )
+                return
+            unlisted = [symbol for symbol in ex.symbols if symbol not in listed]
+            if unlisted:
+                logger.bind(EXCHANGE=name).error(
+                    "{}: not listed by the venue, skipped: {} (fix exchanges.{}.symbols)",
+                    name,
+                    ", ".join(unlisted),
+                    name,
+                )
+                self._unlisted[name] = set(unlisted)
+
+        await asyncio.gather(*(check(name, adapter) for name, adapter in self.adapters.items()))
+
+    def _subscriptions(self, exchange: str) -> list[Subscription]:
+        unlisted = self._unlisted.get(exchange, set())
+        return [
+            s for s in subscriptions_for(self.config, exchange) if s.instrument_name not in unlisted
+        ]
 
     def _build_actors(self) -> None:
         cfg = self.config
@@ -249,7 +287,7 @@ class Daemon:
             intervals = dict(adapter.stream_intervals())
             self.repairers[name] = repairer
             specs.append(ActorSpec(repairer, checkin_timeout=120.0, log_fields={"EXCHANGE": name}))
-            plans = adapter.plan_connections(subscriptions_for(cfg, name))
+            plans = adapter.plan_connections(self._subscriptions(name))
             self.receivers[name] = []
             for index, plan in enumerate(plans):
                 receiver = Receiver(
