@@ -105,6 +105,7 @@ def _exchanges(args: argparse.Namespace, config: Config) -> list[str]:
 async def run(args: argparse.Namespace, config: Config, path: Path) -> int:
     from tradingd.daemon import Daemon
 
+    await check_adapters(config, path)
     check_secret_files(config, path)
     try:
         return await Daemon(config, path).run()
@@ -119,6 +120,7 @@ async def run(args: argparse.Namespace, config: Config, path: Path) -> int:
 async def bootstrap(args: argparse.Namespace, config: Config, path: Path) -> int:
     from tradingd.bootstrap import run_bootstrap
 
+    await check_adapters(config, path)
     check_secret_files(config, path)
     try:
         return await run_bootstrap(config, config_path=path)
@@ -141,11 +143,17 @@ async def migrate(args: argparse.Namespace, config: Config, path: Path) -> int:
     return EX_OK
 
 
-async def config_check(args: argparse.Namespace, config: Config, path: Path) -> int:
-    """Validate the file and what each adapter makes of its section; print the result."""
+async def check_adapters(config: Config, path: Path) -> None:
+    """What each adapter makes of its section (symbol syntax, resolutions): a ConfigError
+    before anything starts."""
     async with aiohttp.ClientSession() as http:
         for name in config.exchanges:
             await create_adapter(config, name, http, path).close()
+
+
+async def config_check(args: argparse.Namespace, config: Config, path: Path) -> int:
+    """Validate the file and what each adapter makes of its section; print the result."""
+    await check_adapters(config, path)
     check_secret_files(config, path)
     state_dir, source = config.state_location()
     print(f"# {path}: valid", file=sys.stderr)

@@ -30,7 +30,7 @@ from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
 from tradingd.clock import ClockCheck, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
-from tradingd.exitcodes import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
+from tradingd.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from tradingd.logs import set_level
 from tradingd.model import Bar, Channel, DeadLetter, Subscription, Ticker, Trade
 from tradingd.observer import log_state_changes
@@ -40,7 +40,7 @@ from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchd
 from tradingd.secrets import secret_store
 from tradingd.sequencing import Gap, SequenceTracker
 from tradingd.status import STATUS_KEY, DaemonStatus, ExchangeStatus, encode_status, one_line
-from tradingd.storage import Storage, open_storage
+from tradingd.storage import Storage, StorageError, StorageRejected, open_storage
 from tradingd.storage.embedded import EmbeddedStorageError
 from tradingd.storage.migrations import migrate
 from tradingd.supervisor import ActorSpec, Supervisor, SupervisorEscalation
@@ -156,6 +156,11 @@ class Daemon:
             # Already logged with the actor's name and last error.
             await self._shutdown()
             return EX_SOFTWARE
+        except StorageError as exc:
+            # The reason first, then the shutdown's own lines.
+            logger.critical("storage unavailable: {}", exc)
+            await self._shutdown()
+            return EX_CONFIG if isinstance(exc, StorageRejected) else EX_UNAVAILABLE
         except BaseException:
             await self._shutdown()
             raise
