@@ -50,6 +50,7 @@ def log_changes(before: Observed, after: Observed) -> None:
 async def log_state_changes(redis: aioredis.Redis, exchanges: list[str], interval: float) -> None:
     """Run until cancelled; Redis errors are skipped (the next poll retries)."""
     before: Observed | None = None
+    this_task = asyncio.current_task()
     while True:
         try:
             after = await observe(redis, exchanges)
@@ -59,4 +60,7 @@ async def log_state_changes(redis: aioredis.Redis, exchanges: list[str], interva
             if before is not None:
                 log_changes(before, after)
             before = after
+        if this_task is not None and this_task.cancelling():
+            # redis-py can swallow a cancellation that lands mid-command.
+            raise asyncio.CancelledError()
         await asyncio.sleep(interval)
