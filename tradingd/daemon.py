@@ -338,9 +338,7 @@ class Daemon:
             if self.storage is not None:
                 background.append(
                     group.create_task(
-                        log_state_changes(
-                            self.storage.redis, list(self.adapters), cfg.daemon.status_interval
-                        )
+                        log_state_changes(self.storage.pool, cfg.daemon.status_interval)
                     )
                 )
             if self.storage is not None and self.storage.embedded is not None:
