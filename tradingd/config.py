@@ -187,7 +187,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         ``daemon.state_dir`` was made absolute against the configuration file's directory when
         the file was loaded, so the working directory never changes where the state is."""
         if self.daemon.state_dir:
-            return Path(self.daemon.state_dir), "daemon.state_dir, relative to the config file"
+            return Path(
+                self.daemon.state_dir
+            ).absolute(), "daemon.state_dir, relative to the config file"
         systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         if systemd:
             return Path(systemd).absolute(), "$STATE_DIRECTORY"

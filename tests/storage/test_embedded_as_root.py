@@ -8,7 +8,10 @@ CI runs as root, so this runs there.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +88,30 @@ async def test_root_runs_embedded_servers_from_a_0700_home(
         assert again._layout.postgres_dir == layout.postgres_dir
     finally:
         await again.stop()
+
+
+def test_cli_as_root_from_a_0700_home_with_nothing_set(tmp_path: Path) -> None:
+    """`tradingd migrate` as root, its configuration and state in a 0700 home, run from
+    another directory: it works, and says where the servers' data went."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config").mkdir()
+    config = home / "config" / "tradingd.toml"
+    config.write_text('[daemon]\nstate_dir = "../.state"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tradingd", "migrate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+    )
+    said = re.search(r"their data is in (/var/lib/tradingd/embedded/\S+)", result.stderr)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "applied: 0001_core.sql" in result.stdout
+        assert said is not None, result.stderr
+        assert (home / ".state" / "embedded.lock").exists()  # beside the config, not in /
+    finally:
+        if said is not None:
+            shutil.rmtree(said[1], ignore_errors=True)
