@@ -292,3 +292,38 @@ async def test_status_shows_last_error_never_and_integer_counts(
     }
     assert as_json["running"]["exchanges"][0]["repair"]["detected"] == 2
     assert isinstance(as_json["running"]["exchanges"][0]["repair"]["detected"], int)
+
+
+async def test_every_instrument_the_venues_list_passes_its_adapters_syntax() -> None:
+    """The syntax checks refuse typos, never a real name: every instrument the
+    protocol-faithful fakes list (spot, perpetuals, futures, options) passes."""
+    import aiohttp
+
+    from tradingd.adapters import binance, deribit
+    from tradingd.config import ExchangeConfig
+    from tradingd.testing.fake_binance import FakeBinance
+    from tradingd.testing.fake_deribit import FakeDeribit
+
+    fake_binance = FakeBinance()
+    await fake_binance.start()
+    try:
+        async with FakeDeribit() as fake_deribit, aiohttp.ClientSession() as http:
+            venues = [
+                (binance.BinanceAdapter, fake_binance, ["BTCUSDT"], []),
+                (deribit.DeribitAdapter, fake_deribit, ["BTC-PERPETUAL"], ["BTC", "ETH"]),
+            ]
+            for factory, fake, symbols, currencies in venues:
+                config = ExchangeConfig(
+                    ws_url=fake.ws_url,
+                    rest_url=fake.rest_url,
+                    symbols=symbols,
+                    currencies=currencies,
+                )
+                adapter = factory(config, exchange="x", http=http)
+                names = [i.instrument_name for i in await adapter.fetch_instruments()]
+                await adapter.close()
+                module = binance if factory is binance.BinanceAdapter else deribit
+                assert len(names) >= 4
+                assert [n for n in names if not module.SYMBOL_SYNTAX.fullmatch(n)] == []
+    finally:
+        await fake_binance.stop()
