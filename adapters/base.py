@@ -14,6 +14,7 @@ every venue gets them the same way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
@@ -22,6 +23,27 @@ import aiohttp
 
 from tradingd.config import ExchangeConfig
 from tradingd.model import Bar, Channel, Instrument, MarketEvent, Subscription, Trade
+
+
+class SymbolRejected(ValueError):
+    """A configured symbol that is not in the venue's syntax (raised by an adapter's
+    constructor, so ``config check`` and start-up name the key)."""
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(problem)
+        self.index = index
+        self.problem = problem
+
+
+def check_symbols(
+    symbols: Sequence[str], pattern: re.Pattern[str], venue: str, example: str
+) -> None:
+    """Raise SymbolRejected for the first symbol that does not match ``pattern``."""
+    for index, symbol in enumerate(symbols):
+        if not pattern.fullmatch(symbol):
+            raise SymbolRejected(
+                index, f"expected a {venue} symbol like {example!r}, found {symbol!r}"
+            )
 
 
 class ParseError(ValueError):

@@ -14,10 +14,10 @@ from typing import cast
 
 import aiohttp
 
-from tradingd.adapters.base import AdapterFactory, ExchangeAdapter
-from tradingd.config import Config, ConfigError
+from tradingd.adapters.base import AdapterFactory, ExchangeAdapter, SymbolRejected
+from tradingd.config import ADAPTER_ENTRY_POINT_GROUP, Config, ConfigError, installed_adapters
 
-ENTRY_POINT_GROUP = "tradingd.adapters"
+ENTRY_POINT_GROUP = ADAPTER_ENTRY_POINT_GROUP
 
 
 class UnknownAdapter(LookupError):
@@ -30,7 +30,7 @@ class UnknownAdapter(LookupError):
 
 
 def available_adapters() -> list[str]:
-    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    return installed_adapters()
 
 
 def load_adapter(name: str) -> AdapterFactory:
@@ -51,5 +51,7 @@ def create_adapter(
         raise ConfigError(config_path, f"{key}.adapter", str(exc)) from None
     try:
         return factory(config.exchanges[exchange], exchange=exchange, http=http)
+    except SymbolRejected as exc:
+        raise ConfigError(config_path, f"{key}.symbols[{exc.index}]", exc.problem) from None
     except ValueError as exc:
         raise ConfigError(config_path, key, str(exc)) from None

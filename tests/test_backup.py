@@ -194,6 +194,9 @@ async def test_embedded_storage_backfill_backup_restore(
                 "--from", f"{first}", "--to", f"{first}",
             )  # fmt: skip
 
+        # A fresh state directory: commands other than the daemon refuse an unmigrated database.
+        migrated = await asyncio.to_thread(tradingd, config, "migrate")
+        assert migrated.returncode == 0, migrated.stderr
         loaded = await asyncio.to_thread(backfill, day)
         assert loaded.returncode == 0, loaded.stderr
         made = await asyncio.to_thread(tradingd, config, "backup")

@@ -160,7 +160,7 @@ async def test_status_and_migrate(config_path: Path) -> None:
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     assert report["database"] == "ok" and report["redis"] == "ok"
-    assert report["daemon"] == "not running"
+    assert report["daemon"]["running"] is False
     assert report["states"]["binance"]["state"] is None
     assert "never bootstrapped" in report["states"]["binance"]["note"]
     text = tradingd(config_path, "status")

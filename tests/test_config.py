@@ -32,9 +32,12 @@ BROKEN_CONFIGS = [
     # (file text, expected message after "<path>: ")
     ('[daemon]\nstop_timeout = "soon"\n', "daemon.stop_timeout: expected float, found str 'soon'"),
     ("[daemon]\nstop_timeout = -1\n", "daemon.stop_timeout: expected float > 0.0, found int -1"),
-    ('[daemon]\nlog_leve = "INFO"\n', "daemon.log_leve: unknown key"),
+    (
+        '[daemon]\nlog_leve = "INFO"\n',
+        "daemon.log_leve: expected a known key, found an unknown key",
+    ),
     ('[daemon]\nlog_level = "LOUD"\n', "daemon.log_level: expected one of"),
-    ("[deamon]\n", "deamon: unknown key"),
+    ("[deamon]\n", "deamon: expected a known key, found an unknown key"),
     (
         MINIMAL_EXCHANGE.replace('symbols = ["BTCUSDT"]', 'symbols = ["BTCUSDT", "ETHUSDT", 3]'),
         "exchanges.binance.symbols[2]: expected str, found int 3",
@@ -45,7 +48,7 @@ BROKEN_CONFIGS = [
     ),
     (
         MINIMAL_EXCHANGE.replace('ws_url = "wss://stream.binance.com:9443"\n', ""),
-        "exchanges.binance.ws_url: required key is missing",
+        "exchanges.binance.ws_url: expected a value (required), found nothing",
     ),
     (
         MINIMAL_EXCHANGE + 'channels = ["trades", "orderbook"]\n',
@@ -168,7 +171,9 @@ def test_unknown_adapter_lists_available(tmp_path: Path) -> None:
     )
     assert result.returncode == 78
     assert "exchanges.binance.adapter" in result.stderr
-    assert "available: binance, deribit" in result.stderr
+    assert "expected an installed exchange adapter (binance, deribit), found 'kraken'" in (
+        result.stderr
+    )
 
 
 def test_redact_url() -> None:

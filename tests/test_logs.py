@@ -546,3 +546,38 @@ def test_configure_rejects_unknown_levels():
         configure_logging("verbose", environ={})
     with pytest.raises(RuntimeError):
         set_level("INFO")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_log_line_erases_the_progress_bar_under_it() -> None:
+    """Issue 14: the bootstrap's bar was left drawn over (after) shorter log lines."""
+    from tradingd.progress import ProgressReporter
+    from tradingd.sdnotify import Notifier
+
+    terminal = _Terminal()
+    configure_logging("INFO", stream=terminal, environ={})
+    try:
+        bar = ProgressReporter(notifier=Notifier(environ={}), interactive=True, stream=terminal)
+        bar.add("BTCUSDT 1m", 100)
+        bar.tick()
+        logger.info("short")
+    finally:
+        configure_logging("INFO", environ={})
+    drawn, _, after = terminal.getvalue().partition("bootstrap [")
+    assert drawn == "\r\x1b[K"
+    line = after.split("\r", 1)[1]  # the bar leaves the cursor at column 0
+    assert line.startswith("\x1b[K") and "short" in line
+
+
+def test_a_log_file_gets_no_terminal_escapes() -> None:
+    piped = io.StringIO()
+    configure_logging("INFO", stream=piped, environ={})
+    try:
+        logger.info("plain")
+    finally:
+        configure_logging("INFO", environ={})
+    assert "\x1b" not in piped.getvalue() and "plain" in piped.getvalue()

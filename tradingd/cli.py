@@ -16,9 +16,10 @@ from loguru import logger
 
 from tradingd import __version__, backfill_trades, backup
 from tradingd.config import Config, ConfigError, load_config, resolve_config_path
-from tradingd.exitcodes import EX_CONFIG, EX_USAGE
+from tradingd.exitcodes import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE
 from tradingd.logs import configure_logging, flush_logs
 from tradingd.secrets import SecretError
+from tradingd.storage.connect import StorageError, StorageRejected
 
 Command = Callable[[argparse.Namespace, Config, Path], Coroutine[Any, Any, int]]
 
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     commands.add_parser("run", help="run the daemon in the foreground (the default)")
+    bootstrap_help = (
+        "one-shot: migrate, sync instruments, backfill OHLC history, leave every exchange "
+        "LOCKED, exit (the same as --bootstrap)"
+    )
+    commands.add_parser("bootstrap", help=bootstrap_help, description=bootstrap_help)
     commands.add_parser("migrate", help="apply pending database migrations and exit")
 
     config_cmd = commands.add_parser("config", help="configuration commands")
@@ -125,7 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", metavar="HOURS", type=float, help="only those older than this"
     )
     dlq_purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _accept_config_anywhere(parser)
     return parser
+
+
+def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``--config`` after any (sub)command too: ``tradingd status --config X``. SUPPRESS keeps
+    a value given before the command when none is given after it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument(
+                    "--config",
+                    metavar="PATH",
+                    default=argparse.SUPPRESS,
+                    help="configuration file (default: $TRADINGD_CONFIG, else "
+                    "config/tradingd.toml)",
+                )
+                _accept_config_anywhere(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,8 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"tradingd: configuration error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _configuration_error(exc)
     mode = configure_logging(config.daemon.log_level)
     logger.debug("logging to {}", mode)
     command = _dispatch(args, parser)
@@ -144,14 +166,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE
     try:
         return uvloop.run(_run_and_flush(command(args, config, path)))
-    except ConfigError as exc:
-        logger.error("configuration error: {}", exc)
-        return EX_CONFIG
-    except SecretError as exc:
-        logger.error("secret refused: {}", exc)
-        return EX_CONFIG
+    except (ConfigError, SecretError) as exc:
+        return _configuration_error(exc)
+    except StorageError as exc:
+        # One line, never a traceback: what could not be used, and (in the text) why.
+        print(f"tradingd: {exc}", file=sys.stderr)
+        return EX_CONFIG if isinstance(exc, StorageRejected) else EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
+
+
+def _configuration_error(exc: Exception) -> int:
+    """Every configuration problem, at load or later, in one format: exit 78."""
+    print(f"tradingd: configuration error: {exc}", file=sys.stderr)
+    return EX_CONFIG
 
 
 async def _run_and_flush(command: Coroutine[Any, Any, int]) -> int:
@@ -173,6 +201,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
     table: dict[str | None, Command] = {
         None: commands.run,
         "run": commands.run,
+        "bootstrap": commands.bootstrap,
         "migrate": commands.migrate,
         "config": commands.config_check,
         "status": commands.status,

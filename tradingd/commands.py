@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
+from asyncpg import Pool
 from loguru import logger
+from redis.asyncio import Redis
 
 from tradingd.adapters.registry import create_adapter
-from tradingd.config import Config, redacted
+from tradingd.config import Config, redact_url, redacted
 from tradingd.exitcodes import (
     EX_CONFIG,
     EX_FAILURE,
@@ -25,7 +28,7 @@ from tradingd.exitcodes import (
     EX_UNAVAILABLE,
     EX_USAGE,
 )
-from tradingd.secrets import secret_store
+from tradingd.secrets import check_secret_files, secret_store
 from tradingd.state import (
     ExchangeState,
     IllegalTransition,
@@ -39,23 +42,50 @@ from tradingd.state import (
     transition,
 )
 from tradingd.status import STATUS_KEY, DaemonStatus, decode_status
-from tradingd.storage import Storage, StorageRejected, StorageUnavailable, open_storage
+from tradingd.storage import (
+    Storage,
+    StorageRejected,
+    StorageUnavailable,
+    connect_redis,
+    open_storage,
+)
 from tradingd.storage.migrations import migrate as apply_migrations
+from tradingd.storage.migrations import pending_migrations
+
+# An operator command waits this long for a server that is down, then says so (the daemon
+# waits as configured: forever by default).
+OPERATOR_CONNECT_TIMEOUT = 5.0
+
+
+class SchemaMissing(StorageUnavailable):
+    """The database has pending migrations: an operator command cannot read it yet."""
 
 
 @asynccontextmanager
-async def storage_for(config: Config) -> AsyncIterator[Storage]:
-    """Storage for a one-shot command: attaches to the running daemon's, or starts its own."""
+async def storage_for(config: Config, *, needs_schema: bool = True) -> AsyncIterator[Storage]:
+    """Storage for a one-shot command: attaches to the running daemon's, or starts its own;
+    gives up after OPERATOR_CONNECT_TIMEOUT. ``needs_schema``: refuse, in one line, a database
+    that has not been migrated."""
     storage = await open_storage(
-        config,
-        on_wait=lambda message: logger.warning("{}", message),
-        secrets=secret_store(config),
-        attach=True,
+        config, secrets=secret_store(config), attach=True, connect_timeout=_operator_timeout(config)
     )
     try:
+        if needs_schema:
+            pending = await pending_migrations(storage.pool)
+            if pending:
+                raise SchemaMissing(
+                    f"the database {redact_url(storage.database_url)} is not migrated "
+                    f"({len(pending)} migrations pending, from {pending[0]}): run "
+                    "`tradingd migrate` or start the daemon"
+                )
         yield storage
     finally:
         await storage.close()
+
+
+def _operator_timeout(config: Config) -> float:
+    configured = [t for t in (config.database.connect_timeout, config.redis.connect_timeout) if t]
+    return min([OPERATOR_CONNECT_TIMEOUT, *configured])
 
 
 def _exchanges(args: argparse.Namespace, config: Config) -> list[str]:
@@ -75,6 +105,8 @@ def _exchanges(args: argparse.Namespace, config: Config) -> list[str]:
 async def run(args: argparse.Namespace, config: Config, path: Path) -> int:
     from tradingd.daemon import Daemon
 
+    await check_adapters(config, path)
+    check_secret_files(config, path)
     try:
         return await Daemon(config, path).run()
     except StorageUnavailable as exc:
@@ -88,6 +120,8 @@ async def run(args: argparse.Namespace, config: Config, path: Path) -> int:
 async def bootstrap(args: argparse.Namespace, config: Config, path: Path) -> int:
     from tradingd.bootstrap import run_bootstrap
 
+    await check_adapters(config, path)
+    check_secret_files(config, path)
     try:
         return await run_bootstrap(config, config_path=path)
     except StorageUnavailable as exc:
@@ -100,7 +134,7 @@ async def bootstrap(args: argparse.Namespace, config: Config, path: Path) -> int
 
 async def migrate(args: argparse.Namespace, config: Config, path: Path) -> int:
     try:
-        async with storage_for(config) as storage:
+        async with storage_for(config, needs_schema=False) as storage:
             applied = await apply_migrations(storage.pool)
     except StorageUnavailable as exc:
         logger.critical("storage unavailable: {}", exc)
@@ -109,12 +143,21 @@ async def migrate(args: argparse.Namespace, config: Config, path: Path) -> int:
     return EX_OK
 
 
-async def config_check(args: argparse.Namespace, config: Config, path: Path) -> int:
-    """Validate the file and what each adapter makes of its section; print the result."""
+async def check_adapters(config: Config, path: Path) -> None:
+    """What each adapter makes of its section (symbol syntax, resolutions): a ConfigError
+    before anything starts."""
     async with aiohttp.ClientSession() as http:
         for name in config.exchanges:
             await create_adapter(config, name, http, path).close()
+
+
+async def config_check(args: argparse.Namespace, config: Config, path: Path) -> int:
+    """Validate the file and what each adapter makes of its section; print the result."""
+    await check_adapters(config, path)
+    check_secret_files(config, path)
+    state_dir, source = config.state_location()
     print(f"# {path}: valid", file=sys.stderr)
+    print(f"# state directory: {state_dir} (from {source})", file=sys.stderr)
     print(msgspec.json.format(msgspec.json.encode(redacted(config)), indent=2).decode())
     return EX_OK
 
@@ -122,71 +165,136 @@ async def config_check(args: argparse.Namespace, config: Config, path: Path) -> 
 # -- status ---------------------------------------------------------------------------------
 
 
+class _DaemonReport(msgspec.Struct):
+    """Whether a daemon runs on this storage, from its status snapshot checked against its pid."""
+
+    running: bool
+    pid: int | None = None
+    status_age_s: float | None = None
+    note: str = ""
+
+
 class _StatusReport(msgspec.Struct):
     config: str
-    database: str
-    redis: str
-    daemon: str
-    states: dict[str, dict[str, str | None]]
-    open_gaps: list[dict[str, object]]
-    dead_letters: int
-    kill_switch: str = "unknown"
+    database: str = "unknown"
+    redis: str = "unknown"
+    # None: unknown (Redis, which holds the snapshot, could not be read).
+    daemon: _DaemonReport | None = None
+    states: dict[str, dict[str, str | None]] = {}
+    # None: unknown (PostgreSQL could not be read).
+    open_gaps: list[dict[str, object]] | None = None
+    dead_letters: int | None = None
+    kill_switch: str = "unknown: trading counts as stopped"
     running: DaemonStatus | None = None
 
 
 async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
-    report = _StatusReport(
-        config=str(path),
-        database="unreachable",
-        redis="unreachable",
-        daemon="not running",
-        states={},
-        open_gaps=[],
-        dead_letters=0,
-    )
+    report = _StatusReport(config=str(path))
+    code = EX_OK
     try:
-        async with storage_for(config) as storage:
-            report.database = "ok" if await storage.pool.fetchval("SELECT 1") == 1 else "error"
+        async with storage_for(config, needs_schema=False) as storage:
             report.redis = "ok" if await storage.redis.ping() else "error"
-            try:
-                report.kill_switch = describe_kill_switch(await read_kill_switch(storage.redis))
-            except StateUnavailable as exc:
-                report.kill_switch = f"unknown ({exc}): trading counts as stopped"
-            for name in config.enabled_exchanges():
-                try:
-                    state = await read_state(storage.redis, name)
-                except StateUnavailable as exc:
-                    report.states[name] = {"state": None, "note": str(exc)}
-                    continue
-                latest = await history(storage.pool, name, limit=1)
-                report.states[name] = {
-                    "state": state.value if state else None,
-                    "note": (
-                        f"{latest[0].reason} ({latest[0].operator})"
-                        if latest
-                        else "never bootstrapped: run `tradingd --bootstrap`"
-                    ),
-                }
-            rows = await storage.pool.fetch(
-                "SELECT exchange, instrument_name, first_seq, last_seq, detected_at, reason"
-                " FROM data_gaps WHERE status = 'open' ORDER BY detected_at LIMIT 100"
-            )
-            report.open_gaps = [
-                {**dict(r), "detected_at": r["detected_at"].isoformat()} for r in rows
-            ]
-            report.dead_letters = await storage.pool.fetchval("SELECT count(*) FROM dead_letters")
-            raw = await storage.redis.get(STATUS_KEY)
-            if raw:
-                running = decode_status(raw)
-                age = running.age_seconds()
-                report.daemon = f"running (pid {running.pid}, status {age:.0f} s old)"
-                report.running = running
+            await _status_from_redis(report, storage.redis, config)
+            report.database = "ok"
+            pending = await pending_migrations(storage.pool)
+            if pending:
+                report.database = f"not migrated ({len(pending)} pending): run `tradingd migrate`"
+                code = EX_UNAVAILABLE
+            else:
+                await _status_from_postgres(report, storage.pool, config)
     except StorageUnavailable as exc:
-        report.database = f"unreachable: {exc}"
-        _print_status(report, args.json)
-        return EX_UNAVAILABLE
+        code = EX_UNAVAILABLE
+        if str(exc).startswith("Redis"):
+            report.redis = f"unreachable: {exc}"
+        else:
+            report.database = f"unreachable: {exc}"
+            if config.redis.url and report.redis == "unknown":
+                await _status_from_redis_alone(report, config)
     _print_status(report, args.json)
-    return EX_OK
+    return code
+
+
+async def _status_from_redis_alone(report: _StatusReport, config: Config) -> None:
+    """PostgreSQL is down: Redis (external) can still say what the daemon and the kill
+    switch are doing."""
+    secret = secret_store(config).load_optional(config.redis.password_secret)
+    try:
+        client = await connect_redis(
+            config.redis.url,
+            password=secret.reveal() if secret else None,
+            timeout=_operator_timeout(config),
+        )
+    except StorageUnavailable as exc:
+        report.redis = f"unreachable: {exc}"
+        return
+    try:
+        report.redis = "ok"
+        await _status_from_redis(report, client, config)
+    finally:
+        await client.aclose()
+
+
+async def _status_from_redis(report: _StatusReport, redis: Redis, config: Config) -> None:
+    try:
+        report.kill_switch = describe_kill_switch(await read_kill_switch(redis))
+    except StateUnavailable as exc:
+        report.kill_switch = f"unknown ({exc}): trading counts as stopped"
+    for name in config.enabled_exchanges():
+        try:
+            state = await read_state(redis, name)
+        except StateUnavailable as exc:
+            report.states[name] = {"state": None, "note": str(exc)}
+            continue
+        report.states[name] = {"state": state.value if state else None, "note": None}
+    raw = await redis.get(STATUS_KEY)
+    report.daemon = _DaemonReport(running=False)
+    if raw:
+        snapshot = decode_status(raw)
+        if _process_alive(snapshot.pid):
+            report.running = snapshot
+            report.daemon = _DaemonReport(
+                running=True, pid=snapshot.pid, status_age_s=round(snapshot.age_seconds(), 1)
+            )
+        else:
+            report.daemon.note = f"pid {snapshot.pid} of its last status no longer runs"
+
+
+def _process_alive(pid: int) -> bool:
+    # The snapshot outlives a daemon killed without its shutdown (it expires on its own).
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _status_from_postgres(report: _StatusReport, pool: Pool, config: Config) -> None:
+    for name in config.enabled_exchanges():
+        entry = report.states.setdefault(name, {"state": None, "note": None})
+        if entry["note"] is not None:
+            continue
+        latest = await history(pool, name, limit=1)
+        entry["note"] = (
+            f"{latest[0].reason} ({latest[0].operator})"
+            if latest
+            else "never bootstrapped: run `tradingd bootstrap`"
+        )
+    rows = await pool.fetch(
+        "SELECT exchange, instrument_name, first_seq, last_seq, detected_at, reason"
+        " FROM data_gaps WHERE status = 'open' ORDER BY detected_at LIMIT 100"
+    )
+    report.open_gaps = [{**dict(r), "detected_at": r["detected_at"].isoformat()} for r in rows]
+    report.dead_letters = int(await pool.fetchval("SELECT count(*) FROM dead_letters"))
+
+
+def _describe_daemon(daemon: _DaemonReport | None) -> str:
+    if daemon is None:
+        return "unknown (Redis, which holds its status, could not be read)"
+    if daemon.running:
+        return f"running (pid {daemon.pid}, status {daemon.status_age_s:.0f} s old)"
+    return "not running" + (f" ({daemon.note})" if daemon.note else "")
 
 
 def _print_status(report: _StatusReport, as_json: bool) -> None:
@@ -194,24 +302,30 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
         print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
         return
     print(f"config:   {report.config}")
-    print(f"daemon:   {report.daemon}")
-    print(f"storage:  database {report.database}, redis {report.redis}")
+    print(f"daemon:   {_describe_daemon(report.daemon)}")
+    print(f"storage:  database {report.database}")
+    print(f"          redis {report.redis}")
     print(f"kill switch: {report.kill_switch}")
-    print("exchanges:")
+    print("exchanges:" if report.states else "exchanges: unknown")
     running = {e.name: e for e in report.running.exchanges} if report.running else {}
     for name, st in report.states.items():
-        line = f"  {name:<12} {st['state'] or 'NEW':<14} {st['note']}"
+        line = f"  {name:<12} {st['state'] or 'NEW':<14} {st['note'] or ''}".rstrip()
         live = running.get(name)
         if live:
+            last_frame = (
+                "never" if live.seconds_since_frame < 0 else f"{live.seconds_since_frame:.1f} s ago"
+            )
             line += (
                 f"\n  {'':<12} ws {live.connected}/{live.connections} connected,"
-                f" {live.trades} trades, last frame {live.seconds_since_frame:.1f} s ago"
+                f" {live.trades} trades, last frame {last_frame}"
             )
+            if live.last_error:
+                line += f"\n  {'':<12} last error: {live.last_error}"
             if live.repair.get("detected"):
                 r = live.repair
                 line += (
-                    f"\n  {'':<12} gaps: {r['detected']:.0f} detected,"
-                    f" {r['repaired']:.0f} repaired, {r['unfillable']:.0f} unfillable;"
+                    f"\n  {'':<12} gaps: {r['detected']} detected,"
+                    f" {r['repaired']} repaired, {r['unfillable']} unfillable;"
                     f" repair p50 {r['p50_latency_s']:.3f} s,"
                     f" p99 {r['p99_latency_s']:.3f} s"
                 )
@@ -229,16 +343,23 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
                 f"  {queue.name:<16} {queue.policy:<20} depth {queue.depth}/{queue.capacity}"
                 f" high-water {queue.high_water} dropped {queue.dropped}"
             )
-    print(f"open gaps: {len(report.open_gaps)}")
-    for gap in report.open_gaps[:20]:
+    if report.open_gaps is None:
+        print("open gaps: unknown (PostgreSQL could not be read)")
+    else:
+        print(f"open gaps: {len(report.open_gaps)}")
+        for gap in report.open_gaps[:20]:
+            print(
+                f"  {gap['exchange']} {gap['instrument_name']}"
+                f" {gap['first_seq']}..{gap['last_seq']}"
+                f" since {gap['detected_at']} ({gap['reason']})"
+            )
+    if report.dead_letters is None:
+        print("dead letters: unknown (PostgreSQL could not be read)")
+    else:
         print(
-            f"  {gap['exchange']} {gap['instrument_name']} {gap['first_seq']}..{gap['last_seq']}"
-            f" since {gap['detected_at']} ({gap['reason']})"
+            f"dead letters: {report.dead_letters}"
+            + (" (tradingd dlq list)" if report.dead_letters else "")
         )
-    print(
-        f"dead letters: {report.dead_letters}"
-        + (" (tradingd dlq list)" if report.dead_letters else "")
-    )
 
 
 # -- operator state commands ----------------------------------------------------------------
@@ -309,16 +430,38 @@ async def unlock(args: argparse.Namespace, config: Config, path: Path) -> int:
 
 
 async def state_history(args: argparse.Namespace, config: Config, path: Path) -> int:
+    """State transitions and kill-switch changes, newest first."""
     async with storage_for(config) as storage:
         records = await history(storage.pool, args.exchange, args.limit)
-    if not records:
-        print("no state transitions recorded")
-    for record in records:
-        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.at_us / 1e6))
-        print(
-            f"{at}Z  {record.exchange:<10} {record.from_state or '-':>13} -> "
-            f"{record.to_state:<13} by {record.operator}: {record.reason}"
+        switches = await storage.pool.fetch(
+            "SELECT (extract(epoch FROM at) * 1e6)::bigint AS at_us, kind, detail::text AS detail"
+            " FROM system_events WHERE kind IN ('kill_switch_on', 'kill_switch_off')"
+            " ORDER BY at DESC LIMIT $1",
+            args.limit,
         )
+    lines: list[tuple[int, str]] = [
+        (
+            record.at_us,
+            f"{record.exchange:<10} {record.from_state or '-':>13} -> "
+            f"{record.to_state:<13} by {record.operator}: {record.reason}",
+        )
+        for record in records
+    ]
+    for row in switches:
+        detail = msgspec.json.decode(row["detail"])
+        action = "ON" if row["kind"] == "kill_switch_on" else "off"
+        lines.append(
+            (
+                row["at_us"],
+                f"{'all':<10} {'kill switch':>13} -> {action:<13}"
+                f" by {detail.get('operator', '?')}: {detail.get('reason', '')}",
+            )
+        )
+    if not lines:
+        print("no state transitions recorded")
+    for at_us, text in sorted(lines, key=lambda line: line[0], reverse=True)[: args.limit]:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at_us / 1e6))
+        print(f"{at}Z  {text}")
     return EX_OK
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import tomllib
 from datetime import date
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +27,12 @@ from tradingd.model import Channel
 
 _T = TypeVar("_T")
 
+ADAPTER_ENTRY_POINT_GROUP = "tradingd.adapters"
+
 DEFAULT_CONFIG_PATH = Path("config/tradingd.toml")
+# Where state lives when daemon.state_dir is empty and systemd gave no $STATE_DIRECTORY, as
+# root: a place the unprivileged user of the embedded servers can reach.
+DEFAULT_STATE_DIR_ROOT = Path("/var/lib/tradingd")
 CONFIG_ENV = "TRADINGD_CONFIG"
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
@@ -41,7 +47,8 @@ LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRI
 
 
 class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    # Empty: $STATE_DIRECTORY (set by systemd's StateDirectory=), else ./.state
+    # Relative: to the configuration file's directory. Empty: $STATE_DIRECTORY (systemd's
+    # StateDirectory=), else DEFAULT_STATE_DIR_ROOT as root, else the user's XDG state home.
     state_dir: str = ""
     log_level: LogLevel = "INFO"
     stop_timeout: PositiveFloat = 20.0
@@ -174,8 +181,25 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         return self.exchanges[exchange].adapter or exchange
 
     def state_path(self) -> Path:
-        configured = self.daemon.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        return Path(configured or ".state").absolute()
+        return self.state_location()[0]
+
+    def state_location(self) -> tuple[Path, str]:
+        """The state directory and where it came from (``config check`` shows both).
+
+        ``daemon.state_dir`` was made absolute against the configuration file's directory when
+        the file was loaded, so the working directory never changes where the state is."""
+        if self.daemon.state_dir:
+            return Path(
+                self.daemon.state_dir
+            ).absolute(), "daemon.state_dir, relative to the config file"
+        systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if systemd:
+            return Path(systemd).absolute(), "$STATE_DIRECTORY"
+        if os.geteuid() == 0:
+            return DEFAULT_STATE_DIR_ROOT, "the default for root"
+        xdg = os.environ.get("XDG_STATE_HOME", "")
+        base = Path(xdg) if xdg.startswith("/") else Path.home() / ".local" / "state"
+        return base / "tradingd", "the default for a user ($XDG_STATE_HOME or ~/.local/state)"
 
     def secrets_path(self) -> Path:
         # systemd's LoadCredential= wins over the configured directory.
@@ -227,6 +251,7 @@ def parse_config(document: dict[str, Any], path: Path | str = "<config>") -> Con
     document = dict(document)
     raw_exchanges = document.pop("exchanges", {})
     base = _convert(document, Config, path, prefix="")
+    base = msgspec.structs.replace(base, daemon=_anchored_paths(base.daemon, path))
     if not isinstance(raw_exchanges, dict):
         raise ConfigError(path, "exchanges", f"expected a table, found {_describe(raw_exchanges)}")
     exchanges: dict[str, ExchangeConfig] = {}
@@ -238,13 +263,53 @@ def parse_config(document: dict[str, Any], path: Path | str = "<config>") -> Con
             )
         if not isinstance(section, dict):
             raise ConfigError(path, key, f"expected a table, found {_describe(section)}")
+        _check_adapter_known(name, section, path)
         exchanges[name] = _convert(section, ExchangeConfig, path, prefix=key)
     config = msgspec.structs.replace(base, exchanges=exchanges)
     _check_semantics(config, path)
     return config
 
 
+def installed_adapters() -> list[str]:
+    """The adapter names installed in the ``tradingd.adapters`` entry-point group."""
+    return sorted({ep.name for ep in entry_points(group=ADAPTER_ENTRY_POINT_GROUP)})
+
+
+def _check_adapter_known(name: str, section: dict[str, Any], path: Path | str) -> None:
+    # Before the section's keys: for a venue we have no adapter for, those are meaningless.
+    adapter = section.get("adapter") or name
+    if not isinstance(adapter, str):
+        return  # the schema check names the key and type
+    available = installed_adapters()
+    if adapter not in available:
+        key = f"exchanges.{name}.adapter" if section.get("adapter") else f"exchanges.{name}"
+        raise ConfigError(
+            path,
+            key,
+            f"expected an installed exchange adapter ({', '.join(available) or 'none'}), "
+            f"found {adapter!r}",
+        )
+
+
+def _anchored_paths(daemon: DaemonConfig, path: Path | str) -> DaemonConfig:
+    """Relative directories are relative to the configuration file, never to the working
+    directory: resolved once, here."""
+    base = Path(path).absolute().parent
+    anchored = {
+        key: str(base / value)
+        for key, value in (("state_dir", daemon.state_dir), ("secrets_dir", daemon.secrets_dir))
+        if value and not Path(value).is_absolute()
+    }
+    return msgspec.structs.replace(daemon, **anchored) if anchored else daemon
+
+
 def _check_semantics(config: Config, path: Path | str) -> None:
+    if config.daemon.mode == "live":
+        raise ConfigError(
+            path,
+            "daemon.mode",
+            "expected 'paper' (live trading is not available yet for any venue), found 'live'",
+        )
     for name, exchange in config.exchanges.items():
         if exchange.enabled and not exchange.symbols:
             raise ConfigError(
@@ -307,10 +372,14 @@ def _translate(
     value_found = _lookup(section, where)
     if what.startswith("Object contains unknown field"):
         field = what.split("`")[1]
-        return ConfigError(path, _join_key(key, "." + field), "unknown key")
+        return ConfigError(
+            path, _join_key(key, "." + field), "expected a known key, found an unknown key"
+        )
     if what.startswith("Object missing required field"):
         field = what.split("`")[1]
-        return ConfigError(path, _join_key(key, "." + field), "required key is missing")
+        return ConfigError(
+            path, _join_key(key, "." + field), "expected a value (required), found nothing"
+        )
     if what.startswith("Invalid enum value"):
         choices = _choices_at(kind, where)
         return ConfigError(path, key, f"expected one of {choices}, found {_describe(value_found)}")

@@ -30,16 +30,17 @@ from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
 from tradingd.clock import ClockCheck, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
-from tradingd.exitcodes import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
+from tradingd.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from tradingd.logs import set_level
 from tradingd.model import Bar, Channel, DeadLetter, Subscription, Ticker, Trade
+from tradingd.observer import log_state_changes
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.reconcile import StartupStates
 from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
 from tradingd.secrets import secret_store
 from tradingd.sequencing import Gap, SequenceTracker
 from tradingd.status import STATUS_KEY, DaemonStatus, ExchangeStatus, encode_status, one_line
-from tradingd.storage import Storage, open_storage
+from tradingd.storage import Storage, StorageError, StorageRejected, open_storage
 from tradingd.storage.embedded import EmbeddedStorageError
 from tradingd.storage.migrations import migrate
 from tradingd.supervisor import ActorSpec, Supervisor, SupervisorEscalation
@@ -97,6 +98,7 @@ class Daemon:
         self.states: StartupStates | None = None
         self.queues: list[BoundedQueue[object]] = []
         self._stored_sequences: dict[str, dict[str, int]] = {}
+        self._unlisted: dict[str, set[str]] = {}
         self._exit_code = EX_OK
 
     # -- signals --------------------------------------------------------------------------
@@ -154,6 +156,11 @@ class Daemon:
             # Already logged with the actor's name and last error.
             await self._shutdown()
             return EX_SOFTWARE
+        except StorageError as exc:
+            # The reason first, then the shutdown's own lines.
+            logger.critical("storage unavailable: {}", exc)
+            await self._shutdown()
+            return EX_CONFIG if isinstance(exc, StorageRejected) else EX_UNAVAILABLE
         except BaseException:
             await self._shutdown()
             raise
@@ -185,21 +192,58 @@ class Daemon:
 
         self.notifier.status("starting: clock check")
         self.clock = ClockCheck(cfg.daemon, self.adapters)
-        await self._until_stopped(asyncio.ensure_future(self.clock.check_at_start()))
+        await self._until_stopped(
+            asyncio.ensure_future(
+                asyncio.gather(self.clock.check_at_start(), self._skip_unlisted_symbols())
+            )
+        )
 
         self.states = StartupStates(cfg, self.storage, self.adapters, self.clock)
         await self.states.on_start()
 
         for name in self.adapters:
             traded = [
-                s.instrument_name
-                for s in subscriptions_for(cfg, name)
-                if s.channel is Channel.TRADES
+                s.instrument_name for s in self._subscriptions(name) if s.channel is Channel.TRADES
             ]
             self._stored_sequences[name] = await last_sequences(self.storage, name, traded)
         self._build_actors()
         self.notifier.status("starting: actors")
         await self._until_stopped(asyncio.ensure_future(self.supervisor.wait_ready()))
+
+    async def _skip_unlisted_symbols(self) -> None:
+        """A configured symbol the venue does not list is reported and left out, so that the
+        others stream (one unknown Binance stream fails the whole connection). When the
+        instruments cannot be fetched (offline), every configured symbol is kept."""
+
+        async def check(name: str, adapter: ExchangeAdapter) -> None:
+            ex = self.config.exchanges[name]
+            try:
+                async with asyncio.timeout(ex.request_timeout):
+                    listed = {i.instrument_name for i in await adapter.fetch_instruments()}
+            except Exception as exc:
+                logger.bind(EXCHANGE=name).info(
+                    "{}: instruments not fetched ({!r}): every configured symbol is subscribed",
+                    name,
+                    exc,
+                )
+                return
+            unlisted = [symbol for symbol in ex.symbols if symbol not in listed]
+            if unlisted:
+                logger.bind(EXCHANGE=name).error(
+                    "{}: not listed by the venue, skipped: {} (fix exchanges.{}.symbols)",
+                    name,
+                    ", ".join(unlisted),
+                    name,
+                )
+                self._unlisted[name] = set(unlisted)
+
+        await asyncio.gather(*(check(name, adapter) for name, adapter in self.adapters.items()))
+
+    def _subscriptions(self, exchange: str) -> list[Subscription]:
+        unlisted = self._unlisted.get(exchange, set())
+        return [
+            s for s in subscriptions_for(self.config, exchange) if s.instrument_name not in unlisted
+        ]
 
     def _build_actors(self) -> None:
         cfg = self.config
@@ -248,7 +292,7 @@ class Daemon:
             intervals = dict(adapter.stream_intervals())
             self.repairers[name] = repairer
             specs.append(ActorSpec(repairer, checkin_timeout=120.0, log_fields={"EXCHANGE": name}))
-            plans = adapter.plan_connections(subscriptions_for(cfg, name))
+            plans = adapter.plan_connections(self._subscriptions(name))
             self.receivers[name] = []
             for index, plan in enumerate(plans):
                 receiver = Receiver(
@@ -291,6 +335,12 @@ class Daemon:
                     group.create_task(watchdog_loop(self.notifier, period, self.healthy))
                 )
             background.append(group.create_task(self._publish_status_loop()))
+            if self.storage is not None:
+                background.append(
+                    group.create_task(
+                        log_state_changes(self.storage.pool, cfg.daemon.status_interval)
+                    )
+                )
             if self.storage is not None and self.storage.embedded is not None:
                 background.append(group.create_task(self._watch_embedded_storage()))
             assert self.clock is not None and self.states is not None
@@ -428,6 +478,8 @@ class Daemon:
         if self.http is not None:
             await _quietly(self.http.close)
         if self.storage is not None:
+            # `tradingd status` must not report a stopped daemon as running.
+            await _quietly(lambda: self.storage.redis.delete(STATUS_KEY) if self.storage else None)
             await _quietly(self.storage.close)
         logger.info("stopped")
 

@@ -309,6 +309,15 @@ class PrefixedStderrSink:
         stream.flush()
 
 
+# Erase to the end of the line: a progress bar (tradingd.progress) may be drawn on it, with the
+# cursor left at column 0; a shorter log line must not leave the bar's tail behind it.
+ERASE_LINE = "\x1b[K"
+
+
+def erasing_terminal_format(record: Record) -> str:
+    return ERASE_LINE + terminal_format(record)
+
+
 def terminal_format(record: Record) -> str:
     """A loguru format template: time, level, bound context, message."""
     context = " ".join(
@@ -524,8 +533,13 @@ def configure_logging(
         # diagnose=False: tracebacks must not show local values, they could be secrets.
         if writer is None:
             # Interactive: immediate, in order with print() and tracebacks; no writer thread.
+            target = stream or sys.stderr
+            on_tty = getattr(target, "isatty", lambda: False)()
             return logger.add(
-                stream or sys.stderr, format=terminal_format, diagnose=False, **common
+                target,
+                format=erasing_terminal_format if on_tty else terminal_format,
+                diagnose=False,
+                **common,
             )
         return logger.add(writer.handler_sink(), format="{message}", diagnose=False, **common)
 

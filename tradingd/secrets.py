@@ -10,7 +10,9 @@ import os
 import stat
 from pathlib import Path
 
-from tradingd.config import Config
+import msgspec
+
+from tradingd.config import Config, ConfigError
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 
@@ -103,3 +105,33 @@ def secret_store(config: Config) -> SecretStore:
     return SecretStore(
         directory, systemd_credentials=bool(from_systemd) and directory == Path(from_systemd)
     )
+
+
+def configured_secret_keys(config: Config) -> list[tuple[str, str]]:
+    """Every ``*_secret`` key with a value, as (dotted key, secret file name)."""
+    found: list[tuple[str, str]] = []
+
+    def walk(value: object, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                dotted = f"{prefix}.{key}" if prefix else str(key)
+                if str(key).endswith("_secret") and isinstance(item, str) and item:
+                    found.append((dotted, item))
+                else:
+                    walk(item, dotted)
+
+    walk(msgspec.to_builtins(config), "")
+    return found
+
+
+def check_secret_files(config: Config, config_path: Path | str) -> None:
+    """Every configured secret file exists, is private and readable (``config check`` and
+    start-up); a ConfigError names the key. The values are read and dropped, never shown."""
+    store = secret_store(config)
+    for key, name in configured_secret_keys(config):
+        try:
+            store.load(name)
+        except SecretError as exc:
+            raise ConfigError(
+                config_path, key, f"expected a private, non-empty secret file, found {exc}"
+            ) from None

@@ -23,7 +23,8 @@ class ExchangeStatus(msgspec.Struct, frozen=True):
     gaps_open: int
     seconds_since_frame: float
     last_error: str
-    repair: dict[str, float] = {}
+    # Counts stay integers in JSON; latencies are floats.
+    repair: dict[str, int | float] = {}
 
 
 class DaemonStatus(msgspec.Struct, frozen=True):
@@ -35,9 +36,9 @@ class DaemonStatus(msgspec.Struct, frozen=True):
     exchanges: list[ExchangeStatus]
     actors: list[ActorStatus]
     queues: list[QueueStats]
-    persister: dict[str, float]
-    clock: dict[str, float]
-    analyzer: dict[str, float] = {}
+    persister: dict[str, int | float]
+    clock: dict[str, int | float]
+    analyzer: dict[str, int | float] = {}
 
     def age_seconds(self) -> float:
         return max(0.0, time.time() - self.updated_at_us / 1e6)

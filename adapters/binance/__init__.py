@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import aiohttp
 
-from tradingd.adapters.base import RangeUnavailable
+from tradingd.adapters.base import RangeUnavailable, check_symbols
 from tradingd.adapters.binance.http import BinanceRestClient, RequestRejected
 from tradingd.adapters.binance.parsing import BinanceParser, FrameParseError, stream_name
 from tradingd.adapters.binance.websocket import (
@@ -16,6 +17,9 @@ from tradingd.adapters.binance.websocket import (
 )
 from tradingd.config import ExchangeConfig
 from tradingd.model import Bar, Channel, Instrument, Subscription, Trade
+
+# Binance spot symbols: base and quote asset run together, upper case ("BTCUSDT").
+SYMBOL_SYNTAX = re.compile(r"[A-Z0-9]{2,20}")
 
 # Binance pushes every kline stream every 2 s, whether or not the bar changed.
 KLINE_PUSH_SECONDS = 2.0
@@ -36,6 +40,8 @@ class BinanceAdapter:
     def __init__(
         self, config: ExchangeConfig, *, exchange: str, http: aiohttp.ClientSession
     ) -> None:
+        # One malformed stream name makes Binance refuse the whole connection.
+        check_symbols(config.symbols, SYMBOL_SYNTAX, "Binance spot", "BTCUSDT")
         self.name = exchange
         self.config = config
         self._http = http

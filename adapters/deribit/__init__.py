@@ -7,11 +7,17 @@ needs an authenticated connection): every trade is still delivered, batched per 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 
 import aiohttp
 
-from tradingd.adapters.base import ExchangeAdapter, MarketDataSession, VenueUnavailable
+from tradingd.adapters.base import (
+    ExchangeAdapter,
+    MarketDataSession,
+    VenueUnavailable,
+    check_symbols,
+)
 from tradingd.adapters.deribit.http import (
     SUBSCRIBE_POOL,
     CreditBucket,
@@ -25,6 +31,10 @@ from tradingd.config import ExchangeConfig
 from tradingd.model import Bar, Channel, Instrument, Subscription, Trade, resolution_seconds
 
 __all__ = ["DeribitAdapter", "DeribitSession", "RpcRejected", "TradesNotServed"]
+
+# Deribit instrument names: upper case, dash-separated ("BTC-PERPETUAL", "BTC_USDC-PERPETUAL",
+# "BTC-27DEC26-100000-C").
+SYMBOL_SYNTAX = re.compile(r"[A-Z0-9]+(?:_[A-Z0-9]+)?(?:-[A-Z0-9.]+)+|[A-Z0-9]+_[A-Z0-9]+")
 
 # Frames of 100 ms trade batches on busy instruments are far larger than aiohttp's 4 MiB
 # default would ever need, but a full ticker burst must not kill the connection.
@@ -40,6 +50,8 @@ class DeribitAdapter:
         self, config: ExchangeConfig, *, exchange: str, http: aiohttp.ClientSession
     ) -> None:
         resolution_code(config.bar_resolution)  # fail fast: Deribit has no 4h bars
+        # Deribit's instrument names are case-sensitive: "btc-perpetual" never captures.
+        check_symbols(config.symbols, SYMBOL_SYNTAX, "Deribit instrument", "BTC-PERPETUAL")
         self.config = config
         self.exchange = exchange
         self._http_session = http

@@ -37,6 +37,7 @@ import msgspec
 from tradingd.actors import checked_in, pause
 from tradingd.adapters.base import ExchangeAdapter, MarketDataSession, VenueUnavailable
 from tradingd.config import ExchangeConfig
+from tradingd.failures import FailureSummary
 from tradingd.model import (
     Bar,
     Channel,
@@ -166,6 +167,7 @@ class Receiver:
         self._rotating = False
         # Set once the first connection attempt finished, whatever its outcome.
         self.first_attempt_done = asyncio.Event()
+        self._failures = FailureSummary()
         # Set once market data (not only keep-alives) arrived on this connection.
         self.data_flowing = asyncio.Event()
 
@@ -181,9 +183,11 @@ class Receiver:
                 attempt += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 delay = self.backoff_delay(attempt)
-                ctx.log.warning(
+                summary = self._failures.record(self.stats.last_error, loop.time())
+                ctx.log.log(
+                    "WARNING" if summary else "DEBUG",
                     "connect failed ({}); attempt {}, retrying in {:.1f} s",
-                    self.stats.last_error,
+                    summary or self.stats.last_error,
                     attempt,
                     delay,
                 )
@@ -191,6 +195,9 @@ class Receiver:
                 self.first_attempt_done.set()
                 await pause(ctx, delay)
                 continue
+            failed = self._failures.reset()
+            if failed:
+                ctx.log.info("connected after {} failed attempts", failed)
             self.stats.connects += 1
             if self.stats.connects > 1:
                 self.stats.reconnects += 1

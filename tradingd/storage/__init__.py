@@ -93,6 +93,7 @@ async def open_storage(
     on_wait: OnWait | None = None,
     secrets: SecretStore | None = None,
     attach: bool = False,
+    connect_timeout: float | None = None,
 ) -> Storage:
     """Connect to the configured servers, starting embedded ones for empty URLs.
 
@@ -101,6 +102,7 @@ async def open_storage(
     Raises ``StorageUnavailable`` (a server stayed down past its ``connect_timeout``, or the
     embedded servers failed to start) or
     ``StorageRejected`` (credentials, missing database).
+    ``connect_timeout`` replaces both configured ones (operator commands wait briefly).
     """
     if secrets is None:
         secrets = secret_store(config)
@@ -129,7 +131,7 @@ async def open_storage(
             password=database_password,
             pool_size=database.pool_size,
             backoff_max=database.connect_backoff_max,
-            timeout=database.connect_timeout,
+            timeout=database.connect_timeout if connect_timeout is None else connect_timeout,
             on_wait=on_wait,
         )
         cleanup.push_async_callback(pool.close)
@@ -137,7 +139,7 @@ async def open_storage(
             redis_url,
             password=redis_password,
             backoff_max=redis_config.connect_backoff_max,
-            timeout=redis_config.connect_timeout,
+            timeout=redis_config.connect_timeout if connect_timeout is None else connect_timeout,
             on_wait=on_wait,
         )
         cleanup.pop_all()

@@ -187,7 +187,8 @@ async def _with_retry(
     target = redact_url(url)
     hidden = _hidden(url, password)
     log = logger.bind(SERVICE=service.lower())
-    deadline = time.monotonic() + timeout if timeout > 0 else None
+    started = time.monotonic()
+    deadline = started + timeout if timeout > 0 else None
 
     def report(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -217,7 +218,9 @@ async def _with_retry(
         last = gave_up.last_attempt.exception()
         attempts = gave_up.last_attempt.attempt_number
         raise StorageUnavailable(
-            f"{service} at {target} is unavailable: gave up after {timeout:g} s "
+            # The time really waited: tenacity stops before a wait that would pass the limit.
+            f"{service} at {target} is unavailable: gave up after "
+            f"{time.monotonic() - started:.1f} s "
             f"({attempts} attempts); last error: {_describe(last, hidden)}"
         ) from None
     raise AssertionError("unreachable: tenacity either returns, raises or gives up")

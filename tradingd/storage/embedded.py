@@ -18,6 +18,10 @@ Lifecycle guarantees:
   before the new one starts.
 * PostgreSQL refuses to run as root, so when tradingd runs as root the servers run as the
   unprivileged system user ``tradingd`` (created if missing) and their directories belong to it.
+  That user must reach their data and binaries. A checkout in root's home (mode 0700) is out of
+  its reach, so then, with nothing to configure, the servers' data goes to
+  ``/var/lib/tradingd/embedded/<name>-<digest of the state directory>`` and a copy of the
+  bundled binaries to ``/var/lib/tradingd/servers/<digest>``; both choices are logged at start.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from urllib.parse import quote
 import asyncpg
 from loguru import logger
 
+from tradingd.config import DEFAULT_STATE_DIR_ROOT
 from tradingd.storage.connect import StorageUnavailable
 
 SERVICE_USER = "tradingd"
@@ -95,6 +100,9 @@ class _Layout:
     redis_dir: Path
     socket_dir_postgres: Path
     socket_dir_redis: Path
+    # The binaries the servers run from (a copy the service user can reach, as root).
+    postgres_bin: Path = Path()
+    redis_server: Path = Path()
 
     @property
     def redis_socket(self) -> Path:
@@ -197,7 +205,7 @@ class EmbeddedStorage:
         )
         _clear_reused_postmaster_pid(layout, account)
         if not (layout.postgres_dir / "PG_VERSION").exists():
-            await _initdb(layout.postgres_dir, account)
+            await _initdb(layout.postgres_dir, layout.postgres_bin, account)
         settings = {
             "listen_addresses": "",  # no TCP listener
             "unix_socket_directories": f'"{layout.socket_dir_postgres}"',
@@ -210,7 +218,7 @@ class EmbeddedStorage:
         }
         if not self.durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-        argv = [str(postgres_bin_dir() / "postgres"), "-D", str(layout.postgres_dir)]
+        argv = [str(layout.postgres_bin / "postgres"), "-D", str(layout.postgres_dir)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
         self._postgres = await _ServerProcess.spawn(
@@ -252,7 +260,7 @@ class EmbeddedStorage:
             "logfile": "",
             "loglevel": "notice",
         }
-        argv = [str(redis_server_binary())]
+        argv = [str(layout.redis_server)]
         for key, value in settings.items():
             argv += [f"--{key}", value]
         self._redis = await _ServerProcess.spawn(
@@ -334,7 +342,7 @@ class EmbeddedStorage:
                 return self._layout, self._account
             try:
                 account = await _service_account()
-                layout = _make_layout(self.state_dir, account)
+                layout = await asyncio.to_thread(_make_layout, self.state_dir, account)
                 _record_owner(lock_fd, layout)
             except BaseException:
                 os.close(lock_fd)
@@ -415,6 +423,8 @@ def _postgres_log_level(line: bytes) -> str:
 
 
 def _redis_log_level(line: bytes) -> str:
+    if b"overcommit_memory" in line:
+        return "DEBUG"  # a host setting, irrelevant to a store this small; not ours to change
     # Redis marks notable lines with "#", but most of them are start-up chatter.
     if b" # " in line and (b"WARNING" in line or b"rror" in line):
         return "WARNING"
@@ -760,10 +770,11 @@ def _create_dirs(state_dir: Path) -> None:
 
 
 def _make_layout(state_dir: Path, account: _Account) -> _Layout:
-    if account.switch:
-        _make_traversable(state_dir, account)
-    postgres_dir = state_dir / "postgres"
-    redis_dir = state_dir / "redis"
+    data_root = state_dir
+    if account.switch and not _make_traversable(state_dir, account):
+        data_root = _reachable_data_root(state_dir, account)
+    postgres_dir = data_root / "postgres"
+    redis_dir = data_root / "redis"
     _ensure_private_dir(redis_dir, account)
     # postgres_dir is created by initdb (via a temporary sibling); only fix an existing one.
     if postgres_dir.exists():
@@ -781,7 +792,115 @@ def _make_layout(state_dir: Path, account: _Account) -> _Layout:
     if too_long:
         runtime = _runtime_dir(state_dir, account)
         socket_dir_postgres = socket_dir_redis = runtime
-    return _Layout(state_dir, postgres_dir, redis_dir, socket_dir_postgres, socket_dir_redis)
+    postgres_bin, redis_server = _server_binaries(account)
+    return _Layout(
+        state_dir,
+        postgres_dir,
+        redis_dir,
+        socket_dir_postgres,
+        socket_dir_redis,
+        postgres_bin,
+        redis_server,
+    )
+
+
+def _reachable_data_root(state_dir: Path, account: _Account) -> Path:
+    """Where the servers keep their data when ``state_dir`` is out of the service user's
+    reach: fixed per state directory, so every restart finds the same data."""
+    digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:12]
+    data_root = DEFAULT_STATE_DIR_ROOT / "embedded" / f"{state_dir.parent.name}-{digest}"
+    _make_root_dirs(data_root)
+    if not _reachable(data_root, account):
+        raise EmbeddedStorageError(
+            f"neither {state_dir} nor {data_root} is searchable by user {account.name}, which "
+            "runs the embedded servers when tradingd runs as root: set daemon.state_dir to a "
+            "directory it can reach"
+        )
+    logger.info(
+        "{} is out of reach of user {} (which runs the embedded servers, as tradingd runs as "
+        "root): their data is in {}",
+        state_dir,
+        account.name,
+        data_root,
+    )
+    return data_root
+
+
+def _make_root_dirs(directory: Path) -> None:
+    """Create ``directory`` and missing parents, owned by root and searchable by all."""
+    missing = [path for path in (directory, *directory.parents) if not path.exists()]
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o755)
+            os.chmod(path, 0o755)
+
+
+def _server_binaries(account: _Account) -> tuple[Path, Path]:
+    """PostgreSQL's bin directory and redis-server: the bundled ones, or (as root, when the
+    service user cannot reach them, e.g. in a venv under root's home) a copy it can."""
+    postgres_bin, redis_server = postgres_bin_dir(), redis_server_binary()
+    if not account.switch or (
+        _reachable(postgres_bin, account) and _reachable(redis_server.parent, account)
+    ):
+        return postgres_bin, redis_server
+    pginstall = postgres_bin.parent.resolve()
+    redis_source = redis_server.resolve()
+    fingerprint = hashlib.sha256()
+    for source in (pginstall, pginstall / "bin" / "postgres", redis_source):
+        info = source.stat()
+        fingerprint.update(f"{source}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+    target = DEFAULT_STATE_DIR_ROOT / "servers" / fingerprint.hexdigest()[:16]
+    if not (target / _COPY_COMPLETE).exists():
+        _make_root_dirs(target.parent)
+        staging = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        # Keep pip's layout: the binaries find pgserver.libs through an $ORIGIN-relative rpath.
+        shutil.copytree(pginstall, staging / "pgserver" / "pginstall", symlinks=True)
+        wheel_libs = pginstall.parent.parent / "pgserver.libs"
+        if wheel_libs.is_dir():
+            shutil.copytree(wheel_libs, staging / "pgserver.libs", symlinks=True)
+        shutil.copy2(redis_source, staging / "redis-server")
+        _make_world_readable(staging)
+        (staging / _COPY_COMPLETE).touch()
+        try:
+            os.rename(staging, target)
+        except OSError:  # another tradingd made the same copy meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+        logger.info(
+            "copied the embedded servers' binaries to {} (user {} cannot reach {})",
+            target,
+            account.name,
+            postgres_bin,
+        )
+    else:
+        logger.info("embedded servers run from {} (a copy user {} can reach)", target, account.name)
+    return target / "pgserver" / "pginstall" / "bin", target / "redis-server"
+
+
+_COPY_COMPLETE = ".complete"
+
+
+def _make_world_readable(tree: Path) -> None:
+    os.chmod(tree, 0o755)
+    for root, dirs, files in os.walk(tree):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | 0o444)
+
+
+def _reachable(directory: Path, account: _Account) -> bool:
+    """Whether ``account`` can search ``directory`` and every directory above it."""
+    for path in (directory, *directory.parents):
+        try:
+            info = os.stat(path)
+        except OSError:
+            return False
+        if not _can_search(info, account):
+            return False
+    return True
 
 
 def _runtime_dir(state_dir: Path, account: _Account) -> Path:
@@ -829,18 +948,13 @@ def _chown_tree(directory: Path, account: _Account) -> None:
             os.chown(os.path.join(root, name), account.uid, account.gid, follow_symlinks=False)
 
 
-def _make_traversable(state_dir: Path, account: _Account) -> None:
-    """The service user must be able to reach the state directory; fix it where it is ours
-    (the state directory itself), otherwise say which directory is in the way."""
+def _make_traversable(state_dir: Path, account: _Account) -> bool:
+    """Whether the service user can reach the state directory; made searchable where it is
+    ours (the state directory itself). Directories above it are never changed."""
     info = os.stat(state_dir)
     if info.st_uid == os.geteuid() and not _can_search(info, account):
         os.chmod(state_dir, stat.S_IMODE(info.st_mode) | 0o011)
-    for directory in [state_dir, *state_dir.parents]:
-        if not _can_search(os.stat(directory), account):
-            raise EmbeddedStorageError(
-                f"{directory} is not searchable by user {account.name}, which runs the embedded "
-                f"servers when tradingd runs as root: choose a state directory it can reach"
-            )
+    return _reachable(state_dir, account)
 
 
 def _can_search(info: os.stat_result, account: _Account) -> bool:
@@ -852,7 +966,7 @@ def _can_search(info: os.stat_result, account: _Account) -> bool:
     return bool(mode & stat.S_IXOTH)
 
 
-async def _initdb(postgres_dir: Path, account: _Account) -> None:
+async def _initdb(postgres_dir: Path, bin_dir: Path, account: _Account) -> None:
     # Initialised beside and renamed into place, so a crash mid-way never leaves a
     # half-made data directory that looks real.
     staging = postgres_dir.with_name(postgres_dir.name + ".initdb")
@@ -860,7 +974,7 @@ async def _initdb(postgres_dir: Path, account: _Account) -> None:
         shutil.rmtree(staging)
     _ensure_private_dir(staging, account)
     argv = [
-        str(postgres_bin_dir() / "initdb"),
+        str(bin_dir / "initdb"),
         "-D",
         str(staging),
         "-U",

@@ -1,0 +1,69 @@
+"""Item 12: the daemon's log holds the operator actions taken from another process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+from loguru import logger
+
+from tests.e2e.harness import offline_config, run_cli
+from tradingd import observer
+from tradingd.observer import log_state_changes
+from tradingd.state import ExchangeState, set_kill_switch, transition
+
+
+async def test_state_and_kill_switch_changes_made_elsewhere_are_logged(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    wanted = [
+        "INFO observed binance: none -> BOOTSTRAPPING by olga: b",
+        "INFO observed binance: BOOTSTRAPPING -> LOCKED by olga: done",
+        "WARNING observed kill switch ON by olga: drill",
+        "WARNING observed kill switch off by olga: over",
+    ]
+    lines: list[str] = []
+    all_seen = asyncio.Event()
+
+    def sink(message: object) -> None:
+        lines.append(str(message).strip())
+        if all(any(w in line for line in lines) for w in wanted):
+            all_seen.set()
+
+    marks = await observer.current_marks(pool)
+    # Made and undone between two polls: still logged, from the records.
+    await transition(pool, rds, "binance", ExchangeState.BOOTSTRAPPING, operator="olga", reason="b")
+    await transition(pool, rds, "binance", ExchangeState.LOCKED, operator="olga", reason="done")
+    await set_kill_switch(pool, rds, on=True, operator="olga", reason="drill")
+    await set_kill_switch(pool, rds, on=False, operator="olga", reason="over")
+    handle = logger.add(sink, level="DEBUG", format="{level} {message}")
+    task = asyncio.create_task(log_state_changes(pool, 0.05, marks))
+    try:
+        async with asyncio.timeout(10):
+            await all_seen.wait()
+    finally:
+        task.cancel()
+        logger.remove(handle)
+    observed = [line for line in lines if "observed" in line]
+    assert observed == wanted  # each once, in order
+
+
+async def test_state_history_shows_kill_switch_changes(
+    tmp_path: Path, migrated_database_url: str, redis_url: str
+) -> None:
+    path = offline_config(
+        tmp_path / "tradingd.toml",
+        state_dir=tmp_path / "state",
+        database_url=migrated_database_url,
+        redis_url=redis_url,
+    )
+    env = {"USER": "olga"}
+    assert run_cli(path, "kill-switch", "on", "--reason", "drill", env=env).returncode == 0
+    assert run_cli(path, "kill-switch", "off", "--reason", "over", env=env).returncode == 0
+    shown = run_cli(path, "state", "history", env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "kill switch -> off" in lines[0] and "by olga: over" in lines[0]
+    assert "kill switch -> ON" in lines[1] and "by olga: drill" in lines[1]
