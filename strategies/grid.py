@@ -1,0 +1,153 @@
+"""grid: resting limit orders on a fixed price grid around the mid, with an inventory cap.
+
+At the first ticker with both a bid and an ask, the grid is laid around the mid: level ``i``
+(``-levels`` .. ``levels``) is at ``mid * (1 + i * spacing)`` rounded to the tick. Levels below
+the mid hold a buy, levels above a sell, level 0 nothing. When the order of a level fills, that
+level empties and its neighbour toward the fill takes the opposite order (a buy filled at level
+``i`` puts a sell at ``i + 1``; a sell filled at ``i`` a buy at ``i - 1``): each round trip
+earns one grid step. An order that ends without filling (cancelled, rejected, denied) leaves its
+level wanting the same order again, re-placed on a later ticker.
+
+``max_inventory`` caps the strategy's position (in base units) including what its open orders
+would add: a buy that could take the position above it, or a sell below its negative, waits.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+
+from tradingd.strategies.api import (
+    Accepted,
+    InstrumentRules,
+    OrderIntent,
+    OrderType,
+    OrderUpdate,
+    Side,
+    Strategy,
+    StrategyContext,
+    Ticker,
+    TimeInForce,
+)
+
+_TERMINAL = frozenset({"FILLED", "CANCELED", "REJECTED", "NEVER_PLACED", "DENIED"})
+
+
+class GridParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    levels: Annotated[int, msgspec.Meta(ge=1, le=50)] = 5  # per side
+    spacing: Decimal = Decimal("0.002")  # between levels, as a fraction of the mid
+    order_size: Decimal = Decimal("0.001")  # base units per level
+    max_inventory: Decimal = Decimal("0.01")  # base units, long or short
+
+    def __post_init__(self) -> None:
+        if not 0 < self.spacing < 1:
+            raise ValueError(f"expected spacing > 0 and < 1, found {self.spacing}")
+        if self.spacing * self.levels >= 1:
+            raise ValueError(f"expected levels * spacing < 1, found {self.levels} * {self.spacing}")
+        for field in ("order_size", "max_inventory"):
+            value = getattr(self, field)
+            if value <= 0:
+                raise ValueError(f"expected {field} > 0, found {value}")
+
+
+class _Grid:
+    def __init__(self, prices: dict[int, Decimal]) -> None:
+        self.prices = prices
+        self.want: dict[int, Side | None] = {
+            i: (Side.BUY if i < 0 else Side.SELL if i > 0 else None) for i in prices
+        }
+        self.orders: dict[int, str] = {}  # level -> client order id working there
+
+
+class Grid(Strategy):
+    Params = GridParams
+
+    def __init__(self, ctx: StrategyContext, params: Any) -> None:
+        super().__init__(ctx, params)
+        self.p: GridParams = params
+        self.grids: dict[str, _Grid] = {}
+        self._level_of: dict[str, tuple[str, int]] = {}  # client id -> (instrument, level)
+        self.last_denial = ""
+
+    def on_ticker(self, ticker: Ticker) -> None:
+        instrument = ticker.instrument_name
+        rules = self.ctx.instrument(instrument)
+        if rules is None:
+            return
+        grid = self.grids.get(instrument)
+        if grid is None:
+            bid, ask = ticker.best_bid_price, ticker.best_ask_price
+            if bid is None or ask is None:
+                return
+            mid = (bid + ask) / 2
+            grid = _Grid(
+                {
+                    i: rules.round_price(mid * (1 + i * self.p.spacing))
+                    for i in range(-self.p.levels, self.p.levels + 1)
+                }
+            )
+            self.grids[instrument] = grid
+        self._fill_levels(instrument, grid, rules)
+
+    def on_order(self, update: OrderUpdate) -> None:
+        order = update.order
+        if order.state not in _TERMINAL:
+            return
+        where = self._level_of.pop(order.client_order_id, None)
+        if where is None:
+            return
+        instrument, level = where
+        grid = self.grids[instrument]
+        grid.orders.pop(level, None)
+        if order.state != "FILLED":
+            return  # the level still wants its order: re-placed on a later ticker
+        grid.want[level] = None
+        neighbour = level + 1 if order.side is Side.BUY else level - 1
+        if neighbour in grid.prices:
+            grid.want[neighbour] = Side.SELL if order.side is Side.BUY else Side.BUY
+        rules = self.ctx.instrument(instrument)
+        if rules is not None:
+            self._fill_levels(instrument, grid, rules)
+
+    def _fill_levels(self, instrument: str, grid: _Grid, rules: InstrumentRules) -> None:
+        if not self.ctx.trading_allowed():
+            return
+        quantity = rules.round_quantity(self.p.order_size)
+        if quantity < rules.min_quantity or quantity <= 0:
+            return
+        for level in sorted(grid.want, key=abs):
+            side = grid.want[level]
+            if side is None or level in grid.orders:
+                continue
+            price = grid.prices[level]
+            if rules.min_notional is not None and quantity * price < rules.min_notional:
+                continue
+            if not self._within_inventory(instrument, side, quantity):
+                continue
+            decision = self.ctx.submit(
+                OrderIntent(
+                    instrument=instrument,
+                    side=side,
+                    quantity=quantity,
+                    type=OrderType.LIMIT,
+                    price=price,
+                    tif=TimeInForce.GTC,
+                    tag=f"grid {level:+d}",
+                )
+            )
+            if isinstance(decision, Accepted):
+                grid.orders[level] = decision.client_order_id
+                self._level_of[decision.client_order_id] = (instrument, level)
+            else:
+                self.last_denial = decision.reason
+                return  # decided again on the next event
+
+    def _within_inventory(self, instrument: str, side: Side, quantity: Decimal) -> bool:
+        position = self.ctx.position(instrument).quantity
+        working = [o for o in self.ctx.open_orders(instrument) if o.side is side]
+        pending = sum((o.quantity - o.filled_quantity for o in working), Decimal(0))
+        if side is Side.BUY:
+            return position + pending + quantity <= self.p.max_inventory
+        return position - pending - quantity >= -self.p.max_inventory
