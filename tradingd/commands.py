@@ -15,6 +15,7 @@ import aiohttp
 import msgspec
 from loguru import logger
 
+from tradingd import ordercmds
 from tradingd.adapters.registry import create_adapter
 from tradingd.config import Config, redacted
 from tradingd.exitcodes import (
@@ -132,6 +133,7 @@ class _StatusReport(msgspec.Struct):
     dead_letters: int
     kill_switch: str = "unknown"
     running: DaemonStatus | None = None
+    executor: ordercmds.ExecutorStatus | None = None
 
 
 async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -175,6 +177,7 @@ async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
                 {**dict(r), "detected_at": r["detected_at"].isoformat()} for r in rows
             ]
             report.dead_letters = await storage.pool.fetchval("SELECT count(*) FROM dead_letters")
+            report.executor = await ordercmds.executor_status(storage.redis, storage.pool)
             raw = await storage.redis.get(STATUS_KEY)
             if raw:
                 running = decode_status(raw)
@@ -239,6 +242,8 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
         f"dead letters: {report.dead_letters}"
         + (" (tradingd dlq list)" if report.dead_letters else "")
     )
+    if report.executor is not None:
+        ordercmds.print_executor_status(report.executor)
 
 
 # -- operator state commands ----------------------------------------------------------------
@@ -287,6 +292,15 @@ async def kill_switch(args: argparse.Namespace, config: Config, path: Path) -> i
                 operator=current_operator(),
                 reason=args.reason,
             )
+            if args.action == "on":
+                print(f"kill switch: {describe_kill_switch(switch)}")
+                # Every executor denies at once and cancels what it owns; wait for the count.
+                return await ordercmds.cancel_everything(
+                    storage.redis,
+                    storage.pool,
+                    f"kill switch on by {current_operator()}: {args.reason}",
+                    args.timeout,
+                )
     print(f"kill switch: {describe_kill_switch(switch)}")
     return EX_OK
 
