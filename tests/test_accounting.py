@@ -215,3 +215,50 @@ def test_position_is_the_signed_sum_of_fills_and_pnl_is_conserved(
             unrealised = book.unrealised_pnl({instrument: mark}, strategy).get(currency, D(0))
             total = position.realised_pnl + unrealised
             assert abs(total - cash) <= D("1e-15") * (1 + abs(cash))
+
+
+def _reference(fills: list[FillRecord]) -> dict[tuple[str, str], tuple[Decimal, Decimal, Decimal]]:
+    """An independent formulation by cost basis: (strategy, instrument) -> (quantity, average,
+    realised). Linear: cost = sum(q * price); inverse: cost = sum(q / price)."""
+    book: dict[tuple[str, str], list[Decimal]] = {}
+    seen: set[tuple[str, str]] = set()
+    for f in fills:
+        if (f.exchange, f.trade_id) in seen:
+            continue
+        seen.add((f.exchange, f.trade_id))
+        q, cost, realised = book.setdefault((f.strategy, f.instrument), [D(0), D(0), D(0)])
+        sign = 1 if f.side is Side.BUY else -1
+        size = f.quantity
+        basis = (lambda n: n / f.price) if f.inverse else (lambda n: n * f.price)
+        if q == 0 or (q > 0) == (sign > 0):
+            q, cost = q + sign * size, cost + basis(size)
+        else:
+            closed = min(size, abs(q))
+            closed_cost = cost * closed / abs(q)
+            if f.inverse:  # long: bought at cost (coins per USD), sold at 1/price
+                gain = closed_cost - closed / f.price
+            else:
+                gain = closed * f.price - closed_cost
+            realised += gain if q > 0 else -gain
+            cost -= closed_cost
+            q += sign * closed
+            if size > closed:
+                q, cost = sign * (size - closed), basis(size - closed)
+        book[(f.strategy, f.instrument)] = [q, cost, realised]
+    result = {}
+    for key, (q, cost, realised) in book.items():
+        inverse = key[1] == "BTC-PERPETUAL"
+        average = D(0) if q == 0 else (abs(q) / cost if inverse else cost / abs(q))
+        result[key] = (q, average, realised)
+    return result
+
+
+@settings(max_examples=300, deadline=None)
+@given(_fills())
+def test_average_cost_agrees_with_a_cost_basis_reference(fills: list[FillRecord]) -> None:
+    book = Book.replay(fills)
+    for (strategy, instrument), (quantity, average, realised) in _reference(fills).items():
+        position = book.position(strategy, instrument)
+        assert position.quantity == quantity
+        assert abs((position.average_price or D(0)) - average) <= D("1e-12") * (1 + average)
+        assert abs(position.realised_pnl - realised) <= D("1e-12") * (1 + abs(realised))
