@@ -229,7 +229,10 @@ def _reference(fills: list[FillRecord]) -> dict[tuple[str, str], tuple[Decimal, 
         q, cost, realised = book.setdefault((f.strategy, f.instrument), [D(0), D(0), D(0)])
         sign = 1 if f.side is Side.BUY else -1
         size = f.quantity
-        basis = (lambda n: n / f.price) if f.inverse else (lambda n: n * f.price)
+
+        def basis(n: Decimal, f: FillRecord = f) -> Decimal:
+            return n / f.price if f.inverse else n * f.price
+
         if q == 0 or (q > 0) == (sign > 0):
             q, cost = q + sign * size, cost + basis(size)
         else:
