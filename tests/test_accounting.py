@@ -238,10 +238,9 @@ def _reference(fills: list[FillRecord]) -> dict[tuple[str, str], tuple[Decimal, 
         else:
             closed = min(size, abs(q))
             closed_cost = cost * closed / abs(q)
-            if f.inverse:  # long: bought at cost (coins per USD), sold at 1/price
-                gain = closed_cost - closed / f.price
-            else:
-                gain = closed * f.price - closed_cost
+            # What the closed part earned had it been long (inverse: coins paid at entry
+            # less coins back at exit).
+            gain = closed_cost - closed / f.price if f.inverse else closed * f.price - closed_cost
             realised += gain if q > 0 else -gain
             cost -= closed_cost
             q += sign * closed
