@@ -8,6 +8,9 @@ level empties and its neighbour toward the fill takes the opposite order (a buy 
 earns one grid step. An order that ends without filling (cancelled, rejected, denied) leaves its
 level wanting the same order again, re-placed on a later ticker.
 
+Orders of this strategy already open when the grid is laid (left by a previous run) are
+cancelled first; the grid is laid once none remain.
+
 ``max_inventory`` caps the strategy's position (in base units) including what its open orders
 would add: a buy that could take the position above it, or a sell below its negative, waits.
 """
@@ -69,6 +72,10 @@ class Grid(Strategy):
         self.p: GridParams = params
         self.grids: dict[str, _Grid] = {}
         self._level_of: dict[str, tuple[str, int]] = {}  # client id -> (instrument, level)
+        # An update may arrive while submit() has not returned yet: kept until it has.
+        self._submitting = False
+        self._early: list[OrderUpdate] = []
+        self._cleared: set[str] = set()  # instruments whose leftover orders were cancelled
         self.last_denial = ""
 
     def on_ticker(self, ticker: Ticker) -> None:
@@ -80,6 +87,11 @@ class Grid(Strategy):
         if grid is None:
             bid, ask = ticker.best_bid_price, ticker.best_ask_price
             if bid is None or ask is None:
+                return
+            if self.ctx.open_orders(instrument):
+                if instrument not in self._cleared:
+                    self._cleared.add(instrument)
+                    self.ctx.cancel_all(instrument)
                 return
             mid = (bid + ask) / 2
             grid = _Grid(
@@ -97,6 +109,8 @@ class Grid(Strategy):
             return
         where = self._level_of.pop(order.client_order_id, None)
         if where is None:
+            if self._submitting:
+                self._early.append(update)
             return
         instrument, level = where
         grid = self.grids[instrument]
@@ -126,20 +140,29 @@ class Grid(Strategy):
                 continue
             if not self._within_inventory(instrument, side, quantity):
                 continue
-            decision = self.ctx.submit(
-                OrderIntent(
-                    instrument=instrument,
-                    side=side,
-                    quantity=quantity,
-                    type=OrderType.LIMIT,
-                    price=price,
-                    tif=TimeInForce.GTC,
-                    tag=f"grid {level:+d}",
+            self._submitting = True
+            try:
+                decision = self.ctx.submit(
+                    OrderIntent(
+                        instrument=instrument,
+                        side=side,
+                        quantity=quantity,
+                        type=OrderType.LIMIT,
+                        price=price,
+                        tif=TimeInForce.GTC,
+                        tag=f"grid {level:+d}",
+                    )
                 )
-            )
+            finally:
+                self._submitting = False
             if isinstance(decision, Accepted):
                 grid.orders[level] = decision.client_order_id
                 self._level_of[decision.client_order_id] = (instrument, level)
+                early, self._early = self._early, []
+                for update in early:
+                    if update.order.client_order_id == decision.client_order_id:
+                        self.on_order(update)
+                        return  # on_order laid the levels again
             else:
                 self.last_denial = decision.reason
                 return  # decided again on the next event

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.strategy_doubles import BTCUSDT, MemoryContext, bar, ticker
-from tradingd.strategies.api import OrderType, Side
+from tradingd.strategies.api import Accepted, Decision, OrderIntent, OrderType, Side
 from tradingd.strategies.grid import Grid, GridParams
 from tradingd.strategies.sma_cross import SmaCross, SmaCrossParams
 
@@ -187,3 +191,64 @@ def test_grid_places_nothing_while_trading_is_not_allowed_or_without_both_sides(
     ctx.allowed = True
     grid.on_ticker(ticker("120", "120.02"))  # the grid stays where it was laid
     assert {s.price for s in ctx.submitted} == {D(98), D(99), D(101), D(102)}
+
+
+def test_grid_cancels_leftover_orders_before_laying_the_grid() -> None:
+    ctx = MemoryContext()
+    ctx.submit(OrderIntent(instrument="BTCUSDT", side=Side.BUY, quantity=D("0.1"), price=D(90)))
+    ctx.submitted.clear()
+    grid = _grid(ctx)
+    grid.on_ticker(ticker("99.99", "100.01"))
+    grid.on_ticker(ticker("99.99", "100.01"))
+    assert ctx.cancelled == ["td1"] and ctx.submitted == []  # asked once, waits
+    ctx.finish("td1", "CANCELED")
+    grid.on_ticker(ticker("99.99", "100.01"))
+    assert len(ctx.submitted) == 4
+
+
+class InstantFillContext(MemoryContext):
+    """A venue so fast that the fill is reported before submit() returns."""
+
+    def submit(self, intent: OrderIntent) -> Decision:
+        decision = super().submit(intent)
+        if isinstance(decision, Accepted) and intent.side is Side.BUY and intent.price == D(99):
+            self.fill(decision.client_order_id, intent.quantity, D(99))
+        return decision
+
+
+def test_grid_handles_an_update_that_arrives_before_submit_returns() -> None:
+    ctx = InstantFillContext()
+    grid = _grid(ctx)
+    grid.on_ticker(ticker("99.99", "100.01"))
+    assert ("sell", D("100.00")) in _working(ctx)
+    assert ("buy", D("99.00")) not in _working(ctx)
+    assert len(grid.grids["BTCUSDT"].orders) == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    balance=st.decimals(min_value=D(0), max_value=D(10**7), places=2),
+    ask=st.decimals(min_value=D("0.0001"), max_value=D(10**6), places=4),
+    risk_pct=st.decimals(min_value=D("0.01"), max_value=D(100), places=2),
+    step=st.sampled_from([D("0.00001"), D("0.001"), D(1)]),
+)
+def test_sma_cross_entry_is_within_budget_on_the_step_and_above_the_minimums(
+    balance: Decimal, ask: Decimal, risk_pct: Decimal, step: Decimal
+) -> None:
+    rules = msgspec.structs.replace(BTCUSDT, step_size=step, min_quantity=step)
+    ctx = MemoryContext(rules={"BTCUSDT": rules}, balances={"USDT": balance})
+    ctx.bid_ask["BTCUSDT"] = (ask, ask)
+    sma = _sma(ctx, risk_pct=risk_pct)
+    for i, close in enumerate(["100", "101", "102", "104"]):
+        sma.on_bar(bar(close, i))
+    budget = balance * risk_pct / 100
+    if not ctx.submitted:
+        # Skipped only when even one step, or the minimum notional, is out of the budget.
+        assert (budget / ask) // step * step < step or (budget / ask) // step * step * ask < 5
+        return
+    [intent] = ctx.submitted
+    assert intent.quantity * ask <= budget
+    assert intent.quantity % step == 0 and intent.quantity >= rules.min_quantity
+    assert intent.quantity * ask >= rules.min_notional  # type: ignore[operator]
+    # Rounded down by less than one step.
+    assert budget / ask - intent.quantity < step
