@@ -23,7 +23,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from tradingd.config import Config
-from tradingd.execution.accounting import Book, FillRecord
+from tradingd.execution.accounting import Book, FillRecord, is_inverse
 from tradingd.execution.control import (
     Cancel,
     CancelEverything,
@@ -38,7 +38,7 @@ from tradingd.execution.control import (
     Snapshot,
     Submit,
 )
-from tradingd.execution.desk import MANUAL_STRATEGY, CancelReport, ExecutorSnapshot
+from tradingd.execution.desk import CancelReport, ExecutorSnapshot
 from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from tradingd.state import current_operator
 from tradingd.strategies.api import OrderIntent, OrderType, Side, TimeInForce
@@ -170,7 +170,7 @@ async def order(args: argparse.Namespace, config: Config, path: Path) -> int:
         if isinstance(intent, str):
             print(f"tradingd: error: {intent}", file=sys.stderr)
             return EX_USAGE
-        request: Request = Submit(exchange=args.exchange, intent=intent, strategy=MANUAL_STRATEGY)
+        request: Request = Submit(exchange=args.exchange, intent=intent)
     else:
         if args.exchange not in config.exchanges:
             print(f"tradingd: error: unknown exchange {args.exchange!r}", file=sys.stderr)
@@ -396,11 +396,6 @@ async def fills(args: argparse.Namespace, config: Config, path: Path) -> int:
             f"  {f.client_order_id} [{f.strategy}] trade {f.trade_id}"
         )
     return EX_OK
-
-
-def is_inverse(market_type: str | None, quote: str | None) -> bool:
-    """Deribit's coin-margined contracts: sized in USD, settled (and PnL) in the base coin."""
-    return market_type in ("perpetual", "future") and quote == "USD"
 
 
 async def fetch_fill_records(pool: asyncpg.Pool, until: datetime | None = None) -> list[FillRecord]:

@@ -32,6 +32,12 @@ ZERO = Decimal(0)
 _ARITHMETIC = Context(prec=50)
 
 
+def is_inverse(market_type: str | None, quote: str | None) -> bool:
+    """Coin-margined contracts (Deribit's BTC-PERPETUAL, futures): sized in USD, settled and
+    accounted in the base coin. ``market_type`` as in the instruments table."""
+    return market_type in ("perpetual", "future") and quote == "USD"
+
+
 class FillRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One fill as the ledger holds it, with what accounting needs to know of its instrument."""
 

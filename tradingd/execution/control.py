@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from tradingd.execution.desk import (
+    MANUAL_STRATEGY,
     CancelReport,
     ExecutorSnapshot,
     OrderDesk,
@@ -38,9 +39,10 @@ REPLY_TTL_S = 60
 
 
 class Submit(msgspec.Struct, frozen=True, kw_only=True, tag="submit"):
+    """An operator's order: it always belongs to the strategy ``manual``."""
+
     exchange: str
     intent: OrderIntent
-    strategy: str = "manual"
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
@@ -214,11 +216,11 @@ class ControlServer:
             return Reply(id=reply_id, error="the request arrived after its deadline: not executed")
         self.handled += 1
         match request:
-            case Submit(exchange=exchange, intent=intent, strategy=strategy):
+            case Submit(exchange=exchange, intent=intent):
                 desk = self._desks.get(exchange)
                 if desk is None:
                     return Reply(id=reply_id, error=self._unknown(exchange))
-                decision = await desk.submit(strategy, intent)
+                decision = await desk.submit(MANUAL_STRATEGY, intent)
                 logger.info("operator order on {}: {} -> {}", exchange, intent, decision)
                 if isinstance(decision, Accepted):
                     decided = Decided(accepted=True, client_order_id=decision.client_order_id)
