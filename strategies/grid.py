@@ -8,6 +8,9 @@ level empties and its neighbour toward the fill takes the opposite order (a buy 
 earns one grid step. An order that ends without filling (cancelled, rejected, denied) leaves its
 level wanting the same order again, re-placed on a later ticker.
 
+An order that would meet one of the strategy's own on the other side (possible while the fills of
+a trade through several levels arrive one by one) waits until that one has ended.
+
 Orders of this strategy already open when the grid is laid (left by a previous run) are
 cancelled first; the grid is laid once none remain.
 
@@ -62,6 +65,10 @@ class _Grid:
             i: (Side.BUY if i < 0 else Side.SELL if i > 0 else None) for i in prices
         }
         self.orders: dict[int, str] = {}  # level -> client order id working there
+        # A fill's counter order for a level whose own order is still working (a trade that
+        # printed through several levels may report the farther fill first): the level takes
+        # it when that order ends.
+        self.deferred: dict[int, Side] = {}
 
 
 class Grid(Strategy):
@@ -116,11 +123,19 @@ class Grid(Strategy):
         grid = self.grids[instrument]
         grid.orders.pop(level, None)
         if order.state != "FILLED":
-            return  # the level still wants its order: re-placed on a later ticker
-        grid.want[level] = None
+            # The level still wants its order (re-placed on a later ticker), unless a fill
+            # below or above handed it the opposite one meanwhile.
+            if level in grid.deferred:
+                grid.want[level] = grid.deferred.pop(level)
+            return
+        grid.want[level] = grid.deferred.pop(level, None)
         neighbour = level + 1 if order.side is Side.BUY else level - 1
         if neighbour in grid.prices:
-            grid.want[neighbour] = Side.SELL if order.side is Side.BUY else Side.BUY
+            counter = Side.SELL if order.side is Side.BUY else Side.BUY
+            if neighbour in grid.orders and grid.want[neighbour] is not counter:
+                grid.deferred[neighbour] = counter
+            else:
+                grid.want[neighbour] = counter
         rules = self.ctx.instrument(instrument)
         if rules is not None:
             self._fill_levels(instrument, grid, rules)
@@ -140,6 +155,8 @@ class Grid(Strategy):
                 continue
             if not self._within_inventory(instrument, side, quantity):
                 continue
+            if self._would_cross(instrument, side, price):
+                continue  # placed once the order in the way has ended
             self._submitting = True
             try:
                 decision = self.ctx.submit(
@@ -166,6 +183,18 @@ class Grid(Strategy):
             else:
                 self.last_denial = decision.reason
                 return  # decided again on the next event
+
+    def _would_cross(self, instrument: str, side: Side, price: Decimal) -> bool:
+        """Whether the order would meet one of ours (a self-trade): possible while the fills
+        of a trade through several levels are still being reported."""
+        for order in self.ctx.open_orders(instrument):
+            if order.side is side or order.price is None:
+                continue
+            if (side is Side.SELL and price <= order.price) or (
+                side is Side.BUY and price >= order.price
+            ):
+                return True
+        return False
 
     def _within_inventory(self, instrument: str, side: Side, quantity: Decimal) -> bool:
         position = self.ctx.position(instrument).quantity

@@ -252,3 +252,64 @@ def test_sma_cross_entry_is_within_budget_on_the_step_and_above_the_minimums(
     assert intent.quantity * ask >= rules.min_notional  # type: ignore[operator]
     # Rounded down by less than one step.
     assert budget / ask - intent.quantity < step
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    levels=st.integers(min_value=1, max_value=5),
+    cap_orders=st.integers(min_value=1, max_value=6),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["fill", "partial", "cancel", "ticker"]), st.integers(0, 20)),
+        max_size=60,
+    ),
+)
+def test_grid_invariants_hold_whatever_the_venue_does(
+    levels: int, cap_orders: int, steps: list[tuple[str, int]]
+) -> None:
+    """Whatever fills or cancels: the inventory cap holds with the open orders counted, each
+    level has at most one order, and every buy rests below every sell."""
+    ctx = MemoryContext(balances={"USDT": D(10**6), "BTC": D(100)})
+    cap = D("0.1") * cap_orders
+    grid = _grid(ctx, levels=levels, max_inventory=cap)
+    grid.on_ticker(ticker("99.99", "100.01"))
+    for action, pick in steps:
+        working = sorted(ctx.open_orders(), key=lambda o: o.client_order_id)
+        if action == "ticker" or not working:
+            grid.on_ticker(ticker("99.99", "100.01"))
+        else:
+            order = working[pick % len(working)]
+            left = order.quantity - order.filled_quantity
+            if action == "fill":
+                ctx.fill(order.client_order_id, left, order.price or D(0))
+            elif action == "partial":
+                ctx.fill(order.client_order_id, left / 2, order.price or D(0))
+            else:
+                ctx.finish(order.client_order_id, "CANCELED")
+        position = ctx.position("BTCUSDT").quantity
+        open_now = ctx.open_orders()
+        buys = [o for o in open_now if o.side is Side.BUY]
+        sells = [o for o in open_now if o.side is Side.SELL]
+        remaining = sum((o.quantity - o.filled_quantity for o in buys), D(0))
+        assert position + remaining <= cap
+        assert position - sum((o.quantity - o.filled_quantity for o in sells), D(0)) >= -cap
+        prices = [o.price for o in open_now]
+        assert len(prices) == len(set(prices))
+        if buys and sells:
+            assert max(o.price or D(0) for o in buys) < min(o.price or D(0) for o in sells)
+
+
+def test_grid_trade_through_two_levels_reported_farther_first() -> None:
+    ctx = MemoryContext()
+    grid = _grid(ctx)
+    grid.on_ticker(ticker("99.99", "100.01"))
+    by_price = {o.price: o.client_order_id for o in ctx.open_orders()}
+    ctx.fill(by_price[D(98)], D("0.1"), D(98))
+    # The counter sell for 98 belongs at 99, where our buy still works: nothing crosses it.
+    assert _working(ctx) == {("buy", D(99)), ("sell", D(101)), ("sell", D(102))}
+    ctx.fill(by_price[D(99)], D("0.1"), D(99))
+    assert _working(ctx) == {
+        ("sell", D(99)),
+        ("sell", D(100)),
+        ("sell", D(101)),
+        ("sell", D(102)),
+    }
