@@ -353,7 +353,7 @@ async def test_status_shows_the_ledger_and_the_running_executors(
     assert "denied since start: 2 x kill switch on" in out
     code, out, _ = await tradingd(config_path, "status", "--json")
     executor = json.loads(out)["executor"]
-    assert executor["unknown_orders"] == 1 and executor["live"][0]["mode"] == "paper"
+    assert executor["ledger"]["unknown_orders"] == 1 and executor["live"][0]["mode"] == "paper"
 
 
 async def test_kill_switch_without_daemon_reports_open_ledger_orders(

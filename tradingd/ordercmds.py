@@ -3,9 +3,7 @@
 ``order submit|cancel``, ``strategies`` and the kill switch's cancellation go through the
 control channel to the daemon's executors (the same risk checks, ledger and state machine as
 strategies; never straight to a venue from here). ``orders``, ``fills``, ``positions`` and
-``pnl`` read the ledger in PostgreSQL and work without a daemon: positions and PnL are the
-replay of the fills (``tradingd.execution.accounting``), marked at the Redis tickers
-``ticker:<exchange>:<instrument>`` or, failing one, the last public trade.
+``pnl`` read the ledger in PostgreSQL and work without a daemon (``tradingd.execution.reports``).
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from tradingd.config import Config
-from tradingd.execution.accounting import Book, FillRecord, is_inverse
+from tradingd.execution import reports
 from tradingd.execution.control import (
     Cancel,
     CancelEverything,
@@ -42,11 +40,6 @@ from tradingd.execution.desk import CancelReport, ExecutorSnapshot
 from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from tradingd.state import current_operator
 from tradingd.strategies.api import OrderIntent, OrderType, Side, TimeInForce
-
-# Order states (tradingd.execution.orders defines them): the ones an order never leaves, and
-# the one whose outcome only the venue can tell.
-TERMINAL_STATES = ("FILLED", "CANCELED", "REJECTED", "NEVER_PLACED", "DENIED")
-UNKNOWN_STATE = "UNKNOWN"
 
 
 def add_parsers(commands: Any) -> None:
@@ -255,9 +248,7 @@ async def cancel_everything(
             CancelEverything(reason=reason), timeout_s=timeout_s
         )
     except NoDaemon:
-        still_open = await pool.fetchval(
-            "SELECT count(*) FROM orders WHERE state <> ALL($1::text[])", list(TERMINAL_STATES)
-        )
+        still_open = await reports.open_order_count(pool)
         if still_open:
             print(
                 f"no daemon runs: {still_open} orders are not final in the ledger and were not "
@@ -294,48 +285,11 @@ def report_cancellations(reports: Sequence[CancelReport], error: str = "") -> in
 # -- the ledger's view ------------------------------------------------------------------------
 
 
-class OrderRow(msgspec.Struct, kw_only=True):
-    client_order_id: str
-    strategy: str
-    exchange: str
-    instrument: str
-    side: str
-    type: str
-    tif: str
-    quantity: Decimal
-    price: Decimal | None
-    state: str
-    filled_quantity: Decimal
-    average_price: Decimal | None
-    venue_order_id: str | None
-    reason: str
-    created_at: datetime
-    updated_at: datetime
-
-
-async def fetch_orders(
-    pool: asyncpg.Pool, *, open_only: bool, exchange: str | None, limit: int
-) -> list[OrderRow]:
-    rows = await pool.fetch(
-        "SELECT client_order_id, strategy, exchange, instrument_name AS instrument, side,"
-        " order_type AS type, time_in_force AS tif, quantity, price, state, filled_quantity,"
-        " average_price, venue_order_id, reason, created_at, updated_at FROM orders"
-        " WHERE ($1::text IS NULL OR exchange = $1)"
-        " AND (NOT $2 OR state <> ALL($3::text[]))"
-        " ORDER BY id DESC LIMIT $4",
-        exchange,
-        open_only,
-        list(TERMINAL_STATES),
-        limit,
-    )
-    return [OrderRow(**dict(r)) for r in rows]
-
-
 async def orders(args: argparse.Namespace, config: Config, path: Path) -> int:
     from tradingd.commands import storage_for
 
     async with storage_for(config) as storage:
-        rows = await fetch_orders(
+        rows = await reports.fetch_orders(
             storage.pool, open_only=args.open, exchange=args.exchange, limit=args.limit
         )
     if args.json:
@@ -357,33 +311,11 @@ async def orders(args: argparse.Namespace, config: Config, path: Path) -> int:
     return EX_OK
 
 
-class FillRow(msgspec.Struct, kw_only=True):
-    exchange: str
-    trade_id: str
-    client_order_id: str
-    strategy: str
-    instrument: str
-    side: str
-    quantity: Decimal
-    price: Decimal
-    fee: Decimal
-    fee_currency: str
-    liquidity: str
-    at: datetime
-
-
 async def fills(args: argparse.Namespace, config: Config, path: Path) -> int:
     from tradingd.commands import storage_for
 
     async with storage_for(config) as storage:
-        rows = await storage.pool.fetch(
-            "SELECT exchange, trade_id, client_order_id, strategy, instrument_name AS instrument,"
-            " side, quantity, price, fee, fee_currency, liquidity, at FROM fills"
-            " WHERE ($1::text IS NULL OR exchange = $1) ORDER BY id DESC LIMIT $2",
-            args.exchange,
-            args.limit,
-        )
-    found = [FillRow(**dict(r)) for r in rows]
+        found = await reports.fetch_fills(storage.pool, exchange=args.exchange, limit=args.limit)
     if args.json:
         _print_json(found)
         return EX_OK
@@ -398,121 +330,11 @@ async def fills(args: argparse.Namespace, config: Config, path: Path) -> int:
     return EX_OK
 
 
-async def fetch_fill_records(pool: asyncpg.Pool, until: datetime | None = None) -> list[FillRecord]:
-    """Every fill in ledger order (before ``until``), with its instrument's currencies."""
-    rows = await pool.fetch(
-        "SELECT f.strategy, f.exchange, f.instrument_name, f.side, f.quantity, f.price, f.fee,"
-        " f.fee_currency, f.trade_id, f.at, i.base_currency, i.quote_currency, i.market_type"
-        " FROM fills f LEFT JOIN instruments i"
-        " ON i.exchange = f.exchange AND i.instrument_name = f.instrument_name"
-        " WHERE $1::timestamptz IS NULL OR f.at < $1 ORDER BY f.id",
-        until,
-    )
-    return [
-        FillRecord(
-            strategy=r["strategy"],
-            exchange=r["exchange"],
-            instrument=r["instrument_name"],
-            base=r["base_currency"] or "?",
-            quote=r["quote_currency"] or "?",
-            side=Side(r["side"]),
-            quantity=r["quantity"],
-            price=r["price"],
-            fee=r["fee"],
-            fee_currency=r["fee_currency"],
-            trade_id=r["trade_id"],
-            at_us=int(r["at"].timestamp() * 1_000_000),
-            inverse=is_inverse(r["market_type"], r["quote_currency"]),
-        )
-        for r in rows
-    ]
-
-
-async def marks_for(
-    redis: aioredis.Redis, pool: asyncpg.Pool, instruments: Mapping[str, str]
-) -> dict[str, tuple[Decimal, str]]:
-    """instrument -> (mark, where it came from), for {instrument: exchange}: the ticker's mark
-    price, else its last price, else the mid of its best bid and ask, else the last public
-    trade in the database."""
-    marks: dict[str, tuple[Decimal, str]] = {}
-    for instrument, exchange in instruments.items():
-        raw = await redis.hgetall(f"ticker:{exchange}:{instrument}")
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        for name in ("mark_price", "last_price"):
-            if fields.get(name):
-                marks[instrument] = (Decimal(fields[name]), f"ticker {name}")
-                break
-        else:
-            if fields.get("best_bid_price") and fields.get("best_ask_price"):
-                mid = (Decimal(fields["best_bid_price"]) + Decimal(fields["best_ask_price"])) / 2
-                marks[instrument] = (mid, "ticker mid")
-            else:
-                price = await pool.fetchval(
-                    "SELECT price FROM public_trades WHERE exchange = $1 AND instrument_name = $2"
-                    " ORDER BY trade_seq DESC LIMIT 1",
-                    exchange,
-                    instrument,
-                )
-                if price is not None:
-                    marks[instrument] = (price, "last public trade")
-    return marks
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-class PositionRow(msgspec.Struct, kw_only=True):
-    strategy: str
-    exchange: str
-    instrument: str
-    quantity: Decimal
-    average_price: Decimal | None
-    mark: Decimal | None
-    mark_source: str
-    unrealised_pnl: Decimal | None
-    pnl_currency: str
-
-
-def _instrument_index(records: Sequence[FillRecord]) -> dict[str, FillRecord]:
-    return {r.instrument: r for r in records}
-
-
 async def positions(args: argparse.Namespace, config: Config, path: Path) -> int:
     from tradingd.commands import storage_for
 
     async with storage_for(config) as storage:
-        records = await fetch_fill_records(storage.pool)
-        book = Book.replay(records)
-        index = _instrument_index(records)
-        held = [(s, p) for s, p in book.positions() if p.quantity != 0]
-        marks = await marks_for(
-            _redis_for(storage),
-            storage.pool,
-            {p.instrument: index[p.instrument].exchange for _, p in held},
-        )
-    rows = []
-    for strategy, p in held:
-        info = index[p.instrument]
-        mark = marks.get(p.instrument)
-        unrealised = None
-        if mark is not None:
-            unrealised = sum(
-                book.unrealised_pnl({p.instrument: mark[0]}, strategy).values(), Decimal(0)
-            )
-        rows.append(
-            PositionRow(
-                strategy=strategy,
-                exchange=info.exchange,
-                instrument=p.instrument,
-                quantity=p.quantity,
-                average_price=p.average_price,
-                mark=mark[0] if mark else None,
-                mark_source=mark[1] if mark else "none",
-                unrealised_pnl=unrealised,
-                pnl_currency=info.base if info.inverse else info.quote,
-            )
-        )
+        rows = await reports.positions_report(storage.pool, _redis_for(storage))
     if args.json:
         _print_json(rows)
         return EX_OK
@@ -543,47 +365,11 @@ def _q(value: Decimal | None) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-class StrategyPnl(msgspec.Struct, kw_only=True):
-    strategy: str
-    realised: dict[str, Decimal]
-    unrealised: dict[str, Decimal]
-    fees: dict[str, Decimal]
-    unmarked: list[str] = []  # open positions left out of unrealised: no mark
-
-
-def _minus(a: Mapping[str, Decimal], b: Mapping[str, Decimal]) -> dict[str, Decimal]:
-    return {c: a.get(c, Decimal(0)) - b.get(c, Decimal(0)) for c in sorted(set(a) | set(b))}
-
-
 async def pnl(args: argparse.Namespace, config: Config, path: Path) -> int:
     from tradingd.commands import storage_for
 
-    since = (
-        datetime(args.since.year, args.since.month, args.since.day, tzinfo=UTC)
-        if args.since
-        else None
-    )
     async with storage_for(config) as storage:
-        records = await fetch_fill_records(storage.pool)
-        book = Book.replay(records)
-        before = Book.replay(r for r in records if since and r.at_us < since.timestamp() * 1e6)
-        index = _instrument_index(records)
-        open_instruments = {p.instrument for _, p in book.positions() if p.quantity != 0}
-        marks = await marks_for(
-            _redis_for(storage), storage.pool, {i: index[i].exchange for i in open_instruments}
-        )
-    prices = {instrument: mark for instrument, (mark, _) in marks.items()}
-    names = book.strategies()
-    rows = [
-        StrategyPnl(
-            strategy=name,
-            realised=_minus(book.realised_pnl(name), before.realised_pnl(name)),
-            unrealised=book.unrealised_pnl(prices, name),
-            fees=_minus(book.fees(name), before.fees(name)),
-            unmarked=book.unmarked(prices, name),
-        )
-        for name in names
-    ]
+        rows = await reports.pnl_report(storage.pool, _redis_for(storage), args.since)
     if args.json:
         _print_json({"since": args.since.isoformat() if args.since else None, "strategies": rows})
         return EX_OK
@@ -613,39 +399,17 @@ class ExecutorStatus(msgspec.Struct, kw_only=True):
     """The executor's part of ``tradingd status``: the ledger's counts, and the daemon's own
     view when it runs."""
 
-    open_orders: int
-    unknown_orders: int
-    positions: dict[str, str]  # "strategy exchange instrument" -> signed quantity
+    ledger: reports.LedgerSummary
     live: list[ExecutorSnapshot] | None = None  # None: no daemon answered
     note: str = ""
 
 
 async def executor_status(redis: aioredis.Redis, pool: asyncpg.Pool) -> ExecutorStatus | None:
     """None when the database has no ledger yet (migrations not applied)."""
-    try:
-        return await _executor_status(redis, pool)
-    except asyncpg.UndefinedTableError:
+    ledger = await reports.ledger_summary(pool)
+    if ledger is None:
         return None
-
-
-async def _executor_status(redis: aioredis.Redis, pool: asyncpg.Pool) -> ExecutorStatus:
-    counts = await pool.fetchrow(
-        "SELECT count(*) FILTER (WHERE state <> ALL($1::text[])) AS open,"
-        " count(*) FILTER (WHERE state = $2) AS unknown FROM orders",
-        list(TERMINAL_STATES),
-        UNKNOWN_STATE,
-    )
-    records = await fetch_fill_records(pool)
-    book = Book.replay(records)
-    index = _instrument_index(records)
-    held = {
-        f"{s} {index[p.instrument].exchange} {p.instrument}": str(p.quantity)
-        for s, p in book.positions()
-        if p.quantity != 0
-    }
-    status = ExecutorStatus(
-        open_orders=counts["open"], unknown_orders=counts["unknown"], positions=held
-    )
+    status = ExecutorStatus(ledger=ledger)
     try:
         reply = await ControlClient(redis).request(Snapshot(), timeout_s=3.0)
         status.live = reply.snapshots
@@ -658,11 +422,12 @@ async def _executor_status(redis: aioredis.Redis, pool: asyncpg.Pool) -> Executo
 
 def print_executor_status(status: ExecutorStatus) -> None:
     print("executor:")
+    ledger = status.ledger
     print(
-        f"  ledger: {status.open_orders} open orders, {status.unknown_orders} UNKNOWN"
-        + (" (outcome not yet known: their instrument is blocked)" if status.unknown_orders else "")
+        f"  ledger: {ledger.open_orders} open orders, {ledger.unknown_orders} UNKNOWN"
+        + (" (outcome not yet known: their instrument is blocked)" if ledger.unknown_orders else "")
     )
-    for key, quantity in sorted(status.positions.items()):
+    for key, quantity in sorted(ledger.positions.items()):
         print(f"  position {key}: {quantity}")
     if status.live is None:
         print(f"  daemon: {status.note}")
