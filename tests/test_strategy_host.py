@@ -9,13 +9,14 @@ import textwrap
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from tests.strategy_doubles import MemoryContext, bar, ticker
+from tests.strategy_doubles import BTCUSDT, MemoryContext, bar, ticker
 from tradingd.config import ConfigError, StrategyConfig, load_config, parse_config
 from tradingd.execution.strategy_host import StrategyHost
 from tradingd.model import Bar, Ticker
-from tradingd.strategies.api import Strategy, SystemEvent
+from tradingd.strategies.api import Side, Strategy, SystemEvent
 from tradingd.strategies.grid import Grid, GridParams
 from tradingd.strategies.sma_cross import SmaCross
 
@@ -256,3 +257,76 @@ def test_a_bad_param_exits_78_with_one_line(tmp_path: Path) -> None:
 
 def test_no_strategies_is_the_default() -> None:
     assert parse_config({}).strategies == []
+
+
+def test_third_party_strategies_come_from_the_entry_point_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from importlib.metadata import EntryPoint
+
+    from tradingd.strategies import registry
+
+    group = registry.ENTRY_POINT_GROUP
+    fake = [
+        EntryPoint("recorder", "tests.test_strategy_host:Recorder", group),
+        EntryPoint("not_one", "tests.strategy_doubles:MemoryContext", group),
+    ]
+    monkeypatch.setattr(registry, "entry_points", lambda group: fake)
+    assert registry.available_strategies() == ["not_one", "recorder"]
+    assert registry.load_strategy("recorder") is Recorder
+    with pytest.raises(TypeError, match="expected a subclass of"):
+        registry.load_strategy("not_one")
+    with pytest.raises(registry.UnknownStrategy, match=r"\(not_one, recorder\), found 'x'"):
+        registry.load_strategy("x")
+    document = {
+        "exchanges": {
+            "binance": {"ws_url": "wss://x", "rest_url": "https://x", "symbols": ["BTCUSDT"]}
+        },
+        "strategies": [
+            {"name": "r", "strategy": "not_one", "exchange": "binance", "symbols": ["BTCUSDT"]}
+        ],
+    }
+    with pytest.raises(ConfigError, match=r"strategies\[0\]\.strategy: entry point .*subclass"):
+        parse_config(document)
+    document["strategies"][0]["strategy"] = "recorder"
+    assert parse_config(document).strategies[0].strategy == "recorder"
+
+
+def test_configured_strategies_trade_through_the_host(tmp_path: Path) -> None:
+    """sma_cross and grid built from the configuration, fed through the host: each trades its
+    own symbol, and one raising does not stop the other."""
+    path = tmp_path / "tradingd.toml"
+    path.write_text(GOOD.replace("fast = 5, slow = 20", "fast = 2, slow = 3"))
+    eth = msgspec.structs.replace(BTCUSDT, name="ETHUSDT", base="ETH", min_notional=None)
+    contexts: dict[str, MemoryContext] = {}
+
+    def make_context(entry: StrategyConfig) -> MemoryContext:
+        ctx = MemoryContext(
+            name=entry.name,
+            symbols=tuple(entry.symbols),
+            rules={"BTCUSDT": BTCUSDT, "ETHUSDT": eth},
+        )
+        contexts[entry.name] = ctx
+        return ctx
+
+    paused: list[str] = []
+    host = StrategyHost.build(
+        load_config(path), "binance", make_context, lambda n, r: paused.append(n)
+    )
+    host.start()
+    host.on_tickers([ticker("99.99", "100.01", "ETHUSDT"), ticker("99", "101", "BTCUSDT")])
+    host.on_bars([bar(c, i) for i, c in enumerate(["100", "101", "103"])])
+    trend, grid = contexts["trend"], contexts["grid-eth"]
+    assert [(s.instrument, s.side) for s in trend.submitted] == [("BTCUSDT", Side.BUY)]
+    assert {s.instrument for s in grid.submitted} == {"ETHUSDT"} and len(grid.submitted) == 6
+    # The grid breaks: only it is paused; the trend strategy still decides.
+    trend.finish("td1", "CANCELED")
+
+    def broken(name: str) -> None:
+        raise RuntimeError("a bug in the strategy")
+
+    grid.instrument = broken  # type: ignore[method-assign,assignment]
+    host.on_tickers([ticker("99.99", "100.01", "ETHUSDT")])
+    assert paused == ["grid-eth"] and host.is_paused("grid-eth")
+    host.on_bars([bar("104", 3)])
+    assert len(trend.submitted) == 2
