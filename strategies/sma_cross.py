@@ -3,11 +3,16 @@
 On each closed bar (a bar repeated for a period already seen is ignored) the strategy compares
 the average of the last ``fast`` closes with that of the last ``slow`` closes. Fast above slow
 is an up-trend: the strategy wants to be long; otherwise it wants to be flat. When its position
-disagrees and it has no order working on that instrument, it sends one market order:
+disagrees and it has no order working on that instrument, it sends one order:
 
 * entry: ``risk_pct`` percent of the free quote balance, converted at the best ask (else the
   bar's close), rounded down to the step; skipped below the minimum quantity or notional;
 * exit: the whole position, rounded down to the step (reduce-only).
+
+With ``max_slippage_pct`` 0 (the default) that order is a market order. Above 0 it is an
+immediate-or-cancel limit order at most that far through the best ask (entry) or bid (exit),
+rounded to the tick on the safe side, and the entry is sized at that limit price so that even
+the worst fill stays within ``risk_pct``.
 
 A denied order is remembered in ``last_denial`` and decided again on the next closed bar.
 """
@@ -23,6 +28,7 @@ import msgspec
 from tradingd.strategies.api import (
     Bar,
     Denied,
+    InstrumentRules,
     OrderIntent,
     OrderType,
     Side,
@@ -37,10 +43,16 @@ class SmaCrossParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     slow: Annotated[int, msgspec.Meta(ge=2)] = 30
     # Percent of the free quote balance committed by one entry.
     risk_pct: Decimal = Decimal(10)
+    # 0: market orders; else IOC limit orders at most this percent through the touch.
+    max_slippage_pct: Decimal = Decimal(0)
 
     def __post_init__(self) -> None:
         if not 0 < self.risk_pct <= 100:
             raise ValueError(f"expected risk_pct > 0 and <= 100, found {self.risk_pct}")
+        if not 0 <= self.max_slippage_pct < 100:
+            raise ValueError(
+                f"expected max_slippage_pct >= 0 and < 100, found {self.max_slippage_pct}"
+            )
         if self.fast >= self.slow:
             raise ValueError(f"expected fast < slow, found fast {self.fast} and slow {self.slow}")
 
@@ -75,9 +87,10 @@ class SmaCross(Strategy):
         if rules is None:
             return
         held = ctx.position(instrument).quantity
+        bid, ask = ctx.best_bid_ask(instrument)
         if want_long and held <= 0:
-            _, ask = ctx.best_bid_ask(instrument)
-            price = ask or close
+            limit = self._limit(Side.BUY, ask or close, rules)
+            price = limit or ask or close
             balance = ctx.balances().get(rules.quote)
             if balance is None or balance.free <= 0:
                 return
@@ -92,7 +105,8 @@ class SmaCross(Strategy):
                     instrument=instrument,
                     side=Side.BUY,
                     quantity=quantity,
-                    type=OrderType.MARKET,
+                    type=OrderType.MARKET if limit is None else OrderType.LIMIT,
+                    price=limit,
                     tif=TimeInForce.IOC,
                     tag="entry",
                 )
@@ -101,17 +115,30 @@ class SmaCross(Strategy):
             quantity = rules.round_quantity(held)
             if quantity < rules.min_quantity or quantity <= 0:
                 return  # dust the venue would refuse
+            limit = self._limit(Side.SELL, bid or close, rules)
             self._send(
                 OrderIntent(
                     instrument=instrument,
                     side=Side.SELL,
                     quantity=quantity,
-                    type=OrderType.MARKET,
+                    type=OrderType.MARKET if limit is None else OrderType.LIMIT,
+                    price=limit,
                     tif=TimeInForce.IOC,
                     reduce_only=True,
                     tag="exit",
                 )
             )
+
+    def _limit(self, side: Side, touch: Decimal, rules: InstrumentRules) -> Decimal | None:
+        """The IOC limit price ``max_slippage_pct`` through ``touch`` on the tick, never
+        further (None: market orders)."""
+        if self.p.max_slippage_pct == 0:
+            return None
+        if side is Side.BUY:
+            return rules.round_price(touch * (1 + self.p.max_slippage_pct / 100))
+        worst = touch * (1 - self.p.max_slippage_pct / 100)
+        rounded = rules.round_price(worst)
+        return rounded if rounded == worst else rounded + rules.tick_size
 
     def _send(self, intent: OrderIntent) -> None:
         decision = self.ctx.submit(intent)

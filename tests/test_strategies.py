@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.strategy_doubles import BTCUSDT, MemoryContext, bar, ticker
-from tradingd.strategies.api import Accepted, Decision, OrderIntent, OrderType, Side
+from tradingd.strategies.api import (
+    Accepted,
+    Decision,
+    OrderIntent,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 from tradingd.strategies.grid import Grid, GridParams
 from tradingd.strategies.sma_cross import SmaCross, SmaCrossParams
 
@@ -313,3 +320,22 @@ def test_grid_trade_through_two_levels_reported_farther_first() -> None:
         ("sell", D(101)),
         ("sell", D(102)),
     }
+
+
+def test_sma_cross_with_max_slippage_sends_ioc_limits_sized_at_the_limit() -> None:
+    ctx = MemoryContext()
+    ctx.bid_ask["BTCUSDT"] = (D("99.99"), D("100.01"))
+    sma = _sma(ctx, max_slippage_pct=D("0.5"))
+    for i, close in enumerate(["100", "101", "102", "104"]):
+        sma.on_bar(bar(close, i))
+    [entry] = ctx.submitted
+    # 100.01 * 1.005 = 100.51005 -> down to the tick: never further than allowed
+    assert (entry.type, entry.tif, entry.price) == (OrderType.LIMIT, TimeInForce.IOC, D("100.51"))
+    assert entry.quantity == D("9.94925")  # 1000 / 100.51, down to the step
+    assert entry.quantity * entry.price <= D(1000)
+    ctx.fill("td1", entry.quantity, D("100.01"))
+    for i, close in enumerate(["100", "97", "95"], start=4):
+        sma.on_bar(bar(close, i))
+    exit_ = ctx.submitted[-1]
+    # 99.99 * 0.995 = 99.49005 -> UP to the tick for a sell: 99.50
+    assert (exit_.side, exit_.type, exit_.price) == (Side.SELL, OrderType.LIMIT, D("99.50"))
