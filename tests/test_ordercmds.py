@@ -78,6 +78,15 @@ async def test_order_submit_without_a_daemon_exits_69_and_asks_nothing(config_pa
     )
     assert code == 69, err
     assert "no running daemon" in err and out == ""
+    for command in (
+        ("order", "cancel", "--exchange", "binance", "td01"),
+        ("strategies",),
+        ("strategies", "pause", "x"),
+    ):
+        code, _, err = await tradingd(config_path, *command)
+        assert code == 69 and "no running daemon" in err, command
+    code, out, _ = await tradingd(config_path, "status")
+    assert code == 0 and "daemon: no daemon answers on the control channel" in out
 
 
 async def test_order_submit_accepted_denied_and_usage_errors(
