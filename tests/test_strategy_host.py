@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.strategy_doubles import BTCUSDT, MemoryContext, bar, ticker
 from tradingd.config import ConfigError, StrategyConfig, load_config, parse_config
@@ -330,3 +332,48 @@ def test_configured_strategies_trade_through_the_host(tmp_path: Path) -> None:
     assert paused == ["grid-eth"] and host.is_paused("grid-eth")
     host.on_bars([bar("104", 3)])
     assert len(trend.submitted) == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    explode=st.lists(
+        st.sampled_from(["", "start", "bar", "ticker", "event", "timer"]), min_size=1, max_size=5
+    ),
+    events=st.lists(st.sampled_from(["bar", "ticker", "event", "timer"]), max_size=20),
+)
+def test_whatever_raises_only_that_strategy_is_paused(
+    explode: list[str], events: list[str]
+) -> None:
+    strategies = [Recorder(MemoryContext(), None, explode_on=e) for e in explode]
+    paused: list[str] = []
+    host = StrategyHost(
+        "binance",
+        [(_entry(f"s{i}", ["BTCUSDT"]), s) for i, s in enumerate(strategies)],
+        on_pause=lambda name, reason: paused.append(name),
+    )
+    host.start()
+    now = 0
+    for i, name in enumerate(f"s{j}" for j in range(len(strategies))):
+        host.set_timer(name, "t", 1.0, now_us=i)
+    for kind in events:
+        if kind == "bar":
+            host.on_bars([bar("1", now)])
+        elif kind == "ticker":
+            host.on_tickers([ticker("1", "2")])
+        elif kind == "event":
+            host.on_system_event(
+                SystemEvent(kind="k", exchange="binance", instrument="", detail={}, at_us=0)
+            )
+        else:
+            now += 2_000_000
+            host.fire_due_timers(now)
+    raised = {
+        f"s{i}"
+        for i, (s, e) in enumerate(zip(strategies, explode, strict=True))
+        if e == "start" or (e and e in events)
+    }
+    assert set(paused) == raised and len(paused) == len(raised)  # each reported once
+    assert {s.name for s in host.status() if s.paused} == raised
+    for i, strategy in enumerate(strategies):
+        if f"s{i}" not in raised:
+            assert len(strategy.seen) == 1 + len(events)  # start + every event
