@@ -6,7 +6,8 @@ the mid hold a buy, levels above a sell, level 0 nothing. When the order of a le
 level empties and its neighbour toward the fill takes the opposite order (a buy filled at level
 ``i`` puts a sell at ``i + 1``; a sell filled at ``i`` a buy at ``i - 1``): each round trip
 earns one grid step. An order that ends without filling (cancelled, rejected, denied) leaves its
-level wanting the same order again, re-placed on a later ticker.
+level wanting the same order again, re-placed on a later ticker. After a denied order the
+strategy places nothing for ``retry_after`` seconds.
 
 An order that would meet one of the strategy's own on the other side (possible while the fills of
 a trade through several levels arrive one by one) waits until that one has ended.
@@ -46,6 +47,8 @@ class GridParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     spacing: Decimal = Decimal("0.002")  # between levels, as a fraction of the mid
     order_size: Decimal = Decimal("0.001")  # base units per level
     max_inventory: Decimal = Decimal("0.01")  # base units, long or short
+    # After a denied order, seconds before placing again (tickers come many times a second).
+    retry_after: Annotated[float, msgspec.Meta(ge=0)] = 5.0
 
     def __post_init__(self) -> None:
         if not 0 < self.spacing < 1:
@@ -83,6 +86,7 @@ class Grid(Strategy):
         self._submitting = False
         self._early: list[OrderUpdate] = []
         self._cleared: set[str] = set()  # instruments whose leftover orders were cancelled
+        self._retry_at_us = 0
         self.last_denial = ""
 
     def on_ticker(self, ticker: Ticker) -> None:
@@ -141,7 +145,7 @@ class Grid(Strategy):
             self._fill_levels(instrument, grid, rules)
 
     def _fill_levels(self, instrument: str, grid: _Grid, rules: InstrumentRules) -> None:
-        if not self.ctx.trading_allowed():
+        if not self.ctx.trading_allowed() or self.ctx.now_us() < self._retry_at_us:
             return
         quantity = rules.round_quantity(self.p.order_size)
         if quantity < rules.min_quantity or quantity <= 0:
@@ -182,7 +186,8 @@ class Grid(Strategy):
                         return  # on_order laid the levels again
             else:
                 self.last_denial = decision.reason
-                return  # decided again on the next event
+                self._retry_at_us = self.ctx.now_us() + int(self.p.retry_after * 1_000_000)
+                return  # decided again on an event after retry_after
 
     def _would_cross(self, instrument: str, side: Side, price: Decimal) -> bool:
         """Whether the order would meet one of ours (a self-trade): possible while the fills

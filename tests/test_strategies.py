@@ -339,3 +339,19 @@ def test_sma_cross_with_max_slippage_sends_ioc_limits_sized_at_the_limit() -> No
     exit_ = ctx.submitted[-1]
     # 99.99 * 0.995 = 99.49005 -> UP to the tick for a sell: 99.50
     assert (exit_.side, exit_.type, exit_.price) == (Side.SELL, OrderType.LIMIT, D("99.50"))
+
+
+def test_grid_waits_retry_after_a_denial_instead_of_asking_at_every_ticker() -> None:
+    ctx = MemoryContext()
+    grid = _grid(ctx, retry_after=5.0)
+    ctx.deny_reason = "max_open_orders 0 reached"
+    grid.on_ticker(ticker("99.99", "100.01"))
+    grid.on_ticker(ticker("99.99", "100.01"))
+    assert len(ctx.submitted) == 1 and grid.last_denial == "max_open_orders 0 reached"
+    ctx.deny_reason = ""
+    ctx.clock_us += 4_000_000
+    grid.on_ticker(ticker("99.99", "100.01"))
+    assert len(ctx.submitted) == 1
+    ctx.clock_us += 1_000_000
+    grid.on_ticker(ticker("99.99", "100.01"))
+    assert len(ctx.submitted) == 5
