@@ -90,6 +90,11 @@ def test_shipped_default_config_is_valid_and_complete() -> None:
                 for key in exchange:
                     assert f"\n{key} =" in text, key
             continue
+        if section == "strategies":
+            for entry in values:
+                for key in entry:
+                    assert f"\n{key} =" in text, f"strategies.{key}"
+            continue
         for key in values:
             assert f"\n{key} =" in text, f"{section}.{key}"
 

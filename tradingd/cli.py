@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kill.add_argument("action", choices=("on", "off", "show"), nargs="?", default="show")
     kill.add_argument("--reason", metavar="TEXT", help="why (recorded with your name)")
+    kill.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on: how long to wait for every executor to cancel its open orders",
+    )
 
     state = commands.add_parser("state", help="state transition records")
     state_sub = state.add_subparsers(dest="state_command", metavar="ACTION", required=True)
@@ -131,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", metavar="HOURS", type=float, help="only those older than this"
     )
     dlq_purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    from tradingd import ordercmds
+
+    ordercmds.add_parsers(commands)
     _accept_config_anywhere(parser)
     return parser
 
@@ -190,7 +200,7 @@ async def _run_and_flush(command: Coroutine[Any, Any, int]) -> int:
 
 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Command | None:
-    from tradingd import commands
+    from tradingd import commands, ordercmds
 
     if args.bootstrap:
         if args.command not in (None, "run"):
@@ -215,6 +225,12 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
         "backfill": backfill_trades.command,
         "backup": backup.backup_command,
         "restore": backup.restore_command,
+        "order": ordercmds.order,
+        "orders": ordercmds.orders,
+        "fills": ordercmds.fills,
+        "positions": ordercmds.positions,
+        "pnl": ordercmds.pnl,
+        "strategies": ordercmds.strategies,
     }
     return table[args.command]
 

@@ -18,6 +18,7 @@ from asyncpg import Pool
 from loguru import logger
 from redis.asyncio import Redis
 
+from tradingd import ordercmds
 from tradingd.adapters.registry import create_adapter
 from tradingd.config import Config, redact_url, redacted
 from tradingd.exitcodes import (
@@ -186,6 +187,7 @@ class _StatusReport(msgspec.Struct):
     dead_letters: int | None = None
     kill_switch: str = "unknown: trading counts as stopped"
     running: DaemonStatus | None = None
+    executor: ordercmds.ExecutorStatus | None = None
 
 
 async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -202,6 +204,7 @@ async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
                 code = EX_UNAVAILABLE
             else:
                 await _status_from_postgres(report, storage.pool, config)
+                report.executor = await ordercmds.executor_status(storage.redis, storage.pool)
     except StorageUnavailable as exc:
         code = EX_UNAVAILABLE
         if str(exc).startswith("Redis"):
@@ -360,6 +363,8 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
             f"dead letters: {report.dead_letters}"
             + (" (tradingd dlq list)" if report.dead_letters else "")
         )
+    if report.executor is not None:
+        ordercmds.print_executor_status(report.executor)
 
 
 # -- operator state commands ----------------------------------------------------------------
@@ -408,6 +413,15 @@ async def kill_switch(args: argparse.Namespace, config: Config, path: Path) -> i
                 operator=current_operator(),
                 reason=args.reason,
             )
+            if args.action == "on":
+                print(f"kill switch: {describe_kill_switch(switch)}")
+                # Every executor denies at once and cancels what it owns; wait for the count.
+                return await ordercmds.cancel_everything(
+                    storage.redis,
+                    storage.pool,
+                    f"kill switch on by {current_operator()}: {args.reason}",
+                    args.timeout,
+                )
     print(f"kill switch: {describe_kill_switch(switch)}")
     return EX_OK
 

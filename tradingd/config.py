@@ -23,7 +23,9 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
+from tradingd.execution.desk import MANUAL_STRATEGY
 from tradingd.model import Channel
+from tradingd.strategies.registry import UnknownStrategy, load_strategy
 
 _T = TypeVar("_T")
 
@@ -162,6 +164,18 @@ class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     api_secret_secret: SecretName = ""
 
 
+class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[strategies]]`` table: a registered strategy run on one exchange's symbols."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
+    strategy: Annotated[str, Meta(min_length=1)]  # its name in the tradingd.strategies group
+    exchange: str
+    symbols: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1)]
+    # Validated against the strategy's own Params struct when the file is loaded.
+    params: dict[str, Any] = {}
+    enabled: bool = True
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     daemon: DaemonConfig = DaemonConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
@@ -173,6 +187,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     retention: RetentionConfig = RetentionConfig()
     alerts: AlertsConfig = AlertsConfig()
     exchanges: dict[str, ExchangeConfig] = {}
+    strategies: list[StrategyConfig] = []
 
     def enabled_exchanges(self) -> dict[str, ExchangeConfig]:
         return {name: ex for name, ex in self.exchanges.items() if ex.enabled}
@@ -267,6 +282,7 @@ def parse_config(document: dict[str, Any], path: Path | str = "<config>") -> Con
         exchanges[name] = _convert(section, ExchangeConfig, path, prefix=key)
     config = msgspec.structs.replace(base, exchanges=exchanges)
     _check_semantics(config, path)
+    _check_strategies(config, path)
     return config
 
 
@@ -301,6 +317,49 @@ def _anchored_paths(daemon: DaemonConfig, path: Path | str) -> DaemonConfig:
         if value and not Path(value).is_absolute()
     }
     return msgspec.structs.replace(daemon, **anchored) if anchored else daemon
+
+
+def _check_strategies(config: Config, path: Path | str) -> None:
+    seen: set[str] = set()
+    for index, entry in enumerate(config.strategies):
+        key = f"strategies[{index}]"
+        if entry.name == MANUAL_STRATEGY:
+            raise ConfigError(
+                path,
+                f"{key}.name",
+                f"expected a name other than {MANUAL_STRATEGY!r} (the operator's orders), found it",
+            )
+        if entry.name in seen:
+            raise ConfigError(
+                path, f"{key}.name", f"expected a unique name, found {entry.name!r} again"
+            )
+        seen.add(entry.name)
+        exchange = config.exchanges.get(entry.exchange)
+        if exchange is None:
+            raise ConfigError(
+                path,
+                f"{key}.exchange",
+                f"expected a configured exchange ({', '.join(config.exchanges) or 'none'}), "
+                f"found {entry.exchange!r}",
+            )
+        for symbol_index, symbol in enumerate(entry.symbols):
+            if symbol not in exchange.symbols:
+                raise ConfigError(
+                    path,
+                    f"{key}.symbols[{symbol_index}]",
+                    f"expected one of exchanges.{entry.exchange}.symbols "
+                    f"({', '.join(exchange.symbols)}), found {symbol!r}",
+                )
+        try:
+            strategy = load_strategy(entry.strategy)
+        except (UnknownStrategy, TypeError) as exc:
+            raise ConfigError(path, f"{key}.strategy", str(exc)) from None
+        try:
+            _convert(entry.params, strategy.Params, path, prefix=f"{key}.params")
+        except TypeError as exc:  # a Params struct msgspec cannot use: the plugin's bug
+            raise ConfigError(
+                path, f"{key}.strategy", f"strategy {entry.strategy!r} has unusable Params: {exc}"
+            ) from None
 
 
 def _check_semantics(config: Config, path: Path | str) -> None:
@@ -395,6 +454,8 @@ def _translate(
                 expected = friendly
         expected = {"object": "a table", "array": "an array"}.get(expected, expected)
         return ConfigError(path, key, f"expected {expected}, found {_describe(value_found)}")
+    if what.startswith("expected ") and ", found " in what:
+        return ConfigError(path, key, what)  # a Struct's own check (__post_init__) said it all
     return ConfigError(path, key, f"{what[0].lower()}{what[1:]}, found {_describe(value_found)}")
 
 
