@@ -95,3 +95,23 @@ def test_drop_oldest_keeps_the_newest_and_accounts_for_all(
     kept = queue.get_batch_nowait(capacity)
     assert kept == everything[len(everything) - len(kept) :]
     assert len(kept) + queue.dropped == len(everything)
+
+
+async def test_lingering_consumers_never_get_an_empty_batch_while_open() -> None:
+    # Three consumers linger on one item each; only one can have it, the others wait again.
+    queue: BoundedQueue[int] = BoundedQueue("q", 100, OverflowPolicy.BLOCK)
+    received: list[list[int]] = []
+
+    async def consume() -> None:
+        while batch := await queue.get_batch(10, linger=0.01):
+            received.append(batch)
+
+    async with asyncio.TaskGroup() as group:
+        consumers = [group.create_task(consume()) for _ in range(3)]
+        for n in range(20):
+            queue.put_many_nowait([n])
+            while queue.get_total <= n:
+                await asyncio.sleep(0)  # let the consumers take it
+            assert not any(c.done() for c in consumers)
+        queue.close()
+    assert sorted(x for batch in received for x in batch) == list(range(20))
