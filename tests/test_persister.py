@@ -535,6 +535,8 @@ async def test_three_writers_stay_alive_and_commit_under_trickle_and_burst(
         await records.put_many([trade(seq) for seq in range(30, 6_030)])
         await wait_for(persister, lambda: persister.trades_written == 6_030)
         assert persister.writers_running == 3
-        burst = [after - before for after, before in zip(persister.writer_batches, trickled)]
+        burst = [
+            after - before for after, before in zip(persister.writer_batches, trickled, strict=True)
+        ]
         assert all(n > 0 for n in burst), burst
     assert await count(pool, "public_trades") == 6_030
