@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from loguru import logger
 
@@ -26,14 +26,24 @@ from tradingd.state import (
     transition,
 )
 from tradingd.storage import Storage
-
-if TYPE_CHECKING:
-    from tradingd.daemon import Daemon
+from tradingd.supervisor import ActorContext
 
 DAEMON_OPERATOR = "tradingd"
 # Instruments synchronised longer ago than this are stale: run the bootstrap again.
 INSTRUMENTS_FRESH_FOR = "7 days"
 RECONCILE_TIMEOUT = 120.0
+
+
+class MarketDataFlow(Protocol):
+    """What reconciliation needs to know of the receivers: does market data flow."""
+
+    def flowing(self, exchange: str) -> bool:
+        """Fresh trades (or tickers) on every connection of ``exchange`` right now."""
+        ...
+
+    async def wait_flowing(self, exchange: str) -> None:
+        """Return once ``flowing(exchange)`` holds."""
+        ...
 
 
 class StartupStates:
@@ -107,7 +117,7 @@ class StartupStates:
                 self._cache[name] = (state.value, hint)
                 log.info("{} is {}: {}", name, state.value, hint)
 
-    async def reconciliation_failures(self, name: str, daemon: Daemon) -> list[str]:
+    async def reconciliation_failures(self, name: str, flow: MarketDataFlow) -> list[str]:
         failures = []
         if not self._clock.verified.is_set():
             failures.append(self._clock.unverified_reason)
@@ -118,20 +128,17 @@ class StartupStates:
         )
         if not fresh:
             failures.append(f"no active instruments synchronised within {INSTRUMENTS_FRESH_FOR}")
-        receivers = daemon.receivers.get(name, [])
-        if not receivers or not all(r.data_flowing.is_set() for r in receivers):
+        if not flow.flowing(name):
             failures.append("market data is not flowing on every connection")
         return failures
 
-    async def _reconcile_one(self, name: str, daemon: Daemon) -> None:
-        waits = [r.data_flowing.wait() for r in daemon.receivers.get(name, [])]
-        waits.append(self._clock.verified.wait())
+    async def _reconcile_one(self, name: str, flow: MarketDataFlow) -> None:
         try:
             async with asyncio.timeout(RECONCILE_TIMEOUT):
-                await asyncio.gather(*waits)
+                await asyncio.gather(flow.wait_flowing(name), self._clock.verified.wait())
         except TimeoutError:
             pass
-        failures = await self.reconciliation_failures(name, daemon)
+        failures = await self.reconciliation_failures(name, flow)
         if failures:
             await self._lock(name, "reconciliation failed: " + "; ".join(failures))
             return
@@ -146,9 +153,16 @@ class StartupStates:
         )
         self._cache[name] = (ExchangeState.HEALTHY.value, "reconciled")
 
-    async def run_reconciliation(self, daemon: Daemon) -> None:
+    async def _reconcile_and_forget(self, name: str, flow: MarketDataFlow) -> None:
+        await self._reconcile_one(name, flow)
+        # Done: a restarted reconciler does not take it up again.
+        self.reconciling.remove(name)
+
+    async def run_reconciliation(self, flow: MarketDataFlow) -> None:
         if self.reconciling:
-            await asyncio.gather(*(self._reconcile_one(n, daemon) for n in self.reconciling))
+            await asyncio.gather(
+                *(self._reconcile_and_forget(n, flow) for n in list(self.reconciling))
+            )
         # Keep the cached view (STATUS=, `tradingd status`) in step with operators' commands.
         while True:
             await asyncio.sleep(self._config.daemon.status_interval)
@@ -178,3 +192,18 @@ class StartupStates:
                 continue
             if state in (ExchangeState.HEALTHY, ExchangeState.RECONCILING):
                 await self._lock(name, reason)
+
+
+class Reconciler:
+    """Startup reconciliation, then the cached state view, as a supervised actor: a PostgreSQL
+    or Redis error restarts it (it takes up the exchanges not yet reconciled)."""
+
+    name = "reconciler"
+
+    def __init__(self, states: StartupStates, flow: MarketDataFlow) -> None:
+        self._states = states
+        self._flow = flow
+
+    async def run(self, ctx: ActorContext) -> None:
+        ctx.ready()
+        await self._states.run_reconciliation(self._flow)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TypeVar
 
@@ -166,8 +167,10 @@ class Receiver:
         self._rotating = False
         # Set once the first connection attempt finished, whatever its outcome.
         self.first_attempt_done = asyncio.Event()
-        # Set once market data (not only keep-alives) arrived on this connection.
-        self.data_flowing = asyncio.Event()
+        # Set once market data (trades, tickers, bars: not keep-alives, not dead letters)
+        # arrived on this connection; ``data_fresh`` says whether it still does.
+        self.data_arrived = asyncio.Event()
+        self._data_at: float | None = None
 
     # -- the connection loop --------------------------------------------------------------
 
@@ -461,6 +464,7 @@ class Receiver:
         tickers: list[Ticker] = []
         seen_bars = self._seen.get(Channel.BARS)
         seen_tickers = self._seen.get(Channel.TICKERS)
+        seen_bar = False
         for event in batch:
             kind = type(event)
             if kind is Trade:
@@ -471,6 +475,7 @@ class Receiver:
                     seen_tickers[event.instrument_name] = now  # type: ignore[union-attr]
             elif kind is Bar:
                 stored.append(event)  # type: ignore[arg-type]
+                seen_bar = True
                 self.stats.bars += 1
                 if seen_bars is not None:
                     seen_bars[event.instrument_name] = now  # type: ignore[union-attr]
@@ -504,8 +509,14 @@ class Receiver:
             self._out.tickers.put_many_nowait(tickers)
         if stored:
             await self._put(ctx, self._out.records, stored)
-        if (trades or tickers or stored) and not self.data_flowing.is_set():
-            self.data_flowing.set()
+        if trades or tickers or seen_bar:
+            self._data_at = time.monotonic()
+            if not self.data_arrived.is_set():
+                self.data_arrived.set()
+
+    def data_fresh(self, within: float) -> bool:
+        """Market data arrived on this connection within the last ``within`` seconds."""
+        return self._data_at is not None and time.monotonic() - self._data_at <= within
 
     @staticmethod
     async def _put(ctx: ActorContext, queue: BoundedQueue[_T], items: list[_T]) -> None:
