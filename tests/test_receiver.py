@@ -597,3 +597,27 @@ async def test_binance_pings_keep_a_quiet_connection_alive() -> None:
             assert harness.receiver.stats.stale_connections == 0
     finally:
         await fake.stop()
+
+
+async def test_trades_cancelled_before_they_are_queued_stay_unseen_and_become_a_gap() -> None:
+    tracker = SequenceTracker("fake")
+    venue = FakeVenue()
+    harness = Harness(venue, exchange_config(symbols=["A"]), records_capacity=3, tracker=tracker)
+    async with harness.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        venue.publish("A", 1)
+        await harness.collect_until({"A": 1})
+        venue.publish("A", 5)  # 2..6: three fit, the receiver waits for room for the rest
+        await harness.ctx.changes.wait_for(lambda: len(harness.records) == 3)
+    # Cancelled while waiting: the five trades are not marked seen.
+    assert tracker.last_seq("A") == 1
+    assert harness.receiver.stats.trades == 1
+
+    venue = FakeVenue()
+    venue.next_seq["A"] = 7
+    again = Harness(venue, exchange_config(symbols=["A"]), tracker=tracker)
+    async with again.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        venue.publish("A", 1)
+        await again.collect_until({"A": 7})
+    assert [(g.first_seq, g.last_seq) for g in again.gap_list()] == [(2, 6)]

@@ -485,9 +485,9 @@ class Receiver:
                 ctx.log.warning("dead letter from {}: {}", event.source, event.error)  # type: ignore[union-attr]
             elif kind is StreamNotice:
                 self._on_notice(ctx, link, event)  # type: ignore[arg-type]
-        if trades:
-            fresh, gaps = self._tracker.observe(trades)
-            self.stats.duplicates_dropped = self._tracker.duplicates
+        observation = self._tracker.plan(trades) if trades else None
+        if observation is not None:
+            gaps, fresh = observation.gaps, observation.fresh
             if gaps:
                 self.stats.gaps_detected += len(gaps)
                 for gap in gaps:
@@ -499,16 +499,20 @@ class Receiver:
                         gap.reason,
                     )
                 await self._put(ctx, self._out.gaps, gaps)
-            if fresh:
-                self.stats.trades += len(fresh)
-                stored.extend(fresh)
-                if self._out.analysis is not None:
-                    self._out.analysis.put_many_nowait(fresh)
+            stored.extend(fresh)
         if tickers:
             self.stats.tickers += len(tickers)
             self._out.tickers.put_many_nowait(tickers)
         if stored:
             await self._put(ctx, self._out.records, stored)
+        # Only now, with the trades queued, are they seen: cancelled before this point, the
+        # receiver leaves them for the next copy (or the gap in front of it) to account for.
+        if observation is not None:
+            self._tracker.accept(observation)
+            self.stats.duplicates_dropped = self._tracker.duplicates
+            self.stats.trades += len(observation.fresh)
+            if observation.fresh and self._out.analysis is not None:
+                self._out.analysis.put_many_nowait(observation.fresh)
         if trades or tickers or seen_bar:
             self._data_at = time.monotonic()
             if not self.data_arrived.is_set():
