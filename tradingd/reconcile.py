@@ -13,7 +13,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import Protocol
 
+import asyncpg
 from loguru import logger
+from redis.exceptions import RedisError
 
 from tradingd.adapters.base import ExchangeAdapter
 from tradingd.clock import ClockCheck
@@ -23,6 +25,7 @@ from tradingd.state import (
     IllegalTransition,
     StateUnavailable,
     read_state,
+    restore_redis_from_record,
     transition,
 )
 from tradingd.storage import Storage
@@ -64,7 +67,13 @@ class StartupStates:
     def cached(self, exchange: str) -> tuple[str | None, str]:
         return self._cache.get(exchange, (None, "unknown"))
 
+    async def restore_redis(self) -> None:
+        """Redis's copy of the states and kill switch, rewritten from PostgreSQL where it
+        lacks or disagrees."""
+        await restore_redis_from_record(self._storage.pool, self._storage.redis, self._adapters)
+
     async def refresh(self) -> None:
+        await self.restore_redis()
         for name in self._adapters:
             try:
                 state = await read_state(self._storage.redis, name)
@@ -76,6 +85,11 @@ class StartupStates:
                 self._cache[name] = (state.value, "")
 
     async def on_start(self) -> None:
+        try:
+            await self.restore_redis()
+        except (RedisError, OSError, asyncpg.PostgresError) as exc:
+            # Reads below fail closed; the reconciler retries the restore while running.
+            logger.error("cannot restore the Redis state from PostgreSQL: {}", exc)
         for name in self._adapters:
             log = logger.bind(EXCHANGE=name)
             try:
