@@ -621,3 +621,27 @@ async def test_trades_cancelled_before_they_are_queued_stay_unseen_and_become_a_
         venue.publish("A", 1)
         await again.collect_until({"A": 7})
     assert [(g.first_seq, g.last_seq) for g in again.gap_list()] == [(2, 6)]
+
+
+async def test_a_burst_of_dead_letters_is_one_warning_with_a_count(logged: list[str]) -> None:
+    venue = FakeVenue()
+    harness = Harness(venue, exchange_config(symbols=["A"]))
+    letters: list[MarketEvent] = [
+        DeadLetter(exchange="fake", source="ws", payload=b"{", error="bad json", received_us=n)
+        for n in range(50)
+    ]
+    async with harness.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        for session in venue.live():
+            session.deliver(letters)
+            session.deliver(letters)
+        venue.publish("A", 1)
+        await harness.collect_until({"A": 1})
+    assert harness.receiver.stats.dead_letters == 100
+    # Two bursts (or one, if read together) within the interval: one line, with the count.
+    warnings = [line for line in logged if "dead letter" in line]
+    assert len(warnings) == 1, warnings
+    assert any(
+        f"{n} dead letter(s) since the last warning; latest from ws: bad json" in warnings[0]
+        for n in (50, 100)
+    )

@@ -153,11 +153,6 @@ class Supervisor:
             for w in [*waits, escalated]:
                 w.cancel()
 
-    async def wait_escalation(self) -> SupervisorEscalation:
-        await self._escalated.wait()
-        assert self.escalation is not None
-        return self.escalation
-
     # -- running --------------------------------------------------------------------------
 
     async def _supervise(self, child: _Child) -> None:
@@ -249,19 +244,6 @@ class Supervisor:
                 return False
         return True
 
-    def unhealthy_actors(self) -> list[str]:
-        now = time.monotonic()
-        names = []
-        for child in self._children.values():
-            timeout = child.spec.checkin_timeout
-            if child.state == "failed" or (
-                timeout is not None
-                and child.state == "running"
-                and now - child.ctx.last_checkin > timeout
-            ):
-                names.append(child.name)
-        return names
-
     def snapshot(self) -> list[ActorStatus]:
         now = time.monotonic()
         return [
@@ -308,10 +290,3 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         await self.stop(list(self._children))
-
-    def task_names(self) -> list[str]:
-        return [c.task.get_name() for c in self._children.values() if c.task and not c.task.done()]
-
-
-def actor_names(specs: Iterable[ActorSpec]) -> list[str]:
-    return [s.actor.name for s in specs]

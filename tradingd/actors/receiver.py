@@ -35,7 +35,7 @@ from typing import TypeVar
 import aiohttp
 import msgspec
 
-from tradingd.actors import checked_in, pause
+from tradingd.actors import RateLimiter, checked_in, pause
 from tradingd.adapters.base import ExchangeAdapter, MarketDataSession, VenueUnavailable
 from tradingd.config import ExchangeConfig
 from tradingd.model import (
@@ -61,6 +61,7 @@ HOLD_LIMIT = 20_000
 # A silent stream is resubscribed this many times before the connection is replaced.
 MAX_RESUBSCRIBES = 3
 DEFAULT_STALE_MULTIPLE = 3.0
+DEAD_LETTER_LOG_INTERVAL = 10.0
 
 
 class ReceiverStats(msgspec.Struct):
@@ -170,6 +171,8 @@ class Receiver:
         # Set once market data (trades, tickers, bars: not keep-alives, not dead letters)
         # arrived on this connection; ``data_fresh`` says whether it still does.
         self.data_arrived = asyncio.Event()
+        self._dead_letter_log = RateLimiter(DEAD_LETTER_LOG_INTERVAL)
+        self._letters_logged = 0
         self._data_at: float | None = None
 
     # -- the connection loop --------------------------------------------------------------
@@ -465,6 +468,7 @@ class Receiver:
         seen_bars = self._seen.get(Channel.BARS)
         seen_tickers = self._seen.get(Channel.TICKERS)
         seen_bar = False
+        letter: MarketEvent | None = None
         for event in batch:
             kind = type(event)
             if kind is Trade:
@@ -482,7 +486,7 @@ class Receiver:
             elif kind is DeadLetter:
                 stored.append(event)  # type: ignore[arg-type]
                 self.stats.dead_letters += 1
-                ctx.log.warning("dead letter from {}: {}", event.source, event.error)  # type: ignore[union-attr]
+                letter = event
             elif kind is StreamNotice:
                 self._on_notice(ctx, link, event)  # type: ignore[arg-type]
         observation = self._tracker.plan(trades) if trades else None
@@ -513,10 +517,25 @@ class Receiver:
             self.stats.trades += len(observation.fresh)
             if observation.fresh and self._out.analysis is not None:
                 self._out.analysis.put_many_nowait(observation.fresh)
+        if letter is not None:
+            self._log_dead_letters(ctx, letter)  # type: ignore[arg-type]
         if trades or tickers or seen_bar:
             self._data_at = time.monotonic()
             if not self.data_arrived.is_set():
                 self.data_arrived.set()
+
+    def _log_dead_letters(self, ctx: ActorContext, letter: DeadLetter) -> None:
+        """One warning per burst of dead letters (at most one per DEAD_LETTER_LOG_INTERVAL),
+        with the count since the last one; every letter is stored all the same."""
+        if self._dead_letter_log.allow() is None:
+            return
+        ctx.log.warning(
+            "{} dead letter(s) since the last warning; latest from {}: {}",
+            self.stats.dead_letters - self._letters_logged,
+            letter.source,
+            letter.error,
+        )
+        self._letters_logged = self.stats.dead_letters
 
     def data_fresh(self, within: float) -> bool:
         """Market data arrived on this connection within the last ``within`` seconds."""

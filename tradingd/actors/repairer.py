@@ -49,6 +49,8 @@ EMPTY_PAGE_RETRIES = 3
 REJECTED_RETRIES = 3
 LATENCIES_KEPT = 1000
 WARNING_INTERVAL = 30.0
+# Gaps taken off the queue and held (to record, to repair) at most; the rest stay queued.
+IN_HAND = 1000
 _VENUE_ERRORS = (VenueUnavailable, aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -127,16 +129,19 @@ class GapRepairer:
                 continue
             if not len(self._gaps):
                 self.idle.set()
-            fresh = await checked_in(ctx, self._gaps.get_batch(1000))
+            fresh = await checked_in(ctx, self._gaps.get_batch(IN_HAND))
             if not fresh:
                 return  # closed and drained: the daemon is stopping
             self.idle.clear()
             self._unrecorded.extend(fresh)
 
     def _take_queued(self) -> None:
-        if len(self._gaps):
+        # Gaps go to the ledger as soon as they come, but no more than IN_HAND at a time: the
+        # rest wait in the bounded queue, so back-pressure reaches the receivers.
+        room = IN_HAND - len(self._unrecorded) - len(self._pending)
+        if room > 0 and len(self._gaps):
             self.idle.clear()
-            self._unrecorded.extend(self._gaps.get_batch_nowait(1000))
+            self._unrecorded.extend(self._gaps.get_batch_nowait(room))
 
     # -- the ledger -----------------------------------------------------------------------
 
