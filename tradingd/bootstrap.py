@@ -41,6 +41,7 @@ from loguru import logger
 
 from tradingd.adapters.base import ExchangeAdapter, RateLimited, VenueUnavailable
 from tradingd.adapters.registry import create_adapter
+from tradingd.backoff import backoff_delay
 from tradingd.clock import ClockCheck, SkewTooLarge
 from tradingd.config import Config
 from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_UNAVAILABLE
@@ -186,7 +187,7 @@ class RetryPolicy:
     longest_wait: float = 900.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.maximum, self.initial * 2 ** max(0, attempt - 1)))
+        return backoff_delay(attempt, self.initial, self.maximum)
 
 
 class GaveUp(Exception):

@@ -20,6 +20,7 @@ from typing import Protocol
 import msgspec
 from loguru import logger
 
+from tradingd.backoff import backoff_delay
 from tradingd.config import SupervisorConfig
 
 
@@ -208,8 +209,7 @@ class Supervisor:
     def backoff_delay(self, attempt: int) -> float:
         """Exponential in the attempt number, capped, with 'equal jitter' (half fixed)."""
         cfg = self._config
-        capped = min(cfg.backoff_max, cfg.backoff_initial * (2 ** max(0, attempt - 1)))
-        return float(capped / 2 + self._rng.uniform(0, capped / 2))
+        return backoff_delay(attempt, cfg.backoff_initial, cfg.backoff_max, self._rng)
 
     def _escalate(self, child: _Child) -> None:
         if self.escalation is not None:

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from tradingd.actors import RateLimiter, checked_in, pause
+from tradingd.backoff import backoff_delay
 from tradingd.config import PersisterConfig
 from tradingd.metrics import LatencyHistogram, record_latencies
 from tradingd.model import Bar, DeadLetter, Ticker, Trade
@@ -283,9 +284,8 @@ class Persister:
             except TRANSIENT_ERRORS as exc:
                 attempt += 1
                 self.retries += 1
-                delay = min(
-                    self._config.retry_backoff_max,
-                    RETRY_BACKOFF_INITIAL * 2 ** min(attempt - 1, 20),
+                delay = backoff_delay(
+                    attempt, RETRY_BACKOFF_INITIAL, self._config.retry_backoff_max
                 )
                 self._storage_down = True
                 suppressed = self._db_warnings.allow()

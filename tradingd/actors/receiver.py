@@ -37,6 +37,7 @@ import msgspec
 
 from tradingd.actors import RateLimiter, checked_in, pause
 from tradingd.adapters.base import ExchangeAdapter, MarketDataSession, VenueUnavailable
+from tradingd.backoff import backoff_delay
 from tradingd.config import ExchangeConfig
 from tradingd.model import (
     Bar,
@@ -222,10 +223,9 @@ class Receiver:
     def backoff_delay(self, attempt: int) -> float:
         """Exponential in ``attempt``, capped, with equal jitter (half fixed, half random)."""
         cfg = self._config
-        capped = min(
-            cfg.reconnect_backoff_max, cfg.reconnect_backoff_initial * 2 ** max(0, attempt - 1)
+        return backoff_delay(
+            attempt, cfg.reconnect_backoff_initial, cfg.reconnect_backoff_max, self._rng
         )
-        return float(capped / 2 + self._rng.uniform(0, capped / 2))
 
     def request_rotation(self) -> None:
         self._rotate_now.set()

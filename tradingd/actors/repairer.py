@@ -30,6 +30,7 @@ import msgspec
 from tradingd.actors import RateLimiter, checked_in, pause
 from tradingd.actors.persister import DATA_ERRORS, TRANSIENT_ERRORS
 from tradingd.adapters.base import ExchangeAdapter, RangeUnavailable, RateLimited, VenueUnavailable
+from tradingd.backoff import backoff_delay
 from tradingd.model import Trade
 from tradingd.queues import BoundedQueue
 from tradingd.sequencing import STARTUP_SCAN, Gap, missing_ranges, subtract_ranges
@@ -462,7 +463,7 @@ async def _timed(statement: Callable[[], Awaitable[_T]]) -> _T:
 
 
 def _backoff(initial: float, maximum: float, attempt: int) -> float:
-    return float(min(maximum, initial * 2 ** min(attempt - 1, 20)))
+    return backoff_delay(attempt, initial, maximum)
 
 
 def _quantile(ordered: list[float], q: float) -> float:
