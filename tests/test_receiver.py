@@ -645,3 +645,22 @@ async def test_a_burst_of_dead_letters_is_one_warning_with_a_count(logged: list[
         f"{n} dead letter(s) since the last warning; latest from ws: bad json" in warnings[0]
         for n in (50, 100)
     )
+
+
+async def test_data_flows_only_with_fresh_market_data_not_dead_letters() -> None:
+    venue = FakeVenue()
+    harness = Harness(venue, exchange_config(symbols=["A"]))
+    receiver = harness.receiver
+    letter = DeadLetter(exchange="fake", source="ws", payload=b"{", error="bad", received_us=1)
+    async with harness.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        for session in venue.live():
+            session.deliver([letter])
+        await harness.ctx.changes.wait_for(lambda: receiver.stats.dead_letters == 1)
+        assert not receiver.data_arrived.is_set()
+        assert not receiver.data_fresh(3600.0)
+        venue.publish("A", 1)
+        await asyncio.wait_for(receiver.data_arrived.wait(), 10.0)
+        assert receiver.data_fresh(3600.0)
+        # Freshness is a window, not a latch: data older than the window is not fresh.
+        assert not receiver.data_fresh(-1.0)
