@@ -10,7 +10,7 @@ CONFIG ?= config/tradingd.toml
 help:
 	@echo "make run          create .venv, install, run the daemon on $(CONFIG)"
 	@echo "make test         install with dev extras and run the whole test suite"
-	@echo "make lint         ruff + mypy"
+	@echo "make lint         ruff + mypy + import-linter contracts"
 	@echo "make demo         a fake exchange on loopback and the daemon pointed at it"
 	@echo "make bench        the benchmark suite (about 6 minutes); bench-quick under 1"
 
@@ -40,6 +40,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check tradingd adapters strategies tests
 	$(BIN)/ruff format --check tradingd adapters strategies tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix tradingd adapters strategies tests

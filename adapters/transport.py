@@ -8,9 +8,26 @@ fill a burst: a burst is only what was already received when the first of its fr
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import aiohttp
+
+if TYPE_CHECKING:
+    # What ``receive()`` returns: aiohttp types TEXT messages apart, in a private module.
+    from aiohttp._websocket.models import WSMessageTextBytes
+
+    Message: TypeAlias = aiohttp.WSMessage | WSMessageTextBytes
+
+# Message kinds after which the connection goes on; any other ends it.
+_STAYS_OPEN: Final = frozenset(
+    {
+        aiohttp.WSMsgType.TEXT,
+        aiohttp.WSMsgType.BINARY,
+        aiohttp.WSMsgType.PING,
+        aiohttp.WSMsgType.PONG,
+    }
+)
 
 # Bounds the event-loop time one burst takes (parsing ~2 µs a frame) and the size of the lists.
 BURST_LIMIT: Final = 500
@@ -25,3 +42,22 @@ def buffered_frames(ws: aiohttp.ClientWebSocketResponse[Literal[False]]) -> int:
     """
     buffer = getattr(getattr(ws, "_reader", None), "_buffer", None)
     return min(len(buffer), BURST_LIMIT) if buffer is not None else 0
+
+
+async def bursts(
+    ws: aiohttp.ClientWebSocketResponse[Literal[False]],
+) -> AsyncIterator[list[Message]]:
+    """The messages of ``ws`` in bursts: each the next message and those already received
+    behind it. A message that ends the connection (close, error) is the last of its burst, and
+    nothing follows it."""
+    while True:
+        message = await ws.receive()
+        more = buffered_frames(ws)
+        burst = [message]
+        while more and message.type in _STAYS_OPEN:
+            message = await ws.receive()  # already received: returns without waiting
+            burst.append(message)
+            more -= 1
+        yield burst
+        if message.type not in _STAYS_OPEN:
+            return

@@ -11,8 +11,9 @@ from loguru import logger
 
 from tests.e2e.harness import offline_config, run_cli
 from tradingd import observer
-from tradingd.observer import log_state_changes
+from tradingd.observer import StateChangeObserver
 from tradingd.state import ExchangeState, set_kill_switch, transition
+from tradingd.supervisor import ActorContext
 
 
 async def test_state_and_kill_switch_changes_made_elsewhere_are_logged(
@@ -39,7 +40,8 @@ async def test_state_and_kill_switch_changes_made_elsewhere_are_logged(
     await set_kill_switch(pool, rds, on=True, operator="olga", reason="drill")
     await set_kill_switch(pool, rds, on=False, operator="olga", reason="over")
     handle = logger.add(sink, level="DEBUG", format="{level} {message}")
-    task = asyncio.create_task(log_state_changes(pool, 0.05, marks))
+    actor = StateChangeObserver(pool, 0.05, marks)
+    task = asyncio.create_task(actor.run(ActorContext(actor.name, {})))
     try:
         async with asyncio.timeout(10):
             await all_seen.wait()

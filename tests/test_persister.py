@@ -514,3 +514,29 @@ async def test_a_restarted_actor_resumes_the_batch_in_hand(
         assert await direct.fetchval("SELECT count(*) FROM public_trades") == 100
     finally:
         await direct.close()
+
+
+async def test_three_writers_stay_alive_and_commit_under_trickle_and_burst(
+    pool: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    records, tickers = records_queue(), tickers_queue()
+    persister = Persister(
+        config(batch_size=100, flush_interval=0.02, writers=3), pool, redis, records, tickers
+    )
+    async with running(persister):
+        await wait_for(persister, lambda: persister.writers_running == 3)
+        # Trickle: one trade at a time, the next once the previous one is committed.
+        for seq in range(30):
+            await records.put_many([trade(seq)])
+            await wait_for(persister, lambda s=seq: persister.trades_written == s + 1)  # type: ignore[misc]
+            assert persister.writers_running == 3
+        trickled = list(persister.writer_batches)
+        # Burst: far more than one batch, so every writer has work.
+        await records.put_many([trade(seq) for seq in range(30, 6_030)])
+        await wait_for(persister, lambda: persister.trades_written == 6_030)
+        assert persister.writers_running == 3
+        burst = [
+            after - before for after, before in zip(persister.writer_batches, trickled, strict=True)
+        ]
+        assert all(n > 0 for n in burst), burst
+    assert await count(pool, "public_trades") == 6_030

@@ -95,3 +95,33 @@ def test_drop_oldest_keeps_the_newest_and_accounts_for_all(
     kept = queue.get_batch_nowait(capacity)
     assert kept == everything[len(everything) - len(kept) :]
     assert len(kept) + queue.dropped == len(everything)
+
+
+async def test_lingering_consumers_never_get_an_empty_batch_while_open() -> None:
+    # Three consumers linger on one item; one takes it when the linger ends, and the other two
+    # must wait again, not take the empty queue for a closed one.
+    queue: BoundedQueue[int] = BoundedQueue("q", 100, OverflowPolicy.BLOCK)
+    received: list[list[int]] = []
+    took = asyncio.Event()
+
+    async def consume() -> None:
+        while batch := await queue.get_batch(10, linger=0.02):
+            received.append(batch)
+            took.set()
+
+    queue.put_many_nowait([1])
+    consumers = [asyncio.create_task(consume()) for _ in range(3)]
+    try:
+        await took.wait()
+        # A negative claim needs a window: ten lingers long, no consumer may return.
+        done, _ = await asyncio.wait(consumers, timeout=0.2)
+        assert not done, "a consumer took an empty batch from an open queue"
+        took.clear()
+        queue.put_many_nowait([2, 3])
+        await took.wait()
+        queue.close()
+        await asyncio.wait_for(asyncio.gather(*consumers), 5.0)
+    finally:
+        for consumer in consumers:
+            consumer.cancel()
+    assert received == [[1], [2, 3]]

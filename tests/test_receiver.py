@@ -597,3 +597,70 @@ async def test_binance_pings_keep_a_quiet_connection_alive() -> None:
             assert harness.receiver.stats.stale_connections == 0
     finally:
         await fake.stop()
+
+
+async def test_trades_cancelled_before_they_are_queued_stay_unseen_and_become_a_gap() -> None:
+    tracker = SequenceTracker("fake")
+    venue = FakeVenue()
+    harness = Harness(venue, exchange_config(symbols=["A"]), records_capacity=3, tracker=tracker)
+    async with harness.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        venue.publish("A", 1)
+        await harness.collect_until({"A": 1})
+        venue.publish("A", 5)  # 2..6: three fit, the receiver waits for room for the rest
+        await harness.ctx.changes.wait_for(lambda: len(harness.records) == 3)
+    # Cancelled while waiting: the five trades are not marked seen.
+    assert tracker.last_seq("A") == 1
+    assert harness.receiver.stats.trades == 1
+
+    venue = FakeVenue()
+    venue.next_seq["A"] = 7
+    again = Harness(venue, exchange_config(symbols=["A"]), tracker=tracker)
+    async with again.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        venue.publish("A", 1)
+        await again.collect_until({"A": 7})
+    assert [(g.first_seq, g.last_seq) for g in again.gap_list()] == [(2, 6)]
+
+
+async def test_a_burst_of_dead_letters_is_one_warning_with_a_count(logged: list[str]) -> None:
+    venue = FakeVenue()
+    harness = Harness(venue, exchange_config(symbols=["A"]))
+    letters: list[MarketEvent] = [
+        DeadLetter(exchange="fake", source="ws", payload=b"{", error="bad json", received_us=n)
+        for n in range(50)
+    ]
+    async with harness.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        for session in venue.live():
+            session.deliver(letters)
+            session.deliver(letters)
+        venue.publish("A", 1)
+        await harness.collect_until({"A": 1})
+    assert harness.receiver.stats.dead_letters == 100
+    # Two bursts (or one, if read together) within the interval: one line, with the count.
+    warnings = [line for line in logged if "dead letter" in line]
+    assert len(warnings) == 1, warnings
+    assert any(
+        f"{n} dead letter(s) since the last warning; latest from ws: bad json" in warnings[0]
+        for n in (50, 100)
+    )
+
+
+async def test_data_flows_only_with_fresh_market_data_not_dead_letters() -> None:
+    venue = FakeVenue()
+    harness = Harness(venue, exchange_config(symbols=["A"]))
+    receiver = harness.receiver
+    letter = DeadLetter(exchange="fake", source="ws", payload=b"{", error="bad", received_us=1)
+    async with harness.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        for session in venue.live():
+            session.deliver([letter])
+        await harness.ctx.changes.wait_for(lambda: receiver.stats.dead_letters == 1)
+        assert not receiver.data_arrived.is_set()
+        assert not receiver.data_fresh(3600.0)
+        venue.publish("A", 1)
+        await asyncio.wait_for(receiver.data_arrived.wait(), 10.0)
+        assert receiver.data_fresh(3600.0)
+        # Freshness is a window, not a latch: data older than the window is not fresh.
+        assert not receiver.data_fresh(-1.0)

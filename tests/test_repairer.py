@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tradingd.actors.repairer import GapRepairer
+from tradingd.actors.repairer import IN_HAND, GapRepairer
 from tradingd.adapters.base import RangeUnavailable, RateLimited, VenueUnavailable
 from tradingd.adapters.binance import BinanceAdapter
 from tradingd.adapters.deribit import DeribitAdapter, TradesNotServed
@@ -303,3 +303,35 @@ async def test_deribit_credit_exhaustion_is_waited_out(pool: asyncpg.Pool) -> No
     assert [row[3] for row in await ledger(pool, "deribit")] == ["repaired"]
     refused = [m for m, _ in fake.requests if m == "public/get_last_trades_by_instrument"]
     assert len(refused) > 3  # three pages, and the refusals that came with the credit limit
+
+
+class StuckHistory(ScriptedHistory):
+    """A venue whose history request never answers (until the test ends)."""
+
+    def __init__(self) -> None:
+        super().__init__(10)
+        self.asked = asyncio.Event()
+
+    async def fetch_trades(self, instrument: str, first_seq: int, last_seq: int) -> list[Trade]:
+        self.asked.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_busy_repairer_leaves_the_gaps_beyond_its_hand_queued(pool: asyncpg.Pool) -> None:
+    history = StuckHistory()
+    queue: BoundedQueue[Gap] = BoundedQueue("gaps", 5_000, OverflowPolicy.BLOCK)
+    gaps = [gap_of("A", 10 * n + 1, 10 * n + 5) for n in range(IN_HAND + 500)]
+    await queue.put_many(gaps)
+    repairer = GapRepairer("fake", history, pool, queue)  # type: ignore[arg-type]
+    task = asyncio.create_task(repairer.run(ActorContext(repairer.name, {})))
+    try:
+        await asyncio.wait_for(history.asked.wait(), 30.0)
+        # Repairing the first gap: it holds IN_HAND (all recorded), the rest wait in the queue.
+        assert len(queue) == 500
+        assert repairer.open_gaps == IN_HAND + 500
+        recorded = await pool.fetchval("SELECT count(*) FROM data_gaps WHERE exchange = 'fake'")
+        assert recorded == IN_HAND
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

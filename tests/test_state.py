@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tradingd.state import (
     KILL_SWITCH_KEY,
@@ -23,6 +24,7 @@ from tradingd.state import (
     may_trade,
     read_kill_switch,
     read_state,
+    restore_redis_from_record,
     set_kill_switch,
     state_key,
     transition,
@@ -177,3 +179,58 @@ def test_every_state_can_reach_locked_or_is_locked() -> None:
     for source, targets in LEGAL_TRANSITIONS.items():
         if source is not None:
             assert S.LOCKED in targets, source
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_a_failed_record_leaves_redis_untouched(
+    pool: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    # PostgreSQL refuses the row (text may not hold NUL): Redis must not show the state.
+    bad = "bin\x00ance"
+    with pytest.raises(asyncpg.PostgresError):
+        await transition(pool, redis, bad, S.BOOTSTRAPPING, operator="op", reason="start")
+    assert await redis.get(state_key(bad)) is None
+    assert await redis.llen(history_key(bad)) == 0
+
+
+async def test_redis_is_restored_from_the_record_when_its_write_failed(
+    pool: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    await transition(pool, redis, "binance", S.BOOTSTRAPPING, operator="op", reason="start")
+    down = aioredis.Redis(host="127.0.0.1", port=_free_port())
+    try:
+        with pytest.raises(RedisConnectionError):
+            await transition(pool, down, "binance", S.LOCKED, operator="op", reason="done")
+        await set_kill_switch(pool, redis, on=True, operator="op", reason="halt")
+        await redis.delete(KILL_SWITCH_KEY)
+    finally:
+        await down.aclose()
+    # PostgreSQL recorded the lock; Redis's copy is behind until restored.
+    assert [t.to_state for t in await history(pool, "binance")] == ["LOCKED", "BOOTSTRAPPING"]
+    assert await read_state(redis, "binance") is S.BOOTSTRAPPING
+    await redis.set(state_key("deribit"), "HEALTHY")  # a copy with no record is left alone
+
+    restored = await restore_redis_from_record(pool, redis, ["binance", "deribit"])
+
+    assert restored == [state_key("binance"), KILL_SWITCH_KEY]
+    assert await read_state(redis, "binance") is S.LOCKED
+    listed = [
+        msgspec.json.decode(raw, type=Transition)
+        for raw in await redis.lrange(history_key("binance"), 0, -1)
+    ]
+    assert [t.to_state for t in listed] == ["LOCKED", "BOOTSTRAPPING"]
+    switch = await read_kill_switch(redis)
+    assert switch is not None and switch.reason == "halt" and switch.operator == "op"
+    assert not await may_trade(redis, "binance")
+    # In step now: nothing more to restore, and the next transition starts from LOCKED.
+    assert await restore_redis_from_record(pool, redis, ["binance"]) == []
+    record = await transition(pool, redis, "binance", S.HEALTHY, operator="op", reason="ok")
+    assert record.from_state == "LOCKED"

@@ -199,7 +199,10 @@ BROKEN = [
         GOOD.replace("risk_pct = 2.5", "risk_pct = 0"),
         "strategies[0].params: expected risk_pct > 0 and <= 100, found 0",
     ),
-    (GOOD.replace("fast = 5,", "fats = 5,"), "strategies[0].params.fats: expected a known key, found an unknown key"),
+    (
+        GOOD.replace("fast = 5,", "fats = 5,"),
+        "strategies[0].params.fats: expected a known key, found an unknown key",
+    ),
     (
         GOOD.replace('"grid-eth"', '"trend"'),
         "strategies[1].name: expected a unique name, found 'trend' again",
@@ -226,7 +229,10 @@ BROKEN = [
         GOOD.replace('symbols = ["ETHUSDT"]\nparams', "symbols = []\nparams"),
         "strategies[1].symbols: expected array of length >= 1",
     ),
-    (GOOD.replace('name = "trend"\n', ""), "strategies[0].name: expected a value (required), found nothing"),
+    (
+        GOOD.replace('name = "trend"\n', ""),
+        "strategies[0].name: expected a value (required), found nothing",
+    ),
 ]
 
 

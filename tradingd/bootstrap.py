@@ -41,10 +41,11 @@ from loguru import logger
 
 from tradingd.adapters.base import ExchangeAdapter, RateLimited, VenueUnavailable
 from tradingd.adapters.registry import create_adapter
+from tradingd.backoff import backoff_delay
 from tradingd.clock import ClockCheck, SkewTooLarge
 from tradingd.config import Config
 from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_UNAVAILABLE
-from tradingd.model import Bar, Instrument
+from tradingd.model import Bar, Instrument, resolution_us
 from tradingd.progress import ProgressReporter, Task
 from tradingd.sdnotify import Notifier
 from tradingd.secrets import secret_store
@@ -62,19 +63,6 @@ from tradingd.storage.writer import upsert_bars
 
 _T = TypeVar("_T")
 
-RESOLUTION_US: dict[str, int] = {
-    "1m": 60_000_000,
-    "3m": 180_000_000,
-    "5m": 300_000_000,
-    "15m": 900_000_000,
-    "30m": 1_800_000_000,
-    "1h": 3_600_000_000,
-    "2h": 7_200_000_000,
-    "4h": 14_400_000_000,
-    "6h": 21_600_000_000,
-    "12h": 43_200_000_000,
-    "1d": 86_400_000_000,
-}
 # Bars asked for per request: Binance's klines maximum; Deribit serves at least as many.
 PAGE_BARS = 1000
 # States whose exchange is already bootstrapped and possibly trading: caught up, not moved.
@@ -84,13 +72,6 @@ _PAST_BOOTSTRAP = frozenset(
 
 
 # -- pure planning --------------------------------------------------------------------------
-
-
-def resolution_us(resolution: str) -> int:
-    try:
-        return RESOLUTION_US[resolution]
-    except KeyError:
-        raise ValueError(f"unknown bar resolution {resolution!r}") from None
 
 
 def align_up(us: int, period_us: int) -> int:
@@ -206,7 +187,7 @@ class RetryPolicy:
     longest_wait: float = 900.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.maximum, self.initial * 2 ** max(0, attempt - 1)))
+        return backoff_delay(attempt, self.initial, self.maximum)
 
 
 class GaveUp(Exception):

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from loguru import logger
 
 from tradingd.adapters.base import ExchangeAdapter
 from tradingd.config import DaemonConfig
+from tradingd.supervisor import ActorContext
 
-if TYPE_CHECKING:
-    from tradingd.reconcile import StartupStates
+# Locks trading on every exchange, with the reason (the state machine's job, not the clock's).
+LockAll = Callable[[str], Awaitable[None]]
+# Until the clock is verified it is checked this often, whatever clock_check_interval says.
+UNVERIFIED_RECHECK = 30.0
 
 FIX_HINT = (
     "synchronise the system clock: `timedatectl set-ntp true` (systemd-timesyncd) or "
@@ -67,10 +69,12 @@ class ClockCheck:
         config: DaemonConfig,
         adapters: Mapping[str, ExchangeAdapter],
         clock_ns: Callable[[], int] = time.time_ns,
+        unverified_recheck: float = UNVERIFIED_RECHECK,
     ) -> None:
         self._config = config
         self._adapters = adapters
         self._clock_ns = clock_ns
+        self._unverified_recheck = unverified_recheck
         self.readings: dict[str, ClockReading] = {}
         # Set once a measurement within the limit has been made: before that, no trading.
         self.verified = asyncio.Event()
@@ -130,10 +134,14 @@ class ClockCheck:
             )
             logger.warning("{}", self.unverified_reason)
 
-    async def run_periodic(self, states: StartupStates) -> None:
+    async def run_periodic(self, lock_all: LockAll, checkin: Callable[[], None]) -> None:
         """Re-check while running: often until verified, then every clock_check_interval."""
         while True:
-            interval = self._config.clock_check_interval if self.verified.is_set() else 30.0
+            checkin()
+            if self.verified.is_set():
+                interval = self._config.clock_check_interval
+            else:
+                interval = self._unverified_recheck
             await asyncio.sleep(interval)
             readings, _failures = await self.measure_all()
             too_far = self._judge(readings)
@@ -142,10 +150,25 @@ class ClockCheck:
                 logger.critical("CRITICAL TIME SKEW DETECTED: {}; locking trading", error)
                 self.verified.clear()
                 self.unverified_reason = f"clock skew: {error}"
-                await states.lock_all(f"CRITICAL TIME SKEW DETECTED: {error}")
+                await lock_all(f"CRITICAL TIME SKEW DETECTED: {error}")
             elif readings and not self.verified.is_set():
                 logger.info("clock verified against {}", ", ".join(r.exchange for r in readings))
                 self.verified.set()
 
     def snapshot(self) -> dict[str, float]:
         return {name: round(r.skew, 6) for name, r in self.readings.items()}
+
+
+class ClockWatch:
+    """The periodic clock check as a supervised actor: a storage error while locking restarts
+    it, it does not end the daemon."""
+
+    name = "clock"
+
+    def __init__(self, check: ClockCheck, lock_all: LockAll) -> None:
+        self._check = check
+        self._lock_all = lock_all
+
+    async def run(self, ctx: ActorContext) -> None:
+        ctx.ready()
+        await self._check.run_periodic(self._lock_all, ctx.checkin)

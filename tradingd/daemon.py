@@ -28,14 +28,14 @@ from tradingd.actors.receiver import MarketDataOutlets, Receiver
 from tradingd.actors.repairer import GapRepairer
 from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
-from tradingd.clock import ClockCheck, SkewTooLarge
+from tradingd.clock import ClockCheck, ClockWatch, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
 from tradingd.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from tradingd.logs import set_level
 from tradingd.model import Bar, Channel, DeadLetter, Subscription, Ticker, Trade
-from tradingd.observer import log_state_changes
+from tradingd.observer import StateChangeObserver
 from tradingd.queues import BoundedQueue, OverflowPolicy
-from tradingd.reconcile import StartupStates
+from tradingd.reconcile import Reconciler, StartupStates
 from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
 from tradingd.secrets import secret_store
 from tradingd.sequencing import Gap, SequenceTracker
@@ -43,7 +43,7 @@ from tradingd.status import STATUS_KEY, DaemonStatus, ExchangeStatus, encode_sta
 from tradingd.storage import Storage, StorageError, StorageRejected, open_storage
 from tradingd.storage.embedded import EmbeddedStorageError
 from tradingd.storage.migrations import migrate
-from tradingd.supervisor import ActorSpec, Supervisor, SupervisorEscalation
+from tradingd.supervisor import ActorSpec, RestartPolicy, Supervisor, SupervisorEscalation
 
 _T = TypeVar("_T")
 
@@ -315,7 +315,23 @@ class Daemon:
                         log_fields={"EXCHANGE": name},
                     )
                 )
+        assert self.clock is not None and self.states is not None
+        specs.append(
+            ActorSpec(ClockWatch(self.clock, self.states.lock_all), RestartPolicy.PERMANENT)
+        )
+        specs.append(ActorSpec(Reconciler(self.states, self), RestartPolicy.PERMANENT))
+        specs.append(ActorSpec(StateChangeObserver(self.storage.pool, cfg.daemon.status_interval)))
         self.supervisor.start_all(specs)
+
+    # -- market data flow, as reconciliation sees it ----------------------------------------
+
+    def flowing(self, exchange: str) -> bool:
+        receivers = self.receivers.get(exchange, [])
+        fresh_for = self.config.exchanges[exchange].stale_after
+        return bool(receivers) and all(r.data_fresh(fresh_for) for r in receivers)
+
+    async def wait_flowing(self, exchange: str) -> None:
+        await asyncio.gather(*(r.data_arrived.wait() for r in self.receivers.get(exchange, [])))
 
     async def _serve(self) -> int:
         cfg = self.config
@@ -335,17 +351,8 @@ class Daemon:
                     group.create_task(watchdog_loop(self.notifier, period, self.healthy))
                 )
             background.append(group.create_task(self._publish_status_loop()))
-            if self.storage is not None:
-                background.append(
-                    group.create_task(
-                        log_state_changes(self.storage.pool, cfg.daemon.status_interval)
-                    )
-                )
             if self.storage is not None and self.storage.embedded is not None:
                 background.append(group.create_task(self._watch_embedded_storage()))
-            assert self.clock is not None and self.states is not None
-            background.append(group.create_task(self.clock.run_periodic(self.states)))
-            background.append(group.create_task(self.states.run_reconciliation(self)))
             while not self._stop.is_set():
                 reload = asyncio.ensure_future(self._reload.wait())
                 stop = asyncio.ensure_future(self._stop.wait())

@@ -20,19 +20,6 @@ LATENCY_SAMPLES_PER_BATCH = 256
 _received_us = operator.attrgetter("received_us")
 
 
-class Counter:
-    """A monotonically increasing count."""
-
-    __slots__ = ("name", "value")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.value = 0
-
-    def add(self, amount: int = 1) -> None:
-        self.value += amount
-
-
 class LatencyHistogram:
     """Counts of non-negative integer values (microseconds by convention) in log-linear buckets."""
 

@@ -121,15 +121,22 @@ class StreamNotice(msgspec.Struct, frozen=True, kw_only=True):
 MarketEvent = Trade | Bar | Ticker | DeadLetter | StreamNotice
 
 
-_RESOLUTION_UNITS = {"m": 60, "h": 3600, "d": 86400}
+# The one definition of a bar resolution's length: "<count><unit>", unit s, m, h, d or w.
+# Months ("1mo") have no fixed length and are refused.
+_RESOLUTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def resolution_seconds(resolution: str) -> int:
-    """Seconds in a canonical bar resolution ("1m", "15m", "1h", "1d")."""
+    """Seconds in a canonical bar resolution ("1m", "15m", "1h", "1d"); ValueError otherwise."""
     count, unit = resolution[:-1], resolution[-1:]
     if not count.isdigit() or unit not in _RESOLUTION_UNITS or int(count) < 1:
-        raise ValueError(f"not a bar resolution: {resolution!r}")
+        raise ValueError(f"not a fixed-length bar resolution: {resolution!r}")
     return int(count) * _RESOLUTION_UNITS[unit]
+
+
+def resolution_us(resolution: str) -> int:
+    """Microseconds in a canonical bar resolution; ValueError if it is none."""
+    return resolution_seconds(resolution) * 1_000_000
 
 
 def us_to_datetime(us: int) -> datetime:

@@ -15,6 +15,8 @@ import asyncpg
 import msgspec
 from loguru import logger
 
+from tradingd.supervisor import ActorContext
+
 _KILL_SWITCH_KINDS = ("kill_switch_on", "kill_switch_off")
 
 
@@ -71,20 +73,28 @@ async def log_changes_since(pool: asyncpg.Pool, marks: Marks) -> Marks:
     )
 
 
-async def log_state_changes(
-    pool: asyncpg.Pool, interval: float, marks: Marks | None = None
-) -> None:
-    """Run until cancelled, logging changes recorded after ``marks`` (default: from now on).
-    A database error skips one poll."""
-    this_task = asyncio.current_task()
-    while True:
-        try:
-            if marks is None:
-                marks = await current_marks(pool)
-            else:
-                marks = await log_changes_since(pool, marks)
-        except Exception as exc:  # the database down must not stop the daemon
-            logger.debug("state changes not observed: {}", exc)
-        if this_task is not None and this_task.cancelling():
-            raise asyncio.CancelledError()  # never swallowed by a client library
-        await asyncio.sleep(interval)
+class StateChangeObserver:
+    """The supervised actor that logs recorded state and kill-switch changes."""
+
+    name = "observer"
+
+    def __init__(self, pool: asyncpg.Pool, interval: float, marks: Marks | None = None) -> None:
+        self._pool = pool
+        self._interval = interval
+        # From now on unless given; kept across restarts, so that a restart (after a database
+        # error) neither repeats nor skips a change.
+        self._marks = marks
+
+    async def run(self, ctx: ActorContext) -> None:
+        ctx.ready()
+        while True:
+            try:
+                if self._marks is None:
+                    self._marks = await current_marks(self._pool)
+                else:
+                    self._marks = await log_changes_since(self._pool, self._marks)
+            except (asyncpg.PostgresError, OSError) as exc:
+                # The database down is the persister's alarm to raise; this skips one poll.
+                ctx.log.debug("state changes not observed: {}", exc)
+            ctx.checkin()
+            await asyncio.sleep(self._interval)

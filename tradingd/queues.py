@@ -179,31 +179,33 @@ class BoundedQueue(Generic[T]):
     async def get_batch(self, max_items: int, linger: float = 0.0) -> list[T]:
         """Up to ``max_items`` items; waits for the first, then up to ``linger`` s for more.
 
-        Returns an empty list only when the queue is closed and drained.
+        Returns an empty list only when the queue is closed and drained, whatever the number
+        of consumers: one that lingered while another took everything waits again.
         """
-        while not len(self):
-            if self._closed:
-                return []
-            await self._not_empty.wait()
-        if linger > 0 and len(self) < max_items and not self._closed:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + linger
-            while len(self) < max_items and not self._closed:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
+        while True:
+            while not len(self):
+                if self._closed:
+                    return []
                 self._not_empty.clear()
-                try:
-                    await asyncio.wait_for(self._not_empty.wait(), remaining)
-                except TimeoutError:
-                    break
-        return self.get_batch_nowait(max_items)
+                await self._not_empty.wait()
+            if linger > 0 and len(self) < max_items and not self._closed:
+                await self._linger(max_items, linger)
+            batch = self.get_batch_nowait(max_items)
+            if batch:
+                return batch
 
-    async def wait_empty(self) -> None:
-        """Return once every queued item has been taken by a consumer."""
-        while len(self):
-            self._not_full.clear()
-            await self._not_full.wait()
+    async def _linger(self, max_items: int, linger: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + linger
+        while 0 < len(self) < max_items and not self._closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._not_empty.clear()
+            try:
+                await asyncio.wait_for(self._not_empty.wait(), remaining)
+            except TimeoutError:
+                return
 
     def close(self) -> None:
         """No more puts; consumers drain what is left, then get an empty batch."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import asyncpg
 from loguru import logger
+from redis.exceptions import RedisError
 
 from tradingd.adapters.base import ExchangeAdapter
 from tradingd.clock import ClockCheck
@@ -23,17 +25,28 @@ from tradingd.state import (
     IllegalTransition,
     StateUnavailable,
     read_state,
+    restore_redis_from_record,
     transition,
 )
 from tradingd.storage import Storage
-
-if TYPE_CHECKING:
-    from tradingd.daemon import Daemon
+from tradingd.supervisor import ActorContext
 
 DAEMON_OPERATOR = "tradingd"
 # Instruments synchronised longer ago than this are stale: run the bootstrap again.
 INSTRUMENTS_FRESH_FOR = "7 days"
 RECONCILE_TIMEOUT = 120.0
+
+
+class MarketDataFlow(Protocol):
+    """What reconciliation needs to know of the receivers: does market data flow."""
+
+    def flowing(self, exchange: str) -> bool:
+        """Fresh trades (or tickers) on every connection of ``exchange`` right now."""
+        ...
+
+    async def wait_flowing(self, exchange: str) -> None:
+        """Return once ``flowing(exchange)`` holds."""
+        ...
 
 
 class StartupStates:
@@ -54,7 +67,13 @@ class StartupStates:
     def cached(self, exchange: str) -> tuple[str | None, str]:
         return self._cache.get(exchange, (None, "unknown"))
 
+    async def restore_redis(self) -> None:
+        """Redis's copy of the states and kill switch, rewritten from PostgreSQL where it
+        lacks or disagrees."""
+        await restore_redis_from_record(self._storage.pool, self._storage.redis, self._adapters)
+
     async def refresh(self) -> None:
+        await self.restore_redis()
         for name in self._adapters:
             try:
                 state = await read_state(self._storage.redis, name)
@@ -66,6 +85,11 @@ class StartupStates:
                 self._cache[name] = (state.value, "")
 
     async def on_start(self) -> None:
+        try:
+            await self.restore_redis()
+        except (RedisError, OSError, asyncpg.PostgresError) as exc:
+            # Reads below fail closed; the reconciler retries the restore while running.
+            logger.error("cannot restore the Redis state from PostgreSQL: {}", exc)
         for name in self._adapters:
             log = logger.bind(EXCHANGE=name)
             try:
@@ -107,7 +131,7 @@ class StartupStates:
                 self._cache[name] = (state.value, hint)
                 log.info("{} is {}: {}", name, state.value, hint)
 
-    async def reconciliation_failures(self, name: str, daemon: Daemon) -> list[str]:
+    async def reconciliation_failures(self, name: str, flow: MarketDataFlow) -> list[str]:
         failures = []
         if not self._clock.verified.is_set():
             failures.append(self._clock.unverified_reason)
@@ -118,20 +142,17 @@ class StartupStates:
         )
         if not fresh:
             failures.append(f"no active instruments synchronised within {INSTRUMENTS_FRESH_FOR}")
-        receivers = daemon.receivers.get(name, [])
-        if not receivers or not all(r.data_flowing.is_set() for r in receivers):
+        if not flow.flowing(name):
             failures.append("market data is not flowing on every connection")
         return failures
 
-    async def _reconcile_one(self, name: str, daemon: Daemon) -> None:
-        waits = [r.data_flowing.wait() for r in daemon.receivers.get(name, [])]
-        waits.append(self._clock.verified.wait())
+    async def _reconcile_one(self, name: str, flow: MarketDataFlow) -> None:
         try:
             async with asyncio.timeout(RECONCILE_TIMEOUT):
-                await asyncio.gather(*waits)
+                await asyncio.gather(flow.wait_flowing(name), self._clock.verified.wait())
         except TimeoutError:
             pass
-        failures = await self.reconciliation_failures(name, daemon)
+        failures = await self.reconciliation_failures(name, flow)
         if failures:
             await self._lock(name, "reconciliation failed: " + "; ".join(failures))
             return
@@ -146,9 +167,16 @@ class StartupStates:
         )
         self._cache[name] = (ExchangeState.HEALTHY.value, "reconciled")
 
-    async def run_reconciliation(self, daemon: Daemon) -> None:
+    async def _reconcile_and_forget(self, name: str, flow: MarketDataFlow) -> None:
+        await self._reconcile_one(name, flow)
+        # Done: a restarted reconciler does not take it up again.
+        self.reconciling.remove(name)
+
+    async def run_reconciliation(self, flow: MarketDataFlow) -> None:
         if self.reconciling:
-            await asyncio.gather(*(self._reconcile_one(n, daemon) for n in self.reconciling))
+            await asyncio.gather(
+                *(self._reconcile_and_forget(n, flow) for n in list(self.reconciling))
+            )
         # Keep the cached view (STATUS=, `tradingd status`) in step with operators' commands.
         while True:
             await asyncio.sleep(self._config.daemon.status_interval)
@@ -178,3 +206,18 @@ class StartupStates:
                 continue
             if state in (ExchangeState.HEALTHY, ExchangeState.RECONCILING):
                 await self._lock(name, reason)
+
+
+class Reconciler:
+    """Startup reconciliation, then the cached state view, as a supervised actor: a PostgreSQL
+    or Redis error restarts it (it takes up the exchanges not yet reconciled)."""
+
+    name = "reconciler"
+
+    def __init__(self, states: StartupStates, flow: MarketDataFlow) -> None:
+        self._states = states
+        self._flow = flow
+
+    async def run(self, ctx: ActorContext) -> None:
+        ctx.ready()
+        await self._states.run_reconciliation(self._flow)

@@ -87,21 +87,38 @@ class SequenceTracker:
     def observe(
         self, trades: Sequence[Trade], reason: str = LIVE_STREAM
     ) -> tuple[list[Trade], list[Gap]]:
-        """Split a batch into new trades (in order) and the gaps in front of them."""
+        """Split a batch into new trades (in order) and the gaps in front of them, and accept
+        them at once (for callers with no await between this and storing them)."""
+        observation = self.plan(trades, reason)
+        self.accept(observation)
+        return observation.fresh, observation.gaps
+
+    def plan(self, trades: Sequence[Trade], reason: str = LIVE_STREAM) -> Observation:
+        """What ``trades`` would add: new trades (in order) and gaps, changing nothing.
+
+        ``accept`` it once the trades are queued: a receiver cancelled in between then leaves
+        them unseen, and the next copy (another connection, a reconnect, a repair) counts.
+        """
         fresh: list[Trade] = []
         gaps: list[Gap] = []
-        last = self._last
+        duplicates = 0
+        last: dict[str, int] = {}
+        known = self._last
         resume = self._resume
         for trade in trades:
             instrument = trade.instrument_name
             seq = trade.trade_seq
             previous = last.get(instrument)
+            # The resume reason names only the first gap: it is spent once a trade passed.
+            resuming = previous is None and instrument in resume
+            if previous is None:
+                previous = known.get(instrument)
             if previous is not None:
                 if seq <= previous:
-                    self.duplicates += 1
+                    duplicates += 1
                     continue
                 if seq != previous + 1:
-                    why = resume.get(instrument, reason) if resume else reason
+                    why = resume[instrument] if resuming else reason
                     gaps.append(
                         Gap(
                             self.exchange,
@@ -112,11 +129,29 @@ class SequenceTracker:
                             trade.received_us,
                         )
                     )
-            if resume:
-                resume.pop(instrument, None)
             last[instrument] = seq
             fresh.append(trade)
-        return fresh, gaps
+        return Observation(fresh, gaps, last, duplicates)
+
+    def accept(self, observation: Observation) -> None:
+        """Mark planned trades seen. Another receiver may have accepted further meanwhile:
+        the last sequence only moves forward."""
+        known = self._last
+        for instrument, seq in observation.last.items():
+            self._resume.pop(instrument, None)
+            if seq > known.get(instrument, seq - 1):
+                known[instrument] = seq
+        self.duplicates += observation.duplicates
+
+
+class Observation(msgspec.Struct, frozen=True):
+    """A planned step of a ``SequenceTracker``: not applied until accepted."""
+
+    fresh: list[Trade]
+    gaps: list[Gap]
+    # The highest sequence per instrument in ``fresh``.
+    last: dict[str, int]
+    duplicates: int
 
 
 def missing_ranges(seqs: Iterable[int], first: int, last: int) -> list[tuple[int, int]]:

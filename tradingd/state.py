@@ -1,10 +1,12 @@
 """The per-exchange operational state: one table of legal transitions, one function to move.
 
-The current state lives in Redis (``system:state:<exchange>``) where every actor can read it;
-every transition is recorded with who, why and when, in PostgreSQL ``state_transitions`` and in
-the Redis list ``system:state:<exchange>:history``. Above every exchange's state sits the kill
-switch (``system:kill_switch``): while it is on, nothing trades anywhere. Reads fail closed:
-when the state or the switch cannot be read, nothing may trade.
+PostgreSQL is the record: every transition is a row of ``state_transitions`` (who, why, when),
+and the current state is the last row's. Redis holds its copy where every actor can read it
+(``system:state:<exchange>``, and the list ``system:state:<exchange>:history``), written only
+after the row commits; ``restore_redis_from_record`` rewrites the copy when Redis lacks or
+disagrees with it (daemon start, then periodically). Above every exchange's state sits the kill
+switch (``system:kill_switch``, recorded in ``system_events``): while it is on, nothing trades
+anywhere. Reads fail closed: when the state or the switch cannot be read, nothing may trade.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import enum
 import getpass
 import os
 import time
+from collections.abc import Iterable
 
 import asyncpg
 import msgspec
 import redis.asyncio as aioredis
 from loguru import logger
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 
 class ExchangeState(enum.StrEnum):
@@ -138,25 +141,37 @@ async def set_kill_switch(
 ) -> KillSwitch | None:
     """Turn the kill switch on or off; recorded in ``system_events`` with who and why.
 
-    The record is written first: a switch that cannot be recorded is not changed.
+    The record commits first, then Redis gets its copy: a switch that cannot be recorded is
+    not changed, and one recorded while Redis fails is restored from the record on start.
     """
     if not reason.strip():
         raise ValueError("the kill switch needs a reason")
     switch = KillSwitch(reason=reason, operator=operator, at_us=time.time_ns() // 1000)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO system_events (kind, exchange, detail) VALUES ($1, 'all', $2::jsonb)",
-            "kill_switch_on" if on else "kill_switch_off",
-            msgspec.json.encode({"operator": operator, "reason": reason}).decode(),
-        )
-        if on:
-            await redis.set(KILL_SWITCH_KEY, msgspec.json.encode(switch))
-        else:
-            await redis.delete(KILL_SWITCH_KEY)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO system_events (kind, exchange, detail, at)"
+                " VALUES ($1, 'all', $2::jsonb, to_timestamp($3::float8 / 1e6))",
+                KILL_SWITCH_ON if on else KILL_SWITCH_OFF,
+                msgspec.json.encode({"operator": operator, "reason": reason}).decode(),
+                switch.at_us,
+            )
+        await _copy_kill_switch(redis, switch if on else None)
     logger.bind(STATE="KILL_SWITCH").warning(
         "kill switch {} by {}: {}", "ON" if on else "off", operator, reason
     )
     return switch if on else None
+
+
+KILL_SWITCH_ON = "kill_switch_on"
+KILL_SWITCH_OFF = "kill_switch_off"
+
+
+async def _copy_kill_switch(redis: aioredis.Redis, switch: KillSwitch | None) -> None:
+    if switch is not None:
+        await redis.set(KILL_SWITCH_KEY, msgspec.json.encode(switch))
+    else:
+        await redis.delete(KILL_SWITCH_KEY)
 
 
 async def may_trade(redis: aioredis.Redis, exchange: str) -> bool:
@@ -183,59 +198,115 @@ async def transition(
 
     ``only_from`` narrows the legal starting states further for this call (for example, daemon
     start-up moves HEALTHY to RECONCILING but must leave a LOCKED exchange alone); a state outside
-    it raises ``IllegalTransition`` too. Redis and PostgreSQL are updated together: the
-    PostgreSQL row commits only if the Redis compare-and-set succeeded.
+    it raises ``IllegalTransition`` too. The current state is PostgreSQL's last recorded one;
+    Redis is written only once the row has committed, so it never shows a state PostgreSQL did
+    not record. If that Redis write fails the error is raised and the copy is restored later
+    (``restore_redis_from_record``).
     """
     if not reason.strip():
         raise ValueError("a state transition needs a reason")
-    key = state_key(exchange)
-    async with (
-        pool.acquire() as conn,
-        conn.transaction(),
-        redis.pipeline(transaction=True) as pipe,
-    ):
-        while True:
-            await pipe.watch(key)
-            raw = await pipe.get(key)
-            current = ExchangeState(_text(raw)) if raw else None
-            if to_state not in LEGAL_TRANSITIONS[current] or (
-                only_from is not None and current not in only_from
-            ):
-                raise IllegalTransition(exchange, current, to_state)
-            record = Transition(
-                exchange=exchange,
-                from_state=current.value if current else None,
-                to_state=to_state.value,
-                operator=operator,
-                reason=reason,
-                at_us=time.time_ns() // 1000,
-            )
-            try:
-                # A savepoint: a lost compare-and-set race leaves no row behind.
-                async with conn.transaction():
-                    await conn.execute(
-                        "INSERT INTO state_transitions"
-                        " (exchange, from_state, to_state, operator, reason, at)"
-                        " VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1e6))",
-                        exchange,
-                        record.from_state,
-                        record.to_state,
-                        operator,
-                        reason,
-                        record.at_us,
-                    )
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(key, to_state.value)
-                    pipe.lpush(history_key(exchange), msgspec.json.encode(record))
-                    pipe.ltrim(history_key(exchange), 0, HISTORY_LENGTH - 1)
-                    await pipe.execute()
-                break
-            except WatchError:
-                continue
+    async with pool.acquire() as conn:
+        # Held until Redis has its copy: concurrent transitions of one exchange reach both
+        # stores in the same order.
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", state_key(exchange))
+        try:
+            async with conn.transaction():
+                current = await _recorded_state(conn, exchange)
+                if to_state not in LEGAL_TRANSITIONS[current] or (
+                    only_from is not None and current not in only_from
+                ):
+                    raise IllegalTransition(exchange, current, to_state)
+                record = Transition(
+                    exchange=exchange,
+                    from_state=current.value if current else None,
+                    to_state=to_state.value,
+                    operator=operator,
+                    reason=reason,
+                    at_us=time.time_ns() // 1000,
+                )
+                await conn.execute(
+                    "INSERT INTO state_transitions"
+                    " (exchange, from_state, to_state, operator, reason, at)"
+                    " VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1e6))",
+                    exchange,
+                    record.from_state,
+                    record.to_state,
+                    operator,
+                    reason,
+                    record.at_us,
+                )
+            await _copy_state(redis, record)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", state_key(exchange))
     logger.bind(EXCHANGE=exchange, STATE=to_state.value).info(
         "state {} -> {} by {}: {}", record.from_state or "none", to_state.value, operator, reason
     )
     return record
+
+
+async def _recorded_state(conn: asyncpg.Connection, exchange: str) -> ExchangeState | None:
+    raw = await conn.fetchval(
+        "SELECT to_state FROM state_transitions WHERE exchange = $1 ORDER BY id DESC LIMIT 1",
+        exchange,
+    )
+    return ExchangeState(raw) if raw is not None else None
+
+
+async def _copy_state(redis: aioredis.Redis, record: Transition) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(state_key(record.exchange), record.to_state)
+        pipe.lpush(history_key(record.exchange), msgspec.json.encode(record))
+        pipe.ltrim(history_key(record.exchange), 0, HISTORY_LENGTH - 1)
+        await pipe.execute()
+
+
+async def restore_redis_from_record(
+    pool: asyncpg.Pool, redis: aioredis.Redis, exchanges: Iterable[str]
+) -> list[str]:
+    """Rewrite Redis's copy of each exchange's state and of the kill switch wherever it lacks
+    or disagrees with PostgreSQL's record; returns what was rewritten (for the log)."""
+    rewritten: list[str] = []
+    async with pool.acquire() as conn:
+        for exchange in exchanges:
+            rows = await conn.fetch(
+                "SELECT exchange, from_state, to_state, operator, reason,"
+                " (extract(epoch FROM at) * 1e6)::bigint AS at_us"
+                " FROM state_transitions WHERE exchange = $1 ORDER BY id DESC LIMIT $2",
+                exchange,
+                HISTORY_LENGTH,
+            )
+            if not rows:
+                continue
+            copy = await redis.get(state_key(exchange))
+            if copy is not None and _text(copy) == rows[0]["to_state"]:
+                continue
+            records = [Transition(**dict(row)) for row in rows]
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.set(state_key(exchange), records[0].to_state)
+                pipe.delete(history_key(exchange))
+                pipe.rpush(history_key(exchange), *(msgspec.json.encode(r) for r in records))
+                await pipe.execute()
+            rewritten.append(state_key(exchange))
+        event = await conn.fetchrow(
+            "SELECT kind, detail, (extract(epoch FROM at) * 1e6)::bigint AS at_us"
+            " FROM system_events WHERE kind IN ($1, $2) ORDER BY id DESC LIMIT 1",
+            KILL_SWITCH_ON,
+            KILL_SWITCH_OFF,
+        )
+    if event is not None:
+        recorded: KillSwitch | None = None
+        if event["kind"] == KILL_SWITCH_ON:
+            detail = msgspec.json.decode(event["detail"])
+            recorded = KillSwitch(
+                reason=detail["reason"], operator=detail["operator"], at_us=event["at_us"]
+            )
+        # Only ever turned on here: a switch set in Redis by hand stays an emergency stop.
+        if recorded is not None and await read_kill_switch(redis) is None:
+            await _copy_kill_switch(redis, recorded)
+            rewritten.append(KILL_SWITCH_KEY)
+    for key in rewritten:
+        logger.warning("{} restored in Redis from PostgreSQL's record", key)
+    return rewritten
 
 
 async def history(

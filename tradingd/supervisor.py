@@ -20,6 +20,7 @@ from typing import Protocol
 import msgspec
 from loguru import logger
 
+from tradingd.backoff import backoff_delay
 from tradingd.config import SupervisorConfig
 
 
@@ -153,11 +154,6 @@ class Supervisor:
             for w in [*waits, escalated]:
                 w.cancel()
 
-    async def wait_escalation(self) -> SupervisorEscalation:
-        await self._escalated.wait()
-        assert self.escalation is not None
-        return self.escalation
-
     # -- running --------------------------------------------------------------------------
 
     async def _supervise(self, child: _Child) -> None:
@@ -213,8 +209,7 @@ class Supervisor:
     def backoff_delay(self, attempt: int) -> float:
         """Exponential in the attempt number, capped, with 'equal jitter' (half fixed)."""
         cfg = self._config
-        capped = min(cfg.backoff_max, cfg.backoff_initial * (2 ** max(0, attempt - 1)))
-        return float(capped / 2 + self._rng.uniform(0, capped / 2))
+        return backoff_delay(attempt, cfg.backoff_initial, cfg.backoff_max, self._rng)
 
     def _escalate(self, child: _Child) -> None:
         if self.escalation is not None:
@@ -248,19 +243,6 @@ class Supervisor:
             ):
                 return False
         return True
-
-    def unhealthy_actors(self) -> list[str]:
-        now = time.monotonic()
-        names = []
-        for child in self._children.values():
-            timeout = child.spec.checkin_timeout
-            if child.state == "failed" or (
-                timeout is not None
-                and child.state == "running"
-                and now - child.ctx.last_checkin > timeout
-            ):
-                names.append(child.name)
-        return names
 
     def snapshot(self) -> list[ActorStatus]:
         now = time.monotonic()
@@ -308,10 +290,3 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         await self.stop(list(self._children))
-
-    def task_names(self) -> list[str]:
-        return [c.task.get_name() for c in self._children.values() if c.task and not c.task.done()]
-
-
-def actor_names(specs: Iterable[ActorSpec]) -> list[str]:
-    return [s.actor.name for s in specs]

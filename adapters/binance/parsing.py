@@ -30,6 +30,7 @@ from tradingd.model import (
     Ticker,
     Trade,
 )
+from tradingd.model import resolution_us as canonical_resolution_us
 
 TimeUnit = Literal["MICROSECOND", "MILLISECOND"]
 
@@ -54,23 +55,6 @@ _RESOLUTION_OF_INTERVAL: Final = {
     "1M": "1mo",
 }
 _INTERVAL_OF_RESOLUTION: Final = {r: i for i, r in _RESOLUTION_OF_INTERVAL.items()}
-_INTERVAL_US: Final = {
-    "1s": 1_000_000,
-    "1m": 60_000_000,
-    "3m": 180_000_000,
-    "5m": 300_000_000,
-    "15m": 900_000_000,
-    "30m": 1_800_000_000,
-    "1h": 3_600_000_000,
-    "2h": 7_200_000_000,
-    "4h": 14_400_000_000,
-    "6h": 21_600_000_000,
-    "8h": 28_800_000_000,
-    "12h": 43_200_000_000,
-    "1d": 86_400_000_000,
-    "3d": 259_200_000_000,
-    "1w": 604_800_000_000,
-}
 
 # Binance accepts and sends plain decimals of at most 20 integer and 20 fraction digits
 # (the -1100 regex); anything outside cannot be a real price or quantity, and would not fit
@@ -103,11 +87,9 @@ def binance_interval(resolution: str) -> str:
 
 
 def resolution_us(resolution: str) -> int:
-    """Length of a canonical resolution in microseconds (fixed-length resolutions only)."""
-    try:
-        return _INTERVAL_US[binance_interval(resolution)]
-    except KeyError:
-        raise ValueError(f"resolution {resolution!r} has no fixed length") from None
+    """Length of a canonical resolution Binance serves, in microseconds (fixed lengths only)."""
+    binance_interval(resolution)
+    return canonical_resolution_us(resolution)
 
 
 def stream_name(subscription: Subscription, default_resolution: str = "1m") -> str:

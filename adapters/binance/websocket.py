@@ -22,7 +22,7 @@ from loguru import logger
 
 from tradingd.adapters.base import ParseError, VenueUnavailable
 from tradingd.adapters.binance.parsing import BinanceParser, FrameParseError, stream_name
-from tradingd.adapters.transport import buffered_frames
+from tradingd.adapters.transport import bursts
 from tradingd.model import DeadLetter, MarketEvent, Subscription
 
 VENUE_MAX_STREAMS_PER_CONNECTION: Final = 1024
@@ -168,12 +168,10 @@ class BinanceMarketDataSession:
         clock_ns = time.time_ns
         text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
         ping, pong = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG
-        while True:
-            message = await ws.receive()
+        async for burst in bursts(ws):
             # This frame and those already received behind it: one list for all of them.
-            more = buffered_frames(ws)
             events: list[MarketEvent] = []
-            while True:
+            for message in burst:
                 received_us = clock_ns() // 1000
                 self.frames_received += 1
                 kind = message.type
@@ -194,10 +192,6 @@ class BinanceMarketDataSession:
                         ws.close_code,
                     )
                     return
-                if more == 0:
-                    break
-                more -= 1
-                message = await ws.receive()
             if len(self.parser.ignored) != self._ignored_kinds:
                 self._note_ignored()
             yield events

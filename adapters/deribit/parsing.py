@@ -20,7 +20,16 @@ import msgspec
 from msgspec import Meta
 
 from tradingd.adapters.base import ParseError
-from tradingd.model import Bar, Channel, Instrument, MarketType, Subscription, Ticker, Trade
+from tradingd.model import (
+    Bar,
+    Channel,
+    Instrument,
+    MarketType,
+    Subscription,
+    Ticker,
+    Trade,
+    resolution_us,
+)
 
 # Millisecond timestamps between the epoch and the end of year 9999: keeps ``* 1000`` in int64.
 _MAX_MS: Final = 253_402_300_799_999
@@ -51,8 +60,7 @@ _RESOLUTION_FROM_DERIBIT: Final[Mapping[str, str]] = {
     "180": "3h",
 }
 RESOLUTION_US: Final[Mapping[str, int]] = {
-    canonical: int(code) * 60_000_000 if code != "1D" else 86_400_000_000
-    for code, canonical in _RESOLUTION_FROM_DERIBIT.items()
+    canonical: resolution_us(canonical) for canonical in _RESOLUTION_FROM_DERIBIT.values()
 }
 
 # Perpetuals report this expiration (year 3000): it means "never".

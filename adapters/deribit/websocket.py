@@ -30,7 +30,7 @@ from tradingd.adapters.deribit.parsing import (
     parse_channel_list,
     parse_frame,
 )
-from tradingd.adapters.transport import buffered_frames
+from tradingd.adapters.transport import bursts
 from tradingd.model import Bar, DeadLetter, MarketEvent, StreamNotice, Subscription
 
 # Deribit rejects frames over 32 kB; leave room for the envelope.
@@ -168,16 +168,17 @@ class DeribitSession:
         ws = self._ws
         handle = self._handle
         text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
-        while True:
-            message = await ws.receive()
+        ping, pong = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG
+        async for burst in bursts(ws):
             # This frame and those already received behind it: one list for all of them.
-            more = buffered_frames(ws)
             events: list[MarketEvent] = []
-            while True:
+            for message in burst:
                 received_us = time.time_ns() // 1000
                 self.frames_received += 1
                 kind = message.type
-                if kind is not text and kind is not binary:
+                if kind is text or kind is binary:
+                    events += await handle(message.data, received_us)
+                elif kind is not ping and kind is not pong:
                     if events:
                         yield events
                     if not self._closed:
@@ -185,11 +186,6 @@ class DeribitSession:
                             "Deribit connection ended ({}, code {})", kind.name, ws.close_code
                         )
                     return
-                events += await handle(message.data, received_us)
-                if more == 0:
-                    break
-                more -= 1
-                message = await ws.receive()
             yield events
 
     async def _handle(self, payload: bytes | str, received_us: int) -> list[MarketEvent]:

@@ -20,6 +20,7 @@ import asyncpg
 from tradingd.actors import RateLimiter, checked_in
 from tradingd.actors.persister import DATA_ERRORS, TRANSIENT_ERRORS
 from tradingd.analysis import VolumeAnomaly, VolumeAnomalyDetector
+from tradingd.backoff import backoff_delay
 from tradingd.config import AnalyzerConfig
 from tradingd.metrics import LatencyHistogram, record_latencies
 from tradingd.model import Trade, us_to_datetime
@@ -190,7 +191,7 @@ class Analyzer:
         except TRANSIENT_ERRORS as exc:
             self._attempt += 1
             self.event_write_failures += 1
-            delay = min(RETRY_BACKOFF_MAX, RETRY_BACKOFF_INITIAL * 2 ** min(self._attempt, 16))
+            delay = backoff_delay(self._attempt, RETRY_BACKOFF_INITIAL, RETRY_BACKOFF_MAX)
             self._retry_at = asyncio.get_running_loop().time() + delay
             suppressed = self._warnings.allow()
             if suppressed is not None:

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from tradingd.actors import RateLimiter, checked_in, pause
+from tradingd.backoff import backoff_delay
 from tradingd.config import PersisterConfig
 from tradingd.metrics import LatencyHistogram, record_latencies
 from tradingd.model import Bar, DeadLetter, Ticker, Trade
@@ -143,6 +144,9 @@ class Persister:
         self._lanes: list[collections.deque[list[Record]]] = [
             collections.deque() for _ in range(config.writers)
         ]
+        # Per writer: batches committed; and how many writer loops are running now.
+        self.writer_batches = [0] * config.writers
+        self.writers_running = 0
         self._unsnapshotted: dict[tuple[str, str], Ticker] = {}
         self._progress = asyncio.Event()
         self._db_warnings = RateLimiter(WARNING_INTERVAL)
@@ -182,6 +186,7 @@ class Persister:
             "batches": self.batches,
             "retries": self.retries,
             "pending_records": sum(len(s) for lane in self._lanes for s in lane),
+            "writers_running": self.writers_running,
             "storage_down": int(self._storage_down),
             "flush_p50_us": self.flush_time.p50,
             "flush_p99_us": self.flush_time.p99,
@@ -220,8 +225,8 @@ class Persister:
                 # Several writers keep a batch in flight while the next one is built and sent:
                 # the database and the event loop work at the same time.
                 writers = [
-                    group.create_task(self._records_loop(ctx, lane), name=f"persister:writer{n}")
-                    for n, lane in enumerate(self._lanes)
+                    group.create_task(self._records_loop(ctx, n), name=f"persister:writer{n}")
+                    for n in range(len(self._lanes))
                 ]
                 try:
                     await asyncio.gather(*writers)
@@ -235,16 +240,21 @@ class Persister:
 
     # -- records --------------------------------------------------------------------------
 
-    async def _records_loop(self, ctx: ActorContext, lane: collections.deque[list[Record]]) -> None:
-        await self._commit_pending(ctx, lane)
-        while True:
-            batch = await self._next_records(ctx)
-            if not batch:
-                if lane is self._lanes[0]:
-                    ctx.log.info("records queue closed and drained")
-                return
-            lane.append(batch)
-            await self._commit_pending(ctx, lane)
+    async def _records_loop(self, ctx: ActorContext, writer: int) -> None:
+        self.writers_running += 1
+        self._notify()
+        try:
+            await self._commit_pending(ctx, writer)
+            while True:
+                batch = await self._next_records(ctx)
+                if not batch:
+                    if writer == 0:
+                        ctx.log.info("records queue closed and drained")
+                    return
+                self._lanes[writer].append(batch)
+                await self._commit_pending(ctx, writer)
+        finally:
+            self.writers_running -= 1
 
     async def _next_records(self, ctx: ActorContext) -> list[Record]:
         """The next batch; empty only when the queue is closed and drained."""
@@ -260,9 +270,8 @@ class Persister:
             except TimeoutError:
                 continue
 
-    async def _commit_pending(
-        self, ctx: ActorContext, lane: collections.deque[list[Record]]
-    ) -> None:
+    async def _commit_pending(self, ctx: ActorContext, writer: int) -> None:
+        lane = self._lanes[writer]
         attempt = 0
         while lane:
             segment = lane[0]
@@ -275,9 +284,8 @@ class Persister:
             except TRANSIENT_ERRORS as exc:
                 attempt += 1
                 self.retries += 1
-                delay = min(
-                    self._config.retry_backoff_max,
-                    RETRY_BACKOFF_INITIAL * 2 ** min(attempt - 1, 20),
+                delay = backoff_delay(
+                    attempt, RETRY_BACKOFF_INITIAL, self._config.retry_backoff_max
                 )
                 self._storage_down = True
                 suppressed = self._db_warnings.allow()
@@ -300,6 +308,7 @@ class Persister:
                 self._db_warnings.reset()
                 ctx.log.info("PostgreSQL writes resumed after {} retries", attempt)
             attempt = 0
+            self.writer_batches[writer] += 1
             self._account(ctx, segment, committed, time.perf_counter() - started)
 
     async def _commit(self, segment: list[Record]) -> _Committed:

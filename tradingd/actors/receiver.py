@@ -28,14 +28,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TypeVar
 
 import aiohttp
 import msgspec
 
-from tradingd.actors import checked_in, pause
+from tradingd.actors import RateLimiter, checked_in, pause
 from tradingd.adapters.base import ExchangeAdapter, MarketDataSession, VenueUnavailable
+from tradingd.backoff import backoff_delay
 from tradingd.config import ExchangeConfig
 from tradingd.failures import FailureSummary
 from tradingd.model import (
@@ -61,6 +63,7 @@ HOLD_LIMIT = 20_000
 # A silent stream is resubscribed this many times before the connection is replaced.
 MAX_RESUBSCRIBES = 3
 DEFAULT_STALE_MULTIPLE = 3.0
+DEAD_LETTER_LOG_INTERVAL = 10.0
 
 
 class ReceiverStats(msgspec.Struct):
@@ -168,8 +171,12 @@ class Receiver:
         # Set once the first connection attempt finished, whatever its outcome.
         self.first_attempt_done = asyncio.Event()
         self._failures = FailureSummary()
-        # Set once market data (not only keep-alives) arrived on this connection.
-        self.data_flowing = asyncio.Event()
+        # Set once market data (trades, tickers, bars: not keep-alives, not dead letters)
+        # arrived on this connection; ``data_fresh`` says whether it still does.
+        self.data_arrived = asyncio.Event()
+        self._dead_letter_log = RateLimiter(DEAD_LETTER_LOG_INTERVAL)
+        self._letters_logged = 0
+        self._data_at: float | None = None
 
     # -- the connection loop --------------------------------------------------------------
 
@@ -223,10 +230,9 @@ class Receiver:
     def backoff_delay(self, attempt: int) -> float:
         """Exponential in ``attempt``, capped, with equal jitter (half fixed, half random)."""
         cfg = self._config
-        capped = min(
-            cfg.reconnect_backoff_max, cfg.reconnect_backoff_initial * 2 ** max(0, attempt - 1)
+        return backoff_delay(
+            attempt, cfg.reconnect_backoff_initial, cfg.reconnect_backoff_max, self._rng
         )
-        return float(capped / 2 + self._rng.uniform(0, capped / 2))
 
     def request_rotation(self) -> None:
         self._rotate_now.set()
@@ -468,6 +474,8 @@ class Receiver:
         tickers: list[Ticker] = []
         seen_bars = self._seen.get(Channel.BARS)
         seen_tickers = self._seen.get(Channel.TICKERS)
+        seen_bar = False
+        letter: MarketEvent | None = None
         for event in batch:
             kind = type(event)
             if kind is Trade:
@@ -478,18 +486,19 @@ class Receiver:
                     seen_tickers[event.instrument_name] = now  # type: ignore[union-attr]
             elif kind is Bar:
                 stored.append(event)  # type: ignore[arg-type]
+                seen_bar = True
                 self.stats.bars += 1
                 if seen_bars is not None:
                     seen_bars[event.instrument_name] = now  # type: ignore[union-attr]
             elif kind is DeadLetter:
                 stored.append(event)  # type: ignore[arg-type]
                 self.stats.dead_letters += 1
-                ctx.log.warning("dead letter from {}: {}", event.source, event.error)  # type: ignore[union-attr]
+                letter = event
             elif kind is StreamNotice:
                 self._on_notice(ctx, link, event)  # type: ignore[arg-type]
-        if trades:
-            fresh, gaps = self._tracker.observe(trades)
-            self.stats.duplicates_dropped = self._tracker.duplicates
+        observation = self._tracker.plan(trades) if trades else None
+        if observation is not None:
+            gaps, fresh = observation.gaps, observation.fresh
             if gaps:
                 self.stats.gaps_detected += len(gaps)
                 for gap in gaps:
@@ -501,18 +510,43 @@ class Receiver:
                         gap.reason,
                     )
                 await self._put(ctx, self._out.gaps, gaps)
-            if fresh:
-                self.stats.trades += len(fresh)
-                stored.extend(fresh)
-                if self._out.analysis is not None:
-                    self._out.analysis.put_many_nowait(fresh)
+            stored.extend(fresh)
         if tickers:
             self.stats.tickers += len(tickers)
             self._out.tickers.put_many_nowait(tickers)
         if stored:
             await self._put(ctx, self._out.records, stored)
-        if (trades or tickers or stored) and not self.data_flowing.is_set():
-            self.data_flowing.set()
+        # Only now, with the trades queued, are they seen: cancelled before this point, the
+        # receiver leaves them for the next copy (or the gap in front of it) to account for.
+        if observation is not None:
+            self._tracker.accept(observation)
+            self.stats.duplicates_dropped = self._tracker.duplicates
+            self.stats.trades += len(observation.fresh)
+            if observation.fresh and self._out.analysis is not None:
+                self._out.analysis.put_many_nowait(observation.fresh)
+        if letter is not None:
+            self._log_dead_letters(ctx, letter)  # type: ignore[arg-type]
+        if trades or tickers or seen_bar:
+            self._data_at = time.monotonic()
+            if not self.data_arrived.is_set():
+                self.data_arrived.set()
+
+    def _log_dead_letters(self, ctx: ActorContext, letter: DeadLetter) -> None:
+        """One warning per burst of dead letters (at most one per DEAD_LETTER_LOG_INTERVAL),
+        with the count since the last one; every letter is stored all the same."""
+        if self._dead_letter_log.allow() is None:
+            return
+        ctx.log.warning(
+            "{} dead letter(s) since the last warning; latest from {}: {}",
+            self.stats.dead_letters - self._letters_logged,
+            letter.source,
+            letter.error,
+        )
+        self._letters_logged = self.stats.dead_letters
+
+    def data_fresh(self, within: float) -> bool:
+        """Market data arrived on this connection within the last ``within`` seconds."""
+        return self._data_at is not None and time.monotonic() - self._data_at <= within
 
     @staticmethod
     async def _put(ctx: ActorContext, queue: BoundedQueue[_T], items: list[_T]) -> None:

@@ -30,6 +30,7 @@ import msgspec
 from tradingd.actors import RateLimiter, checked_in, pause
 from tradingd.actors.persister import DATA_ERRORS, TRANSIENT_ERRORS
 from tradingd.adapters.base import ExchangeAdapter, RangeUnavailable, RateLimited, VenueUnavailable
+from tradingd.backoff import backoff_delay
 from tradingd.model import Trade
 from tradingd.queues import BoundedQueue
 from tradingd.sequencing import STARTUP_SCAN, Gap, missing_ranges, subtract_ranges
@@ -52,6 +53,8 @@ LATENCIES_KEPT = 1000
 # (`tradingd backfill trades` records the hole between its files and the live data).
 LEDGER_RECHECK = 30.0
 WARNING_INTERVAL = 30.0
+# Gaps taken off the queue and held (to record, to repair) at most; the rest stay queued.
+IN_HAND = 1000
 _VENUE_ERRORS = (VenueUnavailable, aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -148,14 +151,17 @@ class GapRepairer:
         """Queued gaps ([] once closed and drained), or None after ``ledger_recheck`` idle s."""
         try:
             async with asyncio.timeout(self._ledger_recheck):
-                return await self._gaps.get_batch(1000)
+                return await self._gaps.get_batch(IN_HAND)
         except TimeoutError:
             return None
 
     def _take_queued(self) -> None:
-        if len(self._gaps):
+        # Gaps go to the ledger as soon as they come, but no more than IN_HAND at a time: the
+        # rest wait in the bounded queue, so back-pressure reaches the receivers.
+        room = IN_HAND - len(self._unrecorded) - len(self._pending)
+        if room > 0 and len(self._gaps):
             self.idle.clear()
-            self._unrecorded.extend(self._gaps.get_batch_nowait(1000))
+            self._unrecorded.extend(self._gaps.get_batch_nowait(room))
 
     # -- the ledger -----------------------------------------------------------------------
 
@@ -476,7 +482,7 @@ async def _timed(statement: Callable[[], Awaitable[_T]]) -> _T:
 
 
 def _backoff(initial: float, maximum: float, attempt: int) -> float:
-    return float(min(maximum, initial * 2 ** min(attempt - 1, 20)))
+    return backoff_delay(attempt, initial, maximum)
 
 
 def _quantile(ordered: list[float], q: float) -> float:
