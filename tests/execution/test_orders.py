@@ -25,7 +25,7 @@ def test_the_table_covers_every_state_and_terminal_states_lead_nowhere() -> None
     assert set(LEGAL_TRANSITIONS) == set(OrderState)
     for state in TERMINAL_STATES:
         assert LEGAL_TRANSITIONS[state] == frozenset()
-    assert TERMINAL_STATES == {S.FILLED, S.CANCELED, S.REJECTED, S.NEVER_PLACED, S.DENIED}
+    assert {S.FILLED, S.CANCELED, S.REJECTED, S.NEVER_PLACED, S.DENIED} == TERMINAL_STATES
 
 
 def test_the_happy_path_and_a_refused_transition() -> None:
