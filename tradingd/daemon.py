@@ -30,9 +30,13 @@ from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
 from tradingd.clock import ClockCheck, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
+from tradingd.execution.executor import Executor
+from tradingd.execution.instruments import load_instruments
+from tradingd.execution.risk import InstrumentInfo
+from tradingd.execution.wiring import build_executor, control_server, market_feed
 from tradingd.exitcodes import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from tradingd.logs import set_level
-from tradingd.model import Bar, Channel, DeadLetter, Subscription, Ticker, Trade
+from tradingd.model import Bar, Channel, DeadLetter, MarketEvent, Subscription, Ticker, Trade
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.reconcile import StartupStates
 from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
@@ -97,6 +101,8 @@ class Daemon:
         self.states: StartupStates | None = None
         self.queues: list[BoundedQueue[object]] = []
         self._stored_sequences: dict[str, dict[str, int]] = {}
+        self._instruments: dict[str, dict[str, InstrumentInfo]] = {}
+        self.executors: dict[str, Executor] = {}
         self._exit_code = EX_OK
 
     # -- signals --------------------------------------------------------------------------
@@ -197,6 +203,9 @@ class Daemon:
                 if s.channel is Channel.TRADES
             ]
             self._stored_sequences[name] = await last_sequences(self.storage, name, traded)
+            self._instruments[name] = await load_instruments(
+                self.storage.pool, name, cfg.exchanges[name].symbols
+            )
         self._build_actors()
         self.notifier.status("starting: actors")
         await self._until_stopped(asyncio.ensure_future(self.supervisor.wait_ready()))
@@ -233,7 +242,9 @@ class Daemon:
             ex = cfg.exchanges[name]
             gaps: BoundedQueue[Gap] = BoundedQueue(f"gaps:{name}", 10_000, OverflowPolicy.BLOCK)
             self.queues.append(gaps)  # type: ignore[arg-type]
-            outlets = MarketDataOutlets(records, tickers, analysis, gaps)
+            feed: BoundedQueue[MarketEvent] = market_feed(name)
+            self.queues.append(feed)  # type: ignore[arg-type]
+            outlets = MarketDataOutlets(records, tickers, analysis, gaps, feed)
             stored = self._stored_sequences.get(name, {})
             tracker = SequenceTracker(name, stored)
             repairer = GapRepairer(
@@ -247,6 +258,20 @@ class Daemon:
             )
             intervals = dict(adapter.stream_intervals())
             self.repairers[name] = repairer
+            executor = build_executor(
+                cfg,
+                name,
+                pool=self.storage.pool,
+                redis=self.storage.redis,
+                instruments=self._instruments.get(name, {}),
+                feed=feed,
+                open_gaps=repairer.open_gap_instruments,
+            )
+            if executor is not None:
+                self.executors[name] = executor
+                specs.append(
+                    ActorSpec(executor, checkin_timeout=60.0, log_fields={"EXCHANGE": name})
+                )
             specs.append(ActorSpec(repairer, checkin_timeout=120.0, log_fields={"EXCHANGE": name}))
             plans = adapter.plan_connections(subscriptions_for(cfg, name))
             self.receivers[name] = []
@@ -271,6 +296,9 @@ class Daemon:
                         log_fields={"EXCHANGE": name},
                     )
                 )
+        server = control_server(self.executors, self.storage.redis)
+        if server is not None:
+            specs.append(ActorSpec(server, checkin_timeout=None))
         self.supervisor.start_all(specs)
 
     async def _serve(self) -> int:

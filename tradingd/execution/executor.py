@@ -256,9 +256,12 @@ class Executor:
 
     # -- strategies' side ------------------------------------------------------------------------
 
-    def attach_host(self, host: StrategyHostLike, symbols: Mapping[str, Sequence[str]]) -> None:
+    def attach_host(
+        self, host: StrategyHostLike, symbols: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.host = host
-        self._symbols = {name: tuple(values) for name, values in symbols.items()}
+        for name, values in (symbols or {}).items():
+            self._symbols[name] = tuple(values)
 
     def context_for(self, strategy: str, symbols: Sequence[str]) -> StrategyContext:
         self._symbols[strategy] = tuple(symbols)
