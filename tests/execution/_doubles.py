@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -25,6 +26,7 @@ from tradingd.state import state_key
 from tradingd.strategies.api import FillView, InstrumentRules, OrderUpdate, SystemEvent
 from tradingd.supervisor import ActorContext
 
+REPO = Path(__file__).resolve().parents[2]
 EXCHANGE = "binance"
 BTCUSDT = InstrumentInfo(
     rules=InstrumentRules(
