@@ -3,6 +3,7 @@ UNKNOWN blocking and resolution, restart reconciliation and the kill switch."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import asyncpg
@@ -221,3 +222,29 @@ async def test_the_kill_switch_denies_at_once_and_cancels_every_open_order(
         assert isinstance(denied, Denied) and denied.reason.startswith("halted")
         assert await h.venue.open_orders() == []
         assert h.executor.snapshot().open_orders == 0
+
+
+async def test_the_executor_acts_on_the_kill_switch_by_itself(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    async with running_executor(pool, rds) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        ids = []
+        for _ in range(5):
+            decision = h.executor.decide("s1", limit(Side.SELL, "0.1", "101"))
+            assert isinstance(decision, Accepted)
+            ids.append(decision.client_order_id)
+        await h.settle()
+        assert len(await h.venue.open_orders()) == 5
+        # Set by `tradingd kill-switch on` (or by hand): no command reaches the executor.
+        await rds.set(KILL_SWITCH_KEY, "drill")
+        h.executor._wake.set()
+        while await h.venue.open_orders():
+            h.executor.changed.clear()
+            await asyncio.wait_for(h.executor.changed.wait(), 5)
+        for client_id in ids:
+            order = await h.ledger.order(client_id)
+            assert order is not None and order.state is S.CANCELED
+        denied = h.executor.decide("s1", limit(Side.SELL, "0.1", "101"))
+        assert isinstance(denied, Denied) and denied.reason == "halted: kill switch: drill"
