@@ -10,6 +10,7 @@ stop embedded servers → exit 0, all within ``daemon.stop_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -425,7 +426,12 @@ class Daemon:
                     )
                 except Exception as exc:  # Redis down must not stop the daemon
                     logger.debug("status not published to Redis: {}", exc)
-            await asyncio.sleep(interval)
+            # Ends on stop even if a cancellation was swallowed inside the Redis client (seen
+            # when SIGTERM lands during the first publish).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -248,3 +248,8 @@ async def test_the_executor_acts_on_the_kill_switch_by_itself(
             assert order is not None and order.state is S.CANCELED
         denied = h.executor.decide("s1", limit(Side.SELL, "0.1", "101"))
         assert isinstance(denied, Denied) and denied.reason == "halted: kill switch: drill"
+        # Off again: orders are decided again once the executor has seen it.
+        await rds.delete(KILL_SWITCH_KEY)
+        await h.settle()
+        assert isinstance(h.executor.decide("s1", limit(Side.SELL, "0.1", "101")), Accepted)
+        await h.settle()

@@ -43,7 +43,7 @@ from tradingd.execution.orders import LIVE_STATES, OrderState
 from tradingd.execution.venue import ExecutionClient, Outcome, PlaceRequest, VenueOrder
 from tradingd.model import Bar, MarketEvent, Ticker, Trade
 from tradingd.queues import BoundedQueue
-from tradingd.state import may_trade, read_kill_switch
+from tradingd.state import StateUnavailable, may_trade, read_kill_switch
 from tradingd.strategies.api import (
     Accepted,
     Balance,
@@ -373,6 +373,7 @@ class Executor:
     # -- the actor -------------------------------------------------------------------------------
 
     async def run(self, ctx: ActorContext) -> None:
+        self.reconciled.clear()
         await self._venue.start()
         self._venue.subscribe(self._on_venue_update)
         self._balances = await self._venue.balances()
@@ -654,15 +655,22 @@ class Executor:
             self._ids.append(await self._ledger.mint_client_id())
 
     async def _watch_gate(self) -> None:
-        switch = None
         try:
             switch = await read_kill_switch(self._redis)
-        except Exception:
-            logger.warning("kill switch unreadable: denying until it is readable")
+        except StateUnavailable as exc:
+            # Every send reads the gate too, and denies on this same doubt.
+            logger.bind(EXCHANGE=self.exchange).warning("kill switch unreadable: {}", exc)
+            self._gate_seen = False
+            return
         self._gate_seen = await may_trade(self._redis, self.exchange)
         if switch is not None and not self._halted:
             self._halted = f"kill switch: {switch.reason}"
             await self._cancel_all_locked(self._halted)
+        elif switch is None and self._halted:
+            # The kill switch is the lasting stop; once it is off, orders may be decided again
+            # (each send still reads the gate).
+            logger.bind(EXCHANGE=self.exchange).info("no longer halted ({})", self._halted)
+            self._halted = ""
 
     async def _cancel_all_locked(self, reason: str) -> None:
         await self._deny_queued(f"halted: {reason}")
