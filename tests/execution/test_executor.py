@@ -142,7 +142,6 @@ async def test_an_unknown_order_blocks_its_instrument_until_the_venue_answers(
         order = await h.ledger.order(second.client_order_id)
         assert order is not None and order.state is S.NEVER_PLACED
         assert isinstance(h.executor.decide("s1", limit(Side.BUY, "0.1", "97")), Accepted)
-        await h.settle()
     assert (await paper_requests(pool)).get(second.client_order_id) is None
     assert (await paper_requests(pool))[first.client_order_id] == 1
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
@@ -62,6 +62,7 @@ from tradingd.strategies.api import (
 from tradingd.supervisor import ActorContext
 
 S = OrderState
+_T = TypeVar("_T")
 # How long the venue may take to act on a request (Binance recvWindow, Deribit valid_until):
 # an order not found after it was never placed.
 SEND_WINDOW_US = 5_000_000
@@ -109,6 +110,16 @@ class _Queued(msgspec.Struct, frozen=True):
     client_order_id: str
     strategy: str
     intent: OrderIntent
+
+
+async def _cancellable(read: Awaitable[_T]) -> _T:
+    """``await read``, then honour a cancellation of this task that the Redis client swallowed
+    (it happens when the cancel lands mid-command): the actor must stop when told to."""
+    result = await read
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return result
 
 
 def _wall_clock_us() -> int:
@@ -178,7 +189,7 @@ class Executor:
     async def submit(self, strategy: str, intent: OrderIntent) -> Decision:
         """The operator's (or any awaiting caller's) submit: the gate is read before anything
         is written, and Accepted comes once the intent is committed."""
-        if not await may_trade(self._redis, self._exchange):
+        if not await _cancellable(may_trade(self._redis, self._exchange)):
             return self._deny(strategy, intent, "gate: trading not allowed (state or kill switch)")
         self._halted = ""
         decision = self.decide(strategy, intent)
@@ -486,7 +497,7 @@ class Executor:
         row = await self._ledger.record_intent(client_id, queued.strategy, self.exchange, intent)
         self._orders[client_id] = row
         self._intent_recorded(client_id)
-        gate = await may_trade(self._redis, self.exchange)
+        gate = await _cancellable(may_trade(self._redis, self.exchange))
         self._gate_seen = gate
         if not gate or self._halted:
             why = f"halted: {self._halted}" if self._halted else "gate: trading not allowed"
@@ -656,13 +667,13 @@ class Executor:
 
     async def _watch_gate(self) -> None:
         try:
-            switch = await read_kill_switch(self._redis)
+            switch = await _cancellable(read_kill_switch(self._redis))
         except StateUnavailable as exc:
             # Every send reads the gate too, and denies on this same doubt.
             logger.bind(EXCHANGE=self.exchange).warning("kill switch unreadable: {}", exc)
             self._gate_seen = False
             return
-        self._gate_seen = await may_trade(self._redis, self.exchange)
+        self._gate_seen = await _cancellable(may_trade(self._redis, self.exchange))
         if switch is not None and not self._halted:
             self._halted = f"kill switch: {switch.reason}"
             await self._cancel_all_locked(self._halted)
