@@ -252,3 +252,18 @@ async def test_the_executor_acts_on_the_kill_switch_by_itself(
         await h.settle()
         assert isinstance(h.executor.decide("s1", limit(Side.SELL, "0.1", "101")), Accepted)
         await h.settle()
+
+
+async def test_accepted_orders_not_yet_sent_reserve_the_balance(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    async with running_executor(pool, rds) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        # 10 BTC in the paper account: a burst of sells in one go may not promise more.
+        for _ in range(3):
+            decision = h.executor.decide("s1", limit(Side.SELL, "3", "101"))
+            assert isinstance(decision, Accepted)
+        denied = h.executor.decide("s1", limit(Side.SELL, "3", "101"))
+        assert isinstance(denied, Denied) and denied.reason.startswith("balance: needs 3 BTC")
+        await h.settle()

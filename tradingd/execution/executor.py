@@ -716,21 +716,39 @@ class Executor:
         )
 
     def _reserved(self) -> dict[str, Decimal]:
+        """What open orders, and accepted orders not yet sent, may still spend."""
+        pending = [
+            (q.intent.instrument, q.intent.side, q.intent.quantity, self._price_of(q.intent))
+            for q in self._queued
+        ]
+        rows = [
+            (row.instrument, row.side, row.quantity - row.filled_quantity, row.price)
+            for row in self._orders.values()
+        ]
         loads = []
-        for row in self._orders.values():
-            info = self._instruments.get(row.instrument)
+        for instrument, side, remaining, price in rows + pending:
+            info = self._instruments.get(instrument)
             if info is None or not info.spot:
                 continue
             loads.append(
                 risk.OpenOrderLoad(
-                    side=row.side,
-                    remaining=row.quantity - row.filled_quantity,
-                    price=row.price,
+                    side=side,
+                    remaining=remaining,
+                    price=price,
                     base=info.rules.base,
                     quote=info.rules.quote,
                 )
             )
         return risk.reservations(loads)
+
+    def _price_of(self, intent: OrderIntent) -> Decimal | None:
+        market = self._market.get(intent.instrument, _Market())
+        return risk.reference_price(
+            intent,
+            risk.MarketView(
+                last_price=market.last_price, best_bid=market.best_bid, best_ask=market.best_ask
+            ),
+        )
 
     def _account_fill(self, fill: FillRow, *, balances: bool = True) -> None:
         info = self._instruments.get(fill.instrument)
