@@ -148,12 +148,14 @@ class _TimedLedger(Ledger):
         super().__init__(pool)
         self.committed: dict[str, int] = {}
 
-    async def record_intent(
-        self, client_id: str, strategy: str, exchange: str, intent: OrderIntent
-    ) -> OrderRow:
-        row = await super().record_intent(client_id, strategy, exchange, intent)
-        self.committed[client_id] = _us()
-        return row
+    async def record_intents(
+        self, intents: Sequence[tuple[str, str, str, OrderIntent]]
+    ) -> list[OrderRow]:
+        rows = await super().record_intents(intents)
+        now = _us()
+        for row in rows:
+            self.committed[row.client_order_id] = now
+        return rows
 
 
 class _TimedVenue(PaperVenue):

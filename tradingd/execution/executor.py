@@ -413,7 +413,7 @@ class Executor:
                 while self._updates:
                     await self._apply(self._updates.popleft(), "venue:stream")
                 while self._queued:
-                    await self._send(self._queued.popleft())
+                    await self._send_burst()
                 while self._cancels:
                     client_id = self._cancels.popleft()
                     if client_id in self._orders:
@@ -492,11 +492,24 @@ class Executor:
 
     # -- sending ---------------------------------------------------------------------------------
 
+    async def _send_burst(self) -> None:
+        """Commit every queued intent in one transaction, then send them one by one."""
+        # Left queued until recorded: decisions taken meanwhile still count them (open orders,
+        # reserved balance).
+        burst = list(self._queued)
+        rows = await self._ledger.record_intents(
+            [(q.client_order_id, q.strategy, self.exchange, q.intent) for q in burst]
+        )
+        for _ in burst:
+            self._queued.popleft()
+        for row in rows:
+            self._orders[row.client_order_id] = row
+            self._intent_recorded(row.client_order_id)
+        for queued in burst:
+            await self._send(queued)
+
     async def _send(self, queued: _Queued) -> None:
         client_id, intent = queued.client_order_id, queued.intent
-        row = await self._ledger.record_intent(client_id, queued.strategy, self.exchange, intent)
-        self._orders[client_id] = row
-        self._intent_recorded(client_id)
         gate = await _cancellable(may_trade(self._redis, self.exchange))
         self._gate_seen = gate
         if not gate or self._halted:

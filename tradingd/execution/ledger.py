@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -240,27 +241,19 @@ class Ledger:
     ) -> OrderRow:
         """Commit the intent (state INTENT) and its first event; nothing is sent before this
         returns."""
+        (row,) = await self.record_intents([(client_id, strategy, exchange, intent)])
+        return row
+
+    async def record_intents(
+        self, intents: Sequence[tuple[str, str, str, OrderIntent]]
+    ) -> list[OrderRow]:
+        """Commit several intents (client id, strategy, exchange, intent) in one transaction:
+        one durable commit for a burst."""
+        rows: list[OrderRow] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            record = await conn.fetchrow(
-                f"""INSERT INTO orders (client_order_id, strategy, exchange, instrument_name,
-                        side, order_type, time_in_force, quantity, price, reduce_only, tag, state)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'INTENT')
-                    RETURNING {_ORDER_COLUMNS}""",
-                client_id,
-                strategy,
-                exchange,
-                intent.instrument,
-                intent.side.value,
-                intent.type.value,
-                intent.tif.value,
-                intent.quantity,
-                intent.price if intent.type is OrderType.LIMIT else None,
-                intent.reduce_only,
-                intent.tag,
-            )
-            await _event(conn, client_id, None, OrderState.INTENT, "executor", {})
-        assert record is not None
-        return _order_row(record)
+            for client_id, strategy, exchange, intent in intents:
+                rows.append(await _insert_intent(conn, client_id, strategy, exchange, intent))
+        return rows
 
     async def claim_send(self, client_id: str, deadline_us: int | None = None) -> OrderRow | None:
         """Move INTENT -> SENDING atomically; the one caller that gets the row sends it, every
@@ -441,6 +434,31 @@ class Ledger:
             instrument,
             json.dumps(detail),
         )
+
+
+async def _insert_intent(
+    conn: asyncpg.Connection, client_id: str, strategy: str, exchange: str, intent: OrderIntent
+) -> OrderRow:
+    record = await conn.fetchrow(
+        f"""INSERT INTO orders (client_order_id, strategy, exchange, instrument_name,
+                side, order_type, time_in_force, quantity, price, reduce_only, tag, state)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'INTENT')
+            RETURNING {_ORDER_COLUMNS}""",
+        client_id,
+        strategy,
+        exchange,
+        intent.instrument,
+        intent.side.value,
+        intent.type.value,
+        intent.tif.value,
+        intent.quantity,
+        intent.price if intent.type is OrderType.LIMIT else None,
+        intent.reduce_only,
+        intent.tag,
+    )
+    await _event(conn, client_id, None, OrderState.INTENT, "executor", {})
+    assert record is not None
+    return _order_row(record)
 
 
 class _Refused(Exception):
