@@ -63,3 +63,36 @@ CREATE TABLE fills (
 );
 CREATE INDEX fills_order ON fills (client_order_id);
 CREATE INDEX fills_at ON fills (at);
+
+-- The paper venue's own book: what a simulated exchange remembers of the orders it received,
+-- independently of the ledger (as a real venue does), so that a restarted daemon reconciles
+-- its ledger against it exactly as against a live venue. One row per request received.
+CREATE TABLE paper_orders (
+    id              bigserial   PRIMARY KEY,
+    exchange        text        NOT NULL,
+    client_order_id text        NOT NULL,
+    instrument_name text        NOT NULL,
+    side            text        NOT NULL,
+    order_type      text        NOT NULL,
+    time_in_force   text        NOT NULL,
+    quantity        numeric     NOT NULL,
+    price           numeric,
+    state           text        NOT NULL,
+    filled_quantity numeric     NOT NULL DEFAULT 0,
+    reason          text        NOT NULL DEFAULT '',
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX paper_orders_client ON paper_orders (exchange, client_order_id);
+CREATE INDEX paper_orders_open ON paper_orders (exchange) WHERE state IN ('OPEN', 'PARTIALLY_FILLED');
+
+CREATE TABLE paper_fills (
+    id              bigserial   PRIMARY KEY,
+    paper_order_id  bigint      NOT NULL REFERENCES paper_orders (id),
+    quantity        numeric     NOT NULL,
+    price           numeric     NOT NULL,
+    fee             numeric     NOT NULL,
+    fee_currency    text        NOT NULL,
+    liquidity       text        NOT NULL,
+    at              timestamptz NOT NULL
+);
+CREATE INDEX paper_fills_order ON paper_fills (paper_order_id);

@@ -14,6 +14,7 @@ import os
 import re
 import tomllib
 from datetime import date
+from decimal import Decimal
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -162,6 +163,30 @@ class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     stream_stale_multiple: Annotated[float, Meta(ge=1)] = 3.0
     api_key_secret: SecretName = ""
     api_secret_secret: SecretName = ""
+    # "paper" or "live" for this exchange's executor; empty: daemon.mode.
+    mode: Literal["", "paper", "live"] = ""
+
+
+class RiskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Notional limits are in the instrument's quote currency (USD for Deribit inverse contracts).
+    max_order_notional: Decimal = Decimal(10_000)
+    # The account's position on one instrument, valued at the order's price.
+    max_position_notional: Decimal = Decimal(50_000)
+    max_open_orders: PositiveInt = 50
+    max_orders_per_second: PositiveInt = 10
+    # A limit price further than this fraction from the last trade is denied (fat finger).
+    price_band: Decimal = Decimal("0.05")
+    # Market data of the instrument older than this (seconds) denies new orders.
+    max_data_age: PositiveFloat = 10.0
+
+
+class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Fees and slippage are fractions of the notional / of the price.
+    maker_fee: Decimal = Decimal("0.001")
+    taker_fee: Decimal = Decimal("0.001")
+    slippage: Decimal = Decimal("0.0005")
+    # exchange -> currency -> starting balance of the simulated account.
+    balances: dict[str, dict[str, Decimal]] = {}
 
 
 class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -186,8 +211,14 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     backfill: BackfillConfig = BackfillConfig()
     retention: RetentionConfig = RetentionConfig()
     alerts: AlertsConfig = AlertsConfig()
+    risk: RiskConfig = RiskConfig()
+    paper: PaperConfig = PaperConfig()
     exchanges: dict[str, ExchangeConfig] = {}
     strategies: list[StrategyConfig] = []
+
+    def mode_of(self, exchange: str) -> str:
+        """ "paper" or "live": the exchange's own ``mode``, else ``daemon.mode``."""
+        return self.exchanges[exchange].mode or self.daemon.mode
 
     def enabled_exchanges(self) -> dict[str, ExchangeConfig]:
         return {name: ex for name, ex in self.exchanges.items() if ex.enabled}
@@ -370,6 +401,13 @@ def _check_semantics(config: Config, path: Path | str) -> None:
             "expected 'paper' (live trading is not available yet for any venue), found 'live'",
         )
     for name, exchange in config.exchanges.items():
+        if exchange.mode == "live":
+            raise ConfigError(
+                path,
+                f"exchanges.{name}.mode",
+                f"expected 'paper' or '' (live trading is not available yet for {name}), "
+                "found 'live'",
+            )
         if exchange.enabled and not exchange.symbols:
             raise ConfigError(
                 path, f"exchanges.{name}.symbols", "expected at least one symbol, found none"
@@ -395,6 +433,7 @@ def _check_semantics(config: Config, path: Path | str) -> None:
             f"expected at most analyzer.window_buckets ({config.analyzer.window_buckets}), "
             f"found {config.analyzer.min_buckets}",
         )
+    _check_money(config, path)
     alerts = config.alerts
     if bool(alerts.telegram_token_secret) != bool(alerts.telegram_chat_id):
         key, other = (
@@ -406,6 +445,35 @@ def _check_semantics(config: Config, path: Path | str) -> None:
     for url_key, url in (("database.url", config.database.url), ("redis.url", config.redis.url)):
         if url and not re.match(r"^(postgres(ql)?|rediss?|unix)://", url):
             raise ConfigError(path, url_key, f"expected a URL, found {redact_url(url)!r}")
+
+
+def _check_money(config: Config, path: Path | str) -> None:
+    amounts: list[tuple[str, Decimal]] = [
+        ("risk.max_order_notional", config.risk.max_order_notional),
+        ("risk.max_position_notional", config.risk.max_position_notional),
+        ("risk.price_band", config.risk.price_band),
+        ("paper.maker_fee", config.paper.maker_fee),
+        ("paper.taker_fee", config.paper.taker_fee),
+        ("paper.slippage", config.paper.slippage),
+    ]
+    for exchange, balances in config.paper.balances.items():
+        if exchange not in config.exchanges:
+            raise ConfigError(
+                path,
+                f"paper.balances.{exchange}",
+                f"expected a configured exchange ({', '.join(sorted(config.exchanges))}), "
+                f"found {exchange!r}",
+            )
+        amounts += [(f"paper.balances.{exchange}.{c}", v) for c, v in balances.items()]
+    for key, amount in amounts:
+        if not amount.is_finite() or amount < 0:
+            raise ConfigError(path, key, f"expected a number >= 0, found {amount}")
+    if not 0 < config.risk.price_band <= 1:
+        raise ConfigError(
+            path,
+            "risk.price_band",
+            f"expected a fraction in (0, 1], found {config.risk.price_band}",
+        )
 
 
 _MSGSPEC_ERROR = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<where>[^`]*)`)?$", re.DOTALL)

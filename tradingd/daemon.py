@@ -10,6 +10,7 @@ stop embedded servers → exit 0, all within ``daemon.stop_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -30,9 +31,13 @@ from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
 from tradingd.clock import ClockCheck, ClockWatch, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
+from tradingd.execution.executor import Executor
+from tradingd.execution.instruments import load_instruments
+from tradingd.execution.risk import InstrumentInfo
+from tradingd.execution.wiring import build_executor, control_server, market_feed
 from tradingd.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from tradingd.logs import set_level
-from tradingd.model import Bar, Channel, DeadLetter, Subscription, Ticker, Trade
+from tradingd.model import Bar, Channel, DeadLetter, MarketEvent, Subscription, Ticker, Trade
 from tradingd.observer import StateChangeObserver
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.reconcile import Reconciler, StartupStates
@@ -99,6 +104,8 @@ class Daemon:
         self.queues: list[BoundedQueue[object]] = []
         self._stored_sequences: dict[str, dict[str, int]] = {}
         self._unlisted: dict[str, set[str]] = {}
+        self._instruments: dict[str, dict[str, InstrumentInfo]] = {}
+        self.executors: dict[str, Executor] = {}
         self._exit_code = EX_OK
 
     # -- signals --------------------------------------------------------------------------
@@ -206,6 +213,9 @@ class Daemon:
                 s.instrument_name for s in self._subscriptions(name) if s.channel is Channel.TRADES
             ]
             self._stored_sequences[name] = await last_sequences(self.storage, name, traded)
+            self._instruments[name] = await load_instruments(
+                self.storage.pool, name, cfg.exchanges[name].symbols
+            )
         self._build_actors()
         self.notifier.status("starting: actors")
         await self._until_stopped(asyncio.ensure_future(self.supervisor.wait_ready()))
@@ -277,7 +287,9 @@ class Daemon:
             ex = cfg.exchanges[name]
             gaps: BoundedQueue[Gap] = BoundedQueue(f"gaps:{name}", 10_000, OverflowPolicy.BLOCK)
             self.queues.append(gaps)  # type: ignore[arg-type]
-            outlets = MarketDataOutlets(records, tickers, analysis, gaps)
+            feed: BoundedQueue[MarketEvent] = market_feed(name)
+            self.queues.append(feed)  # type: ignore[arg-type]
+            outlets = MarketDataOutlets(records, tickers, analysis, gaps, feed)
             stored = self._stored_sequences.get(name, {})
             tracker = SequenceTracker(name, stored)
             repairer = GapRepairer(
@@ -291,6 +303,20 @@ class Daemon:
             )
             intervals = dict(adapter.stream_intervals())
             self.repairers[name] = repairer
+            executor = build_executor(
+                cfg,
+                name,
+                pool=self.storage.pool,
+                redis=self.storage.redis,
+                instruments=self._instruments.get(name, {}),
+                feed=feed,
+                open_gaps=repairer.open_gap_instruments,
+            )
+            if executor is not None:
+                self.executors[name] = executor
+                specs.append(
+                    ActorSpec(executor, checkin_timeout=60.0, log_fields={"EXCHANGE": name})
+                )
             specs.append(ActorSpec(repairer, checkin_timeout=120.0, log_fields={"EXCHANGE": name}))
             plans = adapter.plan_connections(self._subscriptions(name))
             self.receivers[name] = []
@@ -321,6 +347,7 @@ class Daemon:
         )
         specs.append(ActorSpec(Reconciler(self.states, self), RestartPolicy.PERMANENT))
         specs.append(ActorSpec(StateChangeObserver(self.storage.pool, cfg.daemon.status_interval)))
+        specs.append(ActorSpec(control_server(self.executors, self.storage.redis)))
         self.supervisor.start_all(specs)
 
     # -- market data flow, as reconciliation sees it ----------------------------------------
@@ -454,7 +481,12 @@ class Daemon:
                     )
                 except Exception as exc:  # Redis down must not stop the daemon
                     logger.debug("status not published to Redis: {}", exc)
-            await asyncio.sleep(interval)
+            # Ends on stop even if a cancellation was swallowed inside the Redis client (seen
+            # when SIGTERM lands during the first publish).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -94,11 +94,14 @@ class MarketDataOutlets:
         tickers: BoundedQueue[Ticker],
         analysis: BoundedQueue[Trade] | None,
         gaps: BoundedQueue[Gap],
+        execution: BoundedQueue[MarketEvent] | None = None,
     ) -> None:
         self.records = records
         self.tickers = tickers
         self.analysis = analysis
         self.gaps = gaps
+        # The exchange's executor: fresh trades, tickers and bars (never waited for).
+        self.execution = execution
 
 
 class _Link:
@@ -514,6 +517,10 @@ class Receiver:
         if tickers:
             self.stats.tickers += len(tickers)
             self._out.tickers.put_many_nowait(tickers)
+        if self._out.execution is not None:
+            feed: list[MarketEvent] = [e for e in stored if type(e) is not DeadLetter]
+            if feed or tickers:
+                self._out.execution.put_many_nowait([*feed, *tickers])
         if stored:
             await self._put(ctx, self._out.records, stored)
         # Only now, with the trades queued, are they seen: cancelled before this point, the

@@ -118,6 +118,16 @@ class GapRepairer:
     def open_gaps(self) -> int:
         return len(self._unrecorded) + len(self._pending) + len(self._gaps)
 
+    def open_gap_instruments(self) -> frozenset[str] | None:
+        """Instruments with a gap not yet repaired; None when gaps are queued but not yet taken
+        (which instruments is then unknown: treat them all as gapped)."""
+        if len(self._gaps):
+            return None
+        return frozenset(
+            [gap.instrument_name for gap in self._unrecorded]
+            + [pending.gap.instrument_name for pending in self._pending]
+        )
+
     async def run(self, ctx: ActorContext) -> None:
         ctx.ready()
         if not self._started:

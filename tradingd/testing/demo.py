@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from loguru import logger
 
-from tradingd.config import load_config
+from tradingd.config import Config, load_config
 from tradingd.logs import configure_logging
 from tradingd.secrets import secret_store
 from tradingd.state import StateUnavailable, read_state
@@ -70,9 +70,12 @@ def render_toml(document: Mapping[str, Any], prefix: str = "") -> str:
     """A small TOML writer for configuration documents (tables, scalars, arrays, dates)."""
     lines: list[str] = []
     tables: list[tuple[str, Mapping[str, Any]]] = []
+    arrays: list[tuple[str, Sequence[Mapping[str, Any]]]] = []
     for key, value in document.items():
         if isinstance(value, Mapping):
             tables.append((f"{prefix}{key}", value))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            arrays.append((f"{prefix}{key}", value))
         else:
             lines.append(f"{key} = {_toml_value(value)}")
     text = "\n".join(lines) + ("\n" if lines else "")
@@ -80,6 +83,9 @@ def render_toml(document: Mapping[str, Any], prefix: str = "") -> str:
         has_scalars = any(not isinstance(v, Mapping) for v in table.values())
         header = f"\n[{name}]\n" if has_scalars else ""
         text += header + render_toml(table, prefix=f"{name}.")
+    for name, entries in arrays:
+        for entry in entries:
+            text += f"\n[[{name}]]\n" + render_toml(entry, prefix=f"{name}.")
     return text
 
 
@@ -90,8 +96,9 @@ def demo_document(
     start_date: dt.date,
     log_level: str = "INFO",
 ) -> dict[str, Any]:
-    """The demo configuration: embedded storage under ``state_dir``, exchanges at the fakes."""
-    return {
+    """The demo configuration: embedded storage under ``state_dir``, exchanges at the fakes,
+    a paper account per exchange, and (where this build has strategies) sma_cross and grid."""
+    document: dict[str, Any] = {
         "daemon": {"state_dir": str(state_dir.absolute()), "log_level": log_level},
         "backfill": {"start_date": start_date, "resolutions": ["1m", "1h"]},
         "exchanges": {
@@ -109,7 +116,24 @@ def demo_document(
                 "reconnect_backoff_max": 5.0,
             },
         },
+        "paper": {
+            "balances": {
+                "binance": {"USDT": 100_000, "BTC": 1, "ETH": 10},
+                "deribit": {"BTC": 1, "ETH": 10},
+            }
+        },
     }
+    if "strategies" in Config.__struct_fields__:
+        document["strategies"] = [
+            {
+                "name": "trend",
+                "strategy": "sma_cross",
+                "exchange": "binance",
+                "symbols": [BINANCE_SYMBOLS[0]],
+            },
+            {"name": "grid", "strategy": "grid", "exchange": "binance", "symbols": ["ETHUSDT"]},
+        ]
+    return document
 
 
 def write_config(path: Path, document: Mapping[str, Any]) -> None:
@@ -327,6 +351,11 @@ def next_steps(config_path: Path, psql: str) -> str:
             "      SELECT count(*) FROM ohlc WHERE tick > now() - interval '1 day';",
             f"  {cli} unlock --all",
             f"  {cli} status",
+            "Once HEALTHY, the executors trade on paper (strategies and your own orders):",
+            f"  {cli} orders",
+            f"  {psql}",
+            "      SELECT client_order_id, strategy, side, state FROM orders ORDER BY id;",
+            "      SELECT * FROM fills ORDER BY id;",
             "The first-launch guide (docs/first-launch.md) walks through these.",
             "=" * 78,
             "",

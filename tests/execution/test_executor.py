@@ -1,0 +1,269 @@
+"""The executor on real PostgreSQL and Redis with the paper venue: the gate, durable intent,
+UNKNOWN blocking and resolution, restart reconciliation and the kill switch."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from tests.execution._doubles import (
+    EXCHANGE,
+    Clock,
+    RecordingHost,
+    healthy,
+    running_executor,
+    ticker,
+    trade,
+)
+from tradingd.execution.ledger import Ledger
+from tradingd.execution.orders import OrderState
+from tradingd.execution.paper import PaperFaults
+from tradingd.state import KILL_SWITCH_KEY, state_key
+from tradingd.strategies.api import Accepted, Denied, OrderIntent, OrderType, Side
+
+S = OrderState
+NOW = 1_800_000_000_000_000
+
+
+def limit(side: Side, quantity: str, price: str) -> OrderIntent:
+    return OrderIntent(
+        instrument="BTCUSDT", side=side, quantity=Decimal(quantity), price=Decimal(price)
+    )
+
+
+MARKET_BUY = OrderIntent(
+    instrument="BTCUSDT", side=Side.BUY, quantity=Decimal("0.1"), type=OrderType.MARKET
+)
+
+
+async def paper_requests(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT client_order_id, count(*) AS n FROM paper_orders GROUP BY client_order_id"
+    )
+    return {row["client_order_id"]: row["n"] for row in rows}
+
+
+async def test_nothing_is_sent_unless_healthy_and_the_kill_switch_off(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    async with running_executor(pool, rds) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        for state in (None, "LOCKED", "AUDITING", "RECONCILING"):
+            if state is not None:
+                await rds.set(state_key(EXCHANGE), state)
+            decision = await h.executor.submit("manual", MARKET_BUY)
+            assert isinstance(decision, Denied) and decision.reason.startswith("gate:")
+        await healthy(rds)
+        await rds.set(KILL_SWITCH_KEY, "drill")
+        assert isinstance(await h.executor.submit("manual", MARKET_BUY), Denied)
+        # A strategy's submit taken while the gate looked open is still denied at the send.
+        await rds.delete(KILL_SWITCH_KEY)
+        await rds.set(state_key(EXCHANGE), "LOCKED")
+        accepted = h.executor.decide("s1", limit(Side.BUY, "0.1", "99"))
+        assert isinstance(accepted, Accepted)
+        await h.settle()
+        order = await h.ledger.order(accepted.client_order_id)
+        assert order is not None and order.state is S.DENIED
+        assert order.reason.startswith("gate:")
+    assert await paper_requests(pool) == {}
+
+
+async def test_a_market_order_fills_through_the_ledger(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    host = RecordingHost()
+    async with running_executor(pool, rds, host=host) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        decision = h.executor.decide("s1", MARKET_BUY)
+        assert isinstance(decision, Accepted)
+        await h.settle()
+        order = await h.ledger.order(decision.client_order_id)
+        assert order is not None and order.state is S.FILLED
+        assert order.average_price == Decimal("100.1")
+        assert await h.ledger.events(decision.client_order_id) == [
+            (None, "INTENT", "executor"),
+            ("INTENT", "SENDING", "executor"),
+            ("SENDING", "FILLED", "venue:ack"),
+        ]
+        assert [f.trade_id for _, f in host.fills] == [f"paper-{1}"] or len(host.fills) == 1
+        assert [u.order.state for _, u in host.orders][-1] == "FILLED"
+        assert h.executor.position_view("s1", "BTCUSDT").quantity == Decimal("0.1")
+        assert h.executor.snapshot().positions == {"BTCUSDT": "0.1"}
+
+
+async def test_stale_data_or_an_open_gap_denies(pool: asyncpg.Pool, rds: aioredis.Redis) -> None:
+    await healthy(rds)
+    clock = Clock(NOW)
+    gaps: set[str] = set()
+    async with running_executor(pool, rds, clock=clock, open_gaps=lambda: frozenset(gaps)) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        gaps.add("BTCUSDT")
+        denied = h.executor.decide("s1", MARKET_BUY)
+        assert isinstance(denied, Denied) and denied.reason.startswith("data_gap")
+        gaps.clear()
+        clock.now = NOW + 11_000_000
+        denied = h.executor.decide("s1", MARKET_BUY)
+        assert isinstance(denied, Denied) and denied.reason.startswith("max_data_age")
+        assert h.executor.snapshot().denials == {"data_gap": 1, "max_data_age": 1}
+
+
+async def test_an_unknown_order_blocks_its_instrument_until_the_venue_answers(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    clock = Clock(NOW)
+    faults = PaperFaults(lose_replies=1)
+    async with running_executor(pool, rds, faults=faults, clock=clock) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        # The reply is lost: the order rests on the venue, the executor does not know.
+        first = await h.executor.submit("manual", limit(Side.BUY, "0.1", "99"))
+        assert isinstance(first, Accepted)
+        await h.settle()  # settled = the UNKNOWN was resolved by a query, never resent
+        order = await h.ledger.order(first.client_order_id)
+        assert order is not None and order.state is S.OPEN
+        assert ("SENDING", "UNKNOWN", "executor") in await h.ledger.events(first.client_order_id)
+        # Never reached the venue: UNKNOWN blocks the instrument until the deadline proves it
+        # was never placed.
+        faults.drop_requests = 1
+        second = await h.executor.submit("manual", limit(Side.BUY, "0.1", "98"))
+        assert isinstance(second, Accepted)
+        await h.until_state(second.client_order_id, S.UNKNOWN)
+        order = await h.ledger.order(second.client_order_id)
+        assert order is not None and order.state is S.UNKNOWN
+        blocked = h.executor.decide("s1", limit(Side.BUY, "0.1", "97"))
+        assert isinstance(blocked, Denied) and blocked.reason.startswith("unknown_order")
+        clock.now = NOW + 6_000_000
+        await h.feed(trade("100", "1", 2, clock.now), ticker("99.9", "100.1", clock.now))
+        await h.settle()
+        order = await h.ledger.order(second.client_order_id)
+        assert order is not None and order.state is S.NEVER_PLACED
+        assert isinstance(h.executor.decide("s1", limit(Side.BUY, "0.1", "97")), Accepted)
+    assert (await paper_requests(pool)).get(second.client_order_id) is None
+    assert (await paper_requests(pool))[first.client_order_id] == 1
+
+
+async def test_a_resting_order_fills_on_trades_through_it_and_the_strategy_hears(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    host = RecordingHost()
+    async with running_executor(pool, rds, host=host) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        decision = h.executor.decide("s1", limit(Side.BUY, "0.5", "99.5"))
+        assert isinstance(decision, Accepted)
+        await h.settle()
+        await h.feed(trade("99.4", "0.2", 2, NOW))
+        await h.settle()
+        await h.feed(trade("99.3", "1", 3, NOW))
+        await h.settle()
+        order = await h.ledger.order(decision.client_order_id)
+        assert order is not None and order.state is S.FILLED
+        assert [f.quantity for _, f in host.fills] == [Decimal("0.2"), Decimal("0.3")]
+        fills = await h.ledger.fills(EXCHANGE)
+        assert sum(f.quantity for f in fills) == order.filled_quantity
+
+
+async def test_restart_reconciles_before_trading(pool: asyncpg.Pool, rds: aioredis.Redis) -> None:
+    await healthy(rds)
+    ledger = Ledger(pool)
+    intent = limit(Side.BUY, "0.1", "99")
+    # Crashed after the intent, before the claim.
+    never_sent = await ledger.mint_client_id()
+    await ledger.record_intent(never_sent, "manual", EXCHANGE, intent)
+    # Crashed after the claim, before the send: not on the venue, deadline long past.
+    claimed = await ledger.mint_client_id()
+    await ledger.record_intent(claimed, "manual", EXCHANGE, intent)
+    await ledger.claim_send(claimed, NOW - 1)
+    # Crashed after the send, before the reply was recorded: the venue has it.
+    sent = await ledger.mint_client_id()
+    await ledger.record_intent(sent, "manual", EXCHANGE, intent)
+    await ledger.claim_send(sent, NOW + 5_000_000)
+    async with running_executor(pool, rds) as h:
+        from tradingd.execution.venue import PlaceRequest
+
+        await h.venue.place(
+            PlaceRequest(
+                client_order_id=sent,
+                instrument="BTCUSDT",
+                side=Side.BUY,
+                type=OrderType.LIMIT,
+                tif=intent.tif,
+                quantity=intent.quantity,
+                price=intent.price,
+            )
+        )
+        h.executor.reconciled.clear()
+        await h.executor._reconcile()
+        states = {cid: (await ledger.order(cid)).state for cid in (never_sent, claimed, sent)}  # type: ignore[union-attr]
+    assert states == {never_sent: S.NEVER_PLACED, claimed: S.NEVER_PLACED, sent: S.OPEN}
+    assert await paper_requests(pool) == {sent: 1}
+
+
+async def test_the_kill_switch_denies_at_once_and_cancels_every_open_order(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    async with running_executor(pool, rds) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        for i in range(20):
+            decision = h.executor.decide("s1", limit(Side.BUY, "0.1", str(95 + i % 4)))
+            assert isinstance(decision, Accepted)
+        await h.settle()
+        assert h.executor.snapshot().open_orders == 20
+        await rds.set(KILL_SWITCH_KEY, "drill")
+        report = await h.executor.cancel_everything("kill switch: drill")
+        assert (report.requested, report.cancelled, report.remaining) == (20, 20, 0)
+        denied = h.executor.decide("s1", limit(Side.BUY, "0.1", "99"))
+        assert isinstance(denied, Denied) and denied.reason.startswith("halted")
+        assert await h.venue.open_orders() == []
+        assert h.executor.snapshot().open_orders == 0
+
+
+async def test_the_executor_acts_on_the_kill_switch_by_itself(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    async with running_executor(pool, rds) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        ids = []
+        for _ in range(5):
+            decision = h.executor.decide("s1", limit(Side.SELL, "0.1", "101"))
+            assert isinstance(decision, Accepted)
+            ids.append(decision.client_order_id)
+        await h.settle()
+        assert len(await h.venue.open_orders()) == 5
+        # Set by `tradingd kill-switch on` (or by hand): no command reaches the executor.
+        await rds.set(KILL_SWITCH_KEY, "drill")
+        h.executor._wake.set()
+        while await h.venue.open_orders():
+            h.executor.changed.clear()
+            await asyncio.wait_for(h.executor.changed.wait(), 5)
+        for client_id in ids:
+            order = await h.ledger.order(client_id)
+            assert order is not None and order.state is S.CANCELED
+        denied = h.executor.decide("s1", limit(Side.SELL, "0.1", "101"))
+        assert isinstance(denied, Denied) and denied.reason == "halted: kill switch: drill"
+        # Off again: orders are decided again once the executor has seen it.
+        await rds.delete(KILL_SWITCH_KEY)
+        await h.settle()
+        assert isinstance(h.executor.decide("s1", limit(Side.SELL, "0.1", "101")), Accepted)
+        await h.settle()
+
+
+async def test_accepted_orders_not_yet_sent_reserve_the_balance(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    async with running_executor(pool, rds) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        # 10 BTC in the paper account: a burst of sells in one go may not promise more.
+        for _ in range(3):
+            decision = h.executor.decide("s1", limit(Side.SELL, "3", "101"))
+            assert isinstance(decision, Accepted)
+        denied = h.executor.decide("s1", limit(Side.SELL, "3", "101"))
+        assert isinstance(denied, Denied) and denied.reason.startswith("balance: needs 3 BTC")
+        await h.settle()

@@ -1,0 +1,879 @@
+"""The executor: one actor per exchange account, the only holder of a venue's execution client.
+
+Order path: a decision (a strategy's ``submit`` or the operator's) passes the local checks and
+pre-trade risk, gets a client id, and is queued; the executor's loop commits the INTENT row,
+reads the gate (``may_trade``: HEALTHY and kill switch off) fresh, claims the send atomically,
+sends once, and classifies the reply: ACK -> the venue's state and fills, REJECTED -> REJECTED,
+anything else -> UNKNOWN. An UNKNOWN order blocks new orders on its instrument and is resolved
+only by the venue's word (a pushed update, or a query by client id), never by resending; not
+found after the order's deadline proves it was never placed.
+
+On start, before trading, the ledger's non-terminal orders are reconciled with the venue: an
+INTENT row was never claimed, hence never sent (NEVER_PLACED); SENDING, UNKNOWN and open orders
+are queried by client id and take the venue's state and fills.
+
+The kill switch (read at every send and watched) makes the executor deny at once and cancel
+every open order it owns, verified with the venue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from decimal import Decimal
+from typing import Protocol, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+from loguru import logger
+
+from tradingd.actors import checked_in
+from tradingd.config import RiskConfig
+from tradingd.execution import risk
+from tradingd.execution.desk import (
+    MANUAL_STRATEGY,
+    CancelReport,
+    ExecutorSnapshot,
+    StrategyStatus,
+)
+from tradingd.execution.ledger import Fill, FillRow, Ledger, OrderRow, Transitioned
+from tradingd.execution.orders import LIVE_STATES, OrderState
+from tradingd.execution.venue import ExecutionClient, Outcome, PlaceRequest, VenueOrder
+from tradingd.model import Bar, MarketEvent, Ticker, Trade
+from tradingd.queues import BoundedQueue
+from tradingd.state import StateUnavailable, may_trade, read_kill_switch
+from tradingd.strategies.api import (
+    Accepted,
+    Balance,
+    Decision,
+    Denied,
+    FillView,
+    InstrumentRules,
+    OrderIntent,
+    OrderUpdate,
+    OrderView,
+    PositionView,
+    Side,
+    StrategyContext,
+    SystemEvent,
+)
+from tradingd.supervisor import ActorContext
+
+S = OrderState
+_T = TypeVar("_T")
+# How long the venue may take to act on a request (Binance recvWindow, Deribit valid_until):
+# an order not found after it was never placed.
+SEND_WINDOW_US = 5_000_000
+# How often UNKNOWN orders are asked about, and the kill switch looked at, when nothing else
+# wakes the loop (a schedule, not a wait for a condition).
+POLL_INTERVAL = 0.5
+_ID_RESERVE = 200
+
+
+class StrategyHostLike(Protocol):
+    """The part of ``tradingd.execution.strategy_host.StrategyHost`` the executor calls."""
+
+    def names(self) -> list[str]: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def on_trades(self, trades: Sequence[Trade]) -> None: ...
+    def on_bars(self, bars: Sequence[Bar]) -> None: ...
+    def on_tickers(self, tickers: Sequence[Ticker]) -> None: ...
+    def on_system_event(self, event: SystemEvent) -> None: ...
+    def on_order(self, strategy: str, update: OrderUpdate) -> None: ...
+    def on_fill(self, strategy: str, fill: FillView) -> None: ...
+    def set_timer(self, strategy: str, name: str, interval_s: float, now_us: int) -> None: ...
+    def fire_due_timers(self, now_us: int) -> None: ...
+    def next_timer_due_us(self) -> int | None: ...
+    def pause(self, name: str, reason: str) -> bool: ...
+    def resume(self, name: str) -> bool: ...
+    def is_paused(self, name: str) -> bool: ...
+    def status(self) -> list[StrategyStatus]: ...
+
+
+class _Market(msgspec.Struct):
+    last_price: Decimal | None = None
+    best_bid: Decimal | None = None
+    best_ask: Decimal | None = None
+    updated_us: int = 0
+
+
+class _Position(msgspec.Struct):
+    quantity: Decimal = Decimal(0)
+    average_price: Decimal | None = None
+    realised_pnl: Decimal = Decimal(0)
+
+
+class _Queued(msgspec.Struct, frozen=True):
+    client_order_id: str
+    strategy: str
+    intent: OrderIntent
+
+
+async def _cancellable(read: Awaitable[_T]) -> _T:
+    """``await read``, then honour a cancellation of this task that the Redis client swallowed
+    (it happens when the cancel lands mid-command): the actor must stop when told to."""
+    result = await read
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return result
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Executor:
+    def __init__(
+        self,
+        exchange: str,
+        *,
+        mode: str,
+        ledger: Ledger,
+        venue: ExecutionClient,
+        redis: aioredis.Redis,
+        limits: RiskConfig,
+        instruments: Mapping[str, risk.InstrumentInfo],
+        market: BoundedQueue[MarketEvent] | None = None,
+        open_gaps: Callable[[], Collection[str]] = frozenset,
+        taker_fee: Decimal = Decimal(0),
+        clock_us: Callable[[], int] = _wall_clock_us,
+    ) -> None:
+        self.name = f"executor:{exchange}"
+        self._exchange = exchange
+        self.mode = mode
+        self._ledger = ledger
+        self._venue = venue
+        self._redis = redis
+        self._limits = limits
+        self._instruments = instruments
+        self._market_queue = market
+        self._open_gaps = open_gaps
+        self._taker_fee = taker_fee
+        self._clock_us = clock_us
+        self.host: StrategyHostLike | None = None
+        self._symbols: dict[str, tuple[str, ...]] = {}
+        self._market: dict[str, _Market] = {}
+        self._orders: dict[str, OrderRow] = {}  # every non-terminal order of this exchange
+        self._positions: dict[tuple[str, str], _Position] = {}  # (strategy, instrument)
+        self._balances: dict[str, Decimal] = {}
+        self._ids: deque[str] = deque()
+        self._queued: deque[_Queued] = deque()
+        self._cancels: deque[str] = deque()
+        self._updates: deque[VenueOrder] = deque()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._rate = risk.OrderRate(limits.max_orders_per_second)
+        self._halted = ""  # why new orders are denied at once ("" when not)
+        self._gate_seen = False
+        self._pause_events: deque[tuple[str, str]] = deque()
+        self._recorded: dict[str, asyncio.Future[None]] = {}
+        self.denials: Counter[str] = Counter()
+        self.reconciled = asyncio.Event()
+        # Set whenever no order is UNKNOWN and nothing is queued (tests and the bench await it).
+        self.settled = asyncio.Event()
+        # Set whenever every market event queued so far has been processed.
+        self.market_idle = asyncio.Event()
+        # Set at every order state change the executor applies (tests await it).
+        self.changed = asyncio.Event()
+
+    # -- OrderDesk -------------------------------------------------------------------------------
+
+    @property
+    def exchange(self) -> str:
+        return self._exchange
+
+    async def submit(self, strategy: str, intent: OrderIntent) -> Decision:
+        """The operator's (or any awaiting caller's) submit: the gate is read before anything
+        is written, and Accepted comes once the intent is committed."""
+        if not await _cancellable(may_trade(self._redis, self._exchange)):
+            return self._deny(strategy, intent, "gate: trading not allowed (state or kill switch)")
+        self._halted = ""
+        decision = self.decide(strategy, intent)
+        if isinstance(decision, Accepted):
+            recorded = asyncio.get_running_loop().create_future()
+            self._recorded[decision.client_order_id] = recorded
+            await recorded
+        return decision
+
+    async def cancel(self, client_order_id: str) -> Decision:
+        if client_order_id not in self._orders:
+            return Denied(f"not_open: {client_order_id} is not an open order of {self.exchange}")
+        async with self._lock:
+            await self._cancel_one(client_order_id)
+        return Accepted(client_order_id)
+
+    async def cancel_everything(self, reason: str) -> CancelReport:
+        self._halted = reason or "cancel everything"
+        async with self._lock:
+            await self._deny_queued(f"halted: {self._halted}")
+            targets = [
+                row.client_order_id for row in self._orders.values() if row.state in LIVE_STATES
+            ]
+            errors: list[str] = []
+            for client_id in targets:
+                try:
+                    await self._cancel_one(client_id)
+                except Exception as exc:  # one failure must not stop the others
+                    errors.append(f"{client_id}: {exc}")
+            # Verify: ask the venue about every order still not terminal.
+            for client_id in [c for c in targets if c in self._orders]:
+                await self._resolve(self._orders[client_id], "venue:query")
+        remaining = sum(1 for c in targets if c in self._orders)
+        report = CancelReport(
+            exchange=self.exchange,
+            requested=len(targets),
+            cancelled=len(targets) - remaining,
+            remaining=remaining,
+            errors=errors,
+        )
+        logger.bind(EXCHANGE=self.exchange).warning("cancel everything ({}): {}", reason, report)
+        return report
+
+    def strategies(self) -> list[StrategyStatus]:
+        manual = StrategyStatus(
+            name=MANUAL_STRATEGY,
+            strategy=MANUAL_STRATEGY,
+            exchange=self.exchange,
+            symbols=sorted(self._instruments),
+            paused=False,
+            reason="",
+        )
+        return [manual, *(self.host.status() if self.host is not None else [])]
+
+    def pause_strategy(self, name: str, reason: str) -> bool:
+        return self.host is not None and self.host.pause(name, reason)
+
+    def resume_strategy(self, name: str) -> bool:
+        return self.host is not None and self.host.resume(name)
+
+    def snapshot(self) -> ExecutorSnapshot:
+        net: dict[str, Decimal] = {}
+        for (_strategy, instrument), position in self._positions.items():
+            net[instrument] = net.get(instrument, Decimal(0)) + position.quantity
+        return ExecutorSnapshot(
+            exchange=self.exchange,
+            mode=self.mode,
+            trading_allowed=self._gate_seen and not self._halted,
+            strategies=self.strategies(),
+            open_orders=sum(1 for row in self._orders.values() if row.state is not S.UNKNOWN),
+            unknown_orders=sum(1 for row in self._orders.values() if row.state is S.UNKNOWN),
+            positions={name: str(qty) for name, qty in sorted(net.items()) if qty != 0},
+            denials=dict(self.denials),
+        )
+
+    # -- strategies' side ------------------------------------------------------------------------
+
+    def attach_host(
+        self, host: StrategyHostLike, symbols: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        self.host = host
+        for name, values in (symbols or {}).items():
+            self._symbols[name] = tuple(values)
+
+    def context_for(self, strategy: str, symbols: Sequence[str]) -> StrategyContext:
+        self._symbols[strategy] = tuple(symbols)
+        return ExecutorContext(self, strategy)
+
+    def record_pause(self, strategy: str, reason: str) -> None:
+        """The host paused a strategy (its callback raised): a system event, written by the
+        executor's loop."""
+        self._pause_events.append((strategy, reason))
+        self._wake.set()
+
+    def decide(self, strategy: str, intent: OrderIntent) -> Decision:
+        """Local checks and pre-trade risk, synchronously: Accepted with a client id (the intent
+        is committed and sent by the loop), or Denied with the rule's reason."""
+        if self._halted:
+            return self._deny(strategy, intent, f"halted: {self._halted}")
+        if not self.reconciled.is_set():
+            return self._deny(strategy, intent, "reconciling: orders not yet reconciled")
+        if self.host is not None and strategy != MANUAL_STRATEGY and self.host.is_paused(strategy):
+            return self._deny(strategy, intent, f"paused: strategy {strategy} is paused")
+        blocking = next(
+            (
+                row.client_order_id
+                for row in self._orders.values()
+                if row.state is S.UNKNOWN and row.instrument == intent.instrument
+            ),
+            None,
+        )
+        if blocking is not None:
+            return self._deny(
+                strategy, intent, f"unknown_order: {blocking} on {intent.instrument} unresolved"
+            )
+        info = self._instruments.get(intent.instrument)
+        market = self._market.get(intent.instrument, _Market())
+        now_us = self._clock_us()
+        reason = risk.check(
+            intent,
+            info,
+            risk.MarketView(
+                last_price=market.last_price,
+                best_bid=market.best_bid,
+                best_ask=market.best_ask,
+                updated_us=market.updated_us,
+                gap_open=intent.instrument in self._open_gaps(),
+            ),
+            self._account(intent.instrument),
+            self._limits,
+            now_us=now_us,
+            rate=self._rate,
+            taker_fee=self._taker_fee,
+        )
+        if reason is not None:
+            return self._deny(strategy, intent, reason)
+        if not self._ids:
+            return self._deny(strategy, intent, "busy: no client order id available yet")
+        client_id = self._ids.popleft()
+        self._rate.record(now_us)
+        self._queued.append(_Queued(client_id, strategy, intent))
+        self.settled.clear()
+        self._wake.set()
+        return Accepted(client_id)
+
+    def request_cancel(self, strategy: str, client_order_id: str) -> Decision:
+        row = self._orders.get(client_order_id)
+        if row is None or row.strategy != strategy:
+            return Denied(f"not_open: {client_order_id} is not an open order of {strategy}")
+        self._cancels.append(client_order_id)
+        self._wake.set()
+        return Accepted(client_order_id)
+
+    def open_order_views(self, strategy: str | None, instrument: str | None) -> list[OrderView]:
+        return [
+            row.view()
+            for row in self._orders.values()
+            if (strategy is None or row.strategy == strategy)
+            and (instrument is None or row.instrument == instrument)
+        ]
+
+    def position_view(self, strategy: str, instrument: str) -> PositionView:
+        position = self._positions.get((strategy, instrument), _Position())
+        return PositionView(
+            instrument=instrument,
+            quantity=position.quantity,
+            average_price=position.average_price,
+            realised_pnl=position.realised_pnl,
+        )
+
+    def balance_views(self) -> dict[str, Balance]:
+        held = self._reserved()
+        return {
+            currency: Balance(currency=currency, total=total, free=total - held.get(currency, 0))
+            for currency, total in self._balances.items()
+        }
+
+    def market(self, instrument: str) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
+        market = self._market.get(instrument, _Market())
+        return market.last_price, market.best_bid, market.best_ask
+
+    def rules(self, instrument: str) -> InstrumentRules | None:
+        info = self._instruments.get(instrument)
+        return info.rules if info is not None else None
+
+    def trading_allowed_hint(self) -> bool:
+        return self._gate_seen and not self._halted
+
+    def now_us(self) -> int:
+        return self._clock_us()
+
+    # -- the actor -------------------------------------------------------------------------------
+
+    async def run(self, ctx: ActorContext) -> None:
+        self.reconciled.clear()
+        await self._venue.start()
+        self._venue.subscribe(self._on_venue_update)
+        self._balances = await self._venue.balances()
+        await self._replay_fills()
+        await self._reconcile()
+        await self._refill_ids()
+        self.reconciled.set()
+        ctx.ready()
+        if self.host is not None:
+            self.host.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                if self._market_queue is not None:
+                    group.create_task(self._consume_market(ctx))
+                await self._work(ctx)
+        finally:
+            if self.host is not None:
+                self.host.stop()
+            await self._venue.close()
+
+    async def _work(self, ctx: ActorContext) -> None:
+        while True:
+            ctx.checkin()
+            async with self._lock:
+                await self._watch_gate()
+                while self._updates:
+                    await self._apply(self._updates.popleft(), "venue:stream")
+                while self._queued:
+                    await self._send_burst()
+                while self._cancels:
+                    client_id = self._cancels.popleft()
+                    if client_id in self._orders:
+                        await self._cancel_one(client_id)
+                for row in [r for r in self._orders.values() if r.state is S.UNKNOWN]:
+                    await self._resolve(row, "venue:query")
+                while self._pause_events:
+                    strategy, reason = self._pause_events.popleft()
+                    await self._ledger.record_system_event(
+                        "strategy_paused",
+                        self.exchange,
+                        None,
+                        {"strategy": strategy, "reason": reason},
+                    )
+                if len(self._ids) < _ID_RESERVE:
+                    await self._refill_ids()
+            if self.host is not None:
+                self.host.fire_due_timers(self._clock_us())
+            if not self._queued and not any(r.state is S.UNKNOWN for r in self._orders.values()):
+                self.settled.set()
+            if self._updates or self._queued or self._cancels:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval())
+            except TimeoutError:
+                pass
+
+    def _poll_interval(self) -> float:
+        interval = POLL_INTERVAL
+        if self.host is not None:
+            due = self.host.next_timer_due_us()
+            if due is not None:
+                interval = min(interval, max(0.0, (due - self._clock_us()) / 1_000_000))
+        return interval
+
+    async def _consume_market(self, ctx: ActorContext) -> None:
+        assert self._market_queue is not None
+        while True:
+            batch = await checked_in(ctx, self._market_queue.get_batch(1000))
+            if not batch:
+                return
+            trades: list[Trade] = []
+            bars: list[Bar] = []
+            tickers: list[Ticker] = []
+            for event in batch:
+                if isinstance(event, Trade):
+                    trades.append(event)
+                    market = self._market.setdefault(event.instrument_name, _Market())
+                    market.last_price = event.price
+                    market.updated_us = max(market.updated_us, event.received_us)
+                elif isinstance(event, Ticker):
+                    tickers.append(event)
+                    market = self._market.setdefault(event.instrument_name, _Market())
+                    market.best_bid = event.best_bid_price
+                    market.best_ask = event.best_ask_price
+                    if market.last_price is None and event.last_price is not None:
+                        market.last_price = event.last_price
+                    market.updated_us = max(market.updated_us, event.received_us)
+                elif isinstance(event, Bar):
+                    bars.append(event)
+            await self._venue.observe(trades, tickers)
+            if self.host is not None:
+                if tickers:
+                    self.host.on_tickers(tickers)
+                if trades:
+                    self.host.on_trades(trades)
+                if bars:
+                    self.host.on_bars(bars)
+            if not len(self._market_queue):
+                self.market_idle.set()
+
+    def _on_venue_update(self, order: VenueOrder) -> None:
+        self._updates.append(order)
+        self._wake.set()
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def _send_burst(self) -> None:
+        """Commit every queued intent in one transaction, then send them one by one."""
+        # Left queued until recorded: decisions taken meanwhile still count them (open orders,
+        # reserved balance).
+        burst = list(self._queued)
+        rows = await self._ledger.record_intents(
+            [(q.client_order_id, q.strategy, self.exchange, q.intent) for q in burst]
+        )
+        for _ in burst:
+            self._queued.popleft()
+        for row in rows:
+            self._orders[row.client_order_id] = row
+            self._intent_recorded(row.client_order_id)
+        for queued in burst:
+            await self._send(queued)
+
+    async def _send(self, queued: _Queued) -> None:
+        client_id, intent = queued.client_order_id, queued.intent
+        gate = await _cancellable(may_trade(self._redis, self.exchange))
+        self._gate_seen = gate
+        if not gate or self._halted:
+            why = f"halted: {self._halted}" if self._halted else "gate: trading not allowed"
+            self.denials[why.split(":")[0]] += 1
+            await self._move(client_id, S.DENIED, "executor", reason=why)
+            return
+        deadline_us = self._clock_us() + SEND_WINDOW_US
+        claimed = await self._ledger.claim_send(client_id, deadline_us)
+        if claimed is None:
+            return  # someone else holds it (cannot happen within one executor; kept safe)
+        self._note(Transitioned(claimed, S.INTENT))
+        request = PlaceRequest(
+            client_order_id=client_id,
+            instrument=intent.instrument,
+            side=intent.side,
+            type=intent.type,
+            tif=intent.tif,
+            quantity=intent.quantity,
+            price=intent.price,
+            reduce_only=intent.reduce_only,
+            deadline_us=deadline_us,
+        )
+        try:
+            result = await self._venue.place(request)
+        except Exception as exc:  # whatever went wrong, the order may exist: ask, never resend
+            logger.opt(exception=exc).error("order {}: place failed", client_id)
+            await self._move(client_id, S.UNKNOWN, "executor", reason=f"place failed: {exc!r}")
+            return
+        if result.outcome is Outcome.ACK and result.order is not None:
+            await self._apply(result.order, "venue:ack")
+        elif result.outcome is Outcome.REJECTED:
+            await self._move(client_id, S.REJECTED, "venue:ack", reason=result.reason)
+        else:
+            await self._move(client_id, S.UNKNOWN, "executor", reason=result.reason or "no reply")
+
+    async def _cancel_one(self, client_id: str) -> None:
+        if self._orders[client_id].state in (S.SENDING, S.UNKNOWN, S.INTENT):
+            await self._resolve(self._orders[client_id], "venue:query")
+        row = self._orders.get(client_id)
+        if row is None or row.state not in (S.OPEN, S.PARTIALLY_FILLED, S.CANCEL_PENDING):
+            return
+        if row.state is not S.CANCEL_PENDING:
+            await self._move(client_id, S.CANCEL_PENDING, "executor")
+        result = await self._venue.cancel(client_id, row.instrument)
+        if result.outcome is Outcome.ACK and result.order is not None:
+            await self._apply(result.order, "venue:ack")
+        elif result.outcome is Outcome.REJECTED:
+            # Not terminal: the venue says why (filled meanwhile, or unknown): ask it.
+            await self._resolve(self._orders[client_id], "venue:query")
+        # UNKNOWN: stays CANCEL_PENDING; the venue's stream or the next query settles it.
+
+    async def _resolve(self, row: OrderRow, source: str) -> None:
+        """Ask the venue about one order and take its word; not found proves "never placed"
+        only once the order's deadline has passed."""
+        answer = await self._venue.query(row.client_order_id, row.instrument)
+        if answer.outcome is not Outcome.ACK:
+            return
+        if answer.order is not None:
+            await self._apply(answer.order, source)
+            current = self._orders.get(row.client_order_id)
+            if (
+                current is not None
+                and current.state is S.CANCEL_PENDING
+                and (answer.order.state in (S.OPEN, S.PARTIALLY_FILLED))
+            ):
+                await self._move(row.client_order_id, answer.order.state, source)
+            return
+        deadline = row.deadline_us
+        if row.state is S.INTENT or deadline is None or self._clock_us() > deadline:
+            await self._move(
+                row.client_order_id,
+                S.NEVER_PLACED,
+                source,
+                reason="the venue has no such order after its deadline",
+            )
+        elif row.state is S.SENDING:
+            await self._move(row.client_order_id, S.UNKNOWN, "executor", reason="not found yet")
+
+    async def _apply(self, order: VenueOrder, source: str) -> None:
+        """The venue's word on one order: its fills first (once each), then its state."""
+        for fill in order.fills:
+            recorded = await self._ledger.record_fill(fill, source)
+            if recorded is not None:
+                fill_row, moved = recorded
+                self._on_fill(fill_row)
+                self._note(moved)
+        current = self._orders.get(order.client_order_id)
+        if current is None:
+            current = await self._ledger.order(order.client_order_id)
+        if current is None or current.terminal:
+            return
+        wanted = order.state
+        if wanted is current.state or wanted in (S.PARTIALLY_FILLED, S.FILLED):
+            # Fills drive these states (recorded above); the same state is nothing new.
+            return
+        await self._move(
+            order.client_order_id,
+            wanted,
+            source,
+            reason=order.reason or None,
+            venue_order_id=order.venue_order_id,
+        )
+
+    async def _move(
+        self,
+        client_id: str,
+        wanted: OrderState,
+        source: str,
+        *,
+        reason: str | None = None,
+        venue_order_id: str | None = None,
+    ) -> None:
+        moved = await self._ledger.transition(
+            client_id, wanted, source, reason=reason, venue_order_id=venue_order_id
+        )
+        if moved is not None:
+            self._note(moved)
+
+    def _note(self, moved: Transitioned) -> None:
+        row = moved.order
+        self.changed.set()
+        if row.terminal:
+            self._orders.pop(row.client_order_id, None)
+        else:
+            self._orders[row.client_order_id] = row
+        if self.host is not None and row.strategy != MANUAL_STRATEGY:
+            self.host.on_order(
+                row.strategy, OrderUpdate(order=row.view(), previous_state=moved.previous.value)
+            )
+
+    def _on_fill(self, fill: FillRow) -> None:
+        self._account_fill(fill)
+        if self.host is not None and fill.strategy != MANUAL_STRATEGY:
+            self.host.on_fill(fill.strategy, fill.view())
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        rows = await self._ledger.open_orders(self.exchange)
+        for row in rows:
+            self._orders[row.client_order_id] = row
+        for row in rows:
+            if row.state is S.INTENT:
+                # Never claimed, hence never sent: the claim is the only way to the venue.
+                await self._move(
+                    row.client_order_id,
+                    S.NEVER_PLACED,
+                    "reconcile",
+                    reason="never sent: the daemon stopped before sending",
+                )
+            else:
+                await self._resolve(row, "reconcile")
+        logger.bind(EXCHANGE=self.exchange).info(
+            "reconciled {} non-terminal orders with the venue: {} open, {} unknown",
+            len(rows),
+            sum(1 for r in self._orders.values() if r.state is not S.UNKNOWN),
+            sum(1 for r in self._orders.values() if r.state is S.UNKNOWN),
+        )
+
+    async def _replay_fills(self) -> None:
+        for fill in await self._ledger.fills(self.exchange):
+            self._account_fill(fill, balances=False)
+
+    async def _refill_ids(self) -> None:
+        while len(self._ids) < 2 * _ID_RESERVE:
+            self._ids.append(await self._ledger.mint_client_id())
+
+    async def _watch_gate(self) -> None:
+        try:
+            switch = await _cancellable(read_kill_switch(self._redis))
+        except StateUnavailable as exc:
+            # Every send reads the gate too, and denies on this same doubt.
+            logger.bind(EXCHANGE=self.exchange).warning("kill switch unreadable: {}", exc)
+            self._gate_seen = False
+            return
+        self._gate_seen = await _cancellable(may_trade(self._redis, self.exchange))
+        if switch is not None and not self._halted:
+            self._halted = f"kill switch: {switch.reason}"
+            await self._cancel_all_locked(self._halted)
+        elif switch is None and self._halted:
+            # The kill switch is the lasting stop; once it is off, orders may be decided again
+            # (each send still reads the gate).
+            logger.bind(EXCHANGE=self.exchange).info("no longer halted ({})", self._halted)
+            self._halted = ""
+
+    async def _cancel_all_locked(self, reason: str) -> None:
+        await self._deny_queued(f"halted: {reason}")
+        for client_id in [c for c, r in self._orders.items() if r.state in LIVE_STATES]:
+            await self._cancel_one(client_id)
+
+    async def _deny_queued(self, reason: str) -> None:
+        while self._queued:
+            queued = self._queued.popleft()
+            row = await self._ledger.record_intent(
+                queued.client_order_id, queued.strategy, self.exchange, queued.intent
+            )
+            self._orders[row.client_order_id] = row
+            self._intent_recorded(row.client_order_id)
+            await self._move(row.client_order_id, S.DENIED, "executor", reason=reason)
+
+    def _intent_recorded(self, client_id: str) -> None:
+        waiter = self._recorded.pop(client_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- accounts (risk's view; the accounting module gives the full books) -----------------------
+
+    def _account(self, instrument: str) -> risk.AccountView:
+        net = sum(
+            (p.quantity for (_s, i), p in self._positions.items() if i == instrument), Decimal(0)
+        )
+        held = self._reserved()
+        free = {c: total - held.get(c, Decimal(0)) for c, total in self._balances.items()}
+        return risk.AccountView(
+            free=free, position=net, open_orders=len(self._orders) + len(self._queued)
+        )
+
+    def _reserved(self) -> dict[str, Decimal]:
+        """What open orders, and accepted orders not yet sent, may still spend."""
+        pending = [
+            (q.intent.instrument, q.intent.side, q.intent.quantity, self._price_of(q.intent))
+            for q in self._queued
+        ]
+        rows = [
+            (row.instrument, row.side, row.quantity - row.filled_quantity, row.price)
+            for row in self._orders.values()
+        ]
+        loads = []
+        for instrument, side, remaining, price in rows + pending:
+            info = self._instruments.get(instrument)
+            if info is None or not info.spot:
+                continue
+            loads.append(
+                risk.OpenOrderLoad(
+                    side=side,
+                    remaining=remaining,
+                    price=price,
+                    base=info.rules.base,
+                    quote=info.rules.quote,
+                )
+            )
+        return risk.reservations(loads)
+
+    def _price_of(self, intent: OrderIntent) -> Decimal | None:
+        market = self._market.get(intent.instrument, _Market())
+        return risk.reference_price(
+            intent,
+            risk.MarketView(
+                last_price=market.last_price, best_bid=market.best_bid, best_ask=market.best_ask
+            ),
+        )
+
+    def _account_fill(self, fill: FillRow, *, balances: bool = True) -> None:
+        info = self._instruments.get(fill.instrument)
+        signed = fill.quantity if fill.side is Side.BUY else -fill.quantity
+        position = self._positions.setdefault((fill.strategy, fill.instrument), _Position())
+        before = position.quantity
+        after = before + signed
+        if before == 0 or (before > 0) == (signed > 0):
+            cost = (position.average_price or Decimal(0)) * abs(before) + fill.price * abs(signed)
+            position.average_price = cost / abs(after)
+        else:
+            closed = min(abs(signed), abs(before))
+            direction = 1 if before > 0 else -1
+            position.realised_pnl += (
+                (fill.price - (position.average_price or fill.price)) * closed * direction
+            )
+            if after == 0:
+                position.average_price = None
+            elif (after > 0) != (before > 0):
+                position.average_price = fill.price
+        position.quantity = after
+        if not balances or info is None:
+            return
+        if not info.inverse:
+            rules = info.rules
+            self._balances[rules.base] = self._balances.get(rules.base, Decimal(0)) + signed
+            self._balances[rules.quote] = (
+                self._balances.get(rules.quote, Decimal(0)) - signed * fill.price
+            )
+        self._balances[fill.fee_currency] = (
+            self._balances.get(fill.fee_currency, Decimal(0)) - fill.fee
+        )
+
+    def _deny(self, strategy: str, intent: OrderIntent, reason: str) -> Denied:
+        self.denials[reason.split(":")[0]] += 1
+        logger.bind(EXCHANGE=self.exchange).info(
+            "denied {} {} {} {} for {}: {}",
+            intent.side.value,
+            intent.quantity,
+            intent.instrument,
+            intent.price if intent.price is not None else "market",
+            strategy,
+            reason,
+        )
+        return Denied(reason)
+
+
+class ExecutorContext:
+    """The real ``StrategyContext`` of one strategy: reads the executor, never awaits."""
+
+    def __init__(self, executor: Executor, strategy: str) -> None:
+        self._executor = executor
+        self._strategy = strategy
+
+    @property
+    def name(self) -> str:
+        return self._strategy
+
+    @property
+    def exchange(self) -> str:
+        return self._executor.exchange
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return self._executor._symbols.get(self._strategy, ())
+
+    def now_us(self) -> int:
+        return self._executor.now_us()
+
+    def trading_allowed(self) -> bool:
+        host = self._executor.host
+        paused = host is not None and host.is_paused(self._strategy)
+        return self._executor.trading_allowed_hint() and not paused
+
+    def instrument(self, name: str) -> InstrumentRules | None:
+        return self._executor.rules(name)
+
+    def last_price(self, instrument: str) -> Decimal | None:
+        return self._executor.market(instrument)[0]
+
+    def best_bid_ask(self, instrument: str) -> tuple[Decimal | None, Decimal | None]:
+        _last, bid, ask = self._executor.market(instrument)
+        return bid, ask
+
+    def position(self, instrument: str) -> PositionView:
+        return self._executor.position_view(self._strategy, instrument)
+
+    def balances(self) -> Mapping[str, Balance]:
+        return self._executor.balance_views()
+
+    def open_orders(self, instrument: str | None = None) -> list[OrderView]:
+        return self._executor.open_order_views(self._strategy, instrument)
+
+    def submit(self, intent: OrderIntent) -> Decision:
+        return self._executor.decide(self._strategy, intent)
+
+    def cancel(self, client_order_id: str) -> Decision:
+        return self._executor.request_cancel(self._strategy, client_order_id)
+
+    def cancel_all(self, instrument: str | None = None) -> int:
+        asked = 0
+        for view in self._executor.open_order_views(self._strategy, instrument):
+            if isinstance(
+                self._executor.request_cancel(self._strategy, view.client_order_id), Accepted
+            ):
+                asked += 1
+        return asked
+
+    def set_timer(self, name: str, interval_s: float) -> None:
+        host = self._executor.host
+        if host is not None:
+            host.set_timer(self._strategy, name, interval_s, self._executor.now_us())
+
+
+__all__ = ["Executor", "ExecutorContext", "Fill", "StrategyHostLike"]

@@ -1,0 +1,109 @@
+"""The execution-client interface: what the executor sends orders through.
+
+One implementation per venue (the paper venue here; each live venue's client in its adapter
+folder beside its market data). Only the executor holds one. Every request's outcome is one of
+three classes, and the executor treats them differently:
+
+* ``ACK``: the venue answered and has the order (or did the cancel, or answered the query);
+* ``REJECTED``: the venue's definitive no; nothing exists on the venue because of it;
+* ``UNKNOWN``: no definitive answer (timeout, 5xx, disconnect, undecodable reply). The order
+  may or may not exist: it is never resent, only asked about (``query``) or heard of (updates).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Protocol
+
+import msgspec
+
+from tradingd.execution.ledger import Fill
+from tradingd.execution.orders import OrderState
+from tradingd.model import Ticker, Trade
+from tradingd.strategies.api import OrderType, Side, TimeInForce
+
+
+class Outcome(enum.StrEnum):
+    ACK = "ACK"
+    REJECTED = "REJECTED"
+    UNKNOWN = "UNKNOWN"
+
+
+class PlaceRequest(msgspec.Struct, frozen=True, kw_only=True):
+    client_order_id: str
+    instrument: str
+    side: Side
+    type: OrderType
+    tif: TimeInForce
+    quantity: Decimal
+    price: Decimal | None
+    reduce_only: bool = False
+    # The venue must not act on the request after this (Binance recvWindow, Deribit valid_until).
+    deadline_us: int | None = None
+
+
+class VenueOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """The venue's word on one order: its state and every fill it knows of."""
+
+    client_order_id: str
+    venue_order_id: str
+    state: OrderState  # OPEN, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED
+    filled_quantity: Decimal
+    fills: list[Fill] = []
+    reason: str = ""
+
+
+class PlaceResult(msgspec.Struct, frozen=True, kw_only=True):
+    outcome: Outcome
+    order: VenueOrder | None = None  # with ACK
+    reason: str = ""  # with REJECTED / UNKNOWN
+
+
+class CancelResult(msgspec.Struct, frozen=True, kw_only=True):
+    outcome: Outcome
+    order: VenueOrder | None = None  # with ACK: the order as cancelled
+    reason: str = ""
+
+
+class QueryResult(msgspec.Struct, frozen=True, kw_only=True):
+    """``ACK`` with ``order`` None is the venue's definitive "no such order"."""
+
+    outcome: Outcome
+    order: VenueOrder | None = None
+    reason: str = ""
+
+
+# What a venue pushes between requests (its user-data stream): an order changed or filled.
+VenueUpdateSink = Callable[[VenueOrder], None]
+
+
+class ExecutionClient(Protocol):
+    @property
+    def exchange(self) -> str: ...
+
+    def subscribe(self, sink: VenueUpdateSink) -> None:
+        """Deliver every order update of this account to ``sink`` (called on the event loop)."""
+        ...
+
+    async def start(self) -> None:
+        """Connect (live) or load the simulated account (paper)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def place(self, request: PlaceRequest) -> PlaceResult: ...
+
+    async def cancel(self, client_order_id: str, instrument: str) -> CancelResult: ...
+
+    async def query(self, client_order_id: str, instrument: str) -> QueryResult: ...
+
+    async def open_orders(self) -> list[VenueOrder]: ...
+
+    async def balances(self) -> dict[str, Decimal]: ...
+
+    async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
+        """Public market data as the executor receives it: a simulated venue matches against
+        it; a live venue ignores it."""
+        ...

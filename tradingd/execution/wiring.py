@@ -1,0 +1,88 @@
+"""How the daemon builds the execution side: per exchange a market-data feed, the venue client
+(the paper venue in paper mode), the executor with its strategies, and the control server that
+the CLI's order commands reach.
+
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import asyncpg
+import redis.asyncio as aioredis
+from loguru import logger
+
+from tradingd.config import Config
+from tradingd.execution.control import ControlServer
+from tradingd.execution.executor import Executor
+from tradingd.execution.ledger import Ledger
+from tradingd.execution.paper import PaperVenue
+from tradingd.execution.risk import InstrumentInfo
+from tradingd.execution.strategy_host import StrategyHost
+from tradingd.model import MarketEvent
+from tradingd.queues import BoundedQueue, OverflowPolicy
+
+# Market events waiting for one executor. When it falls behind the oldest are dropped (the
+# receivers never wait for it); its freshness check then denies orders on stale data.
+FEED_CAPACITY = 100_000
+
+
+def market_feed(exchange: str) -> BoundedQueue[MarketEvent]:
+    return BoundedQueue(f"execution:{exchange}", FEED_CAPACITY, OverflowPolicy.DROP_OLDEST)
+
+
+def build_executor(
+    config: Config,
+    exchange: str,
+    *,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    instruments: Mapping[str, InstrumentInfo],
+    feed: BoundedQueue[MarketEvent],
+    open_gaps: Callable[[], frozenset[str] | None],
+) -> Executor | None:
+    """The exchange's executor, or None (logged) when its mode has no execution client yet."""
+    mode = config.mode_of(exchange)
+    if mode != "paper":
+        logger.bind(EXCHANGE=exchange).error(
+            "mode {!r}: no live execution client exists yet; {} will not trade", mode, exchange
+        )
+        return None
+    every = frozenset(config.exchanges[exchange].symbols)
+
+    def gapped() -> frozenset[str]:
+        known = open_gaps()
+        return every if known is None else known
+
+    venue = PaperVenue(exchange, pool, config.paper, instruments, _wall_clock_us)
+    executor = Executor(
+        exchange,
+        mode=mode,
+        ledger=Ledger(pool),
+        venue=venue,
+        redis=redis,
+        limits=config.risk,
+        instruments=instruments,
+        market=feed,
+        open_gaps=gapped,
+        taker_fee=config.paper.taker_fee,
+    )
+    executor.attach_host(
+        StrategyHost.build(
+            config,
+            exchange,
+            lambda entry: executor.context_for(entry.name, entry.symbols),
+            executor.record_pause,
+        )
+    )
+    return executor
+
+
+def control_server(desks: Mapping[str, Executor], redis: aioredis.Redis) -> ControlServer:
+    """The control channel's server actor: the CLI's order commands reach the executors here."""
+    return ControlServer(desks, redis)
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
