@@ -244,7 +244,10 @@ def test_open_orders_reserve_what_they_may_spend() -> None:
         ({"risk": {"max_open_orders": 0}}, "risk.max_open_orders: expected"),
         ({"paper": {"balances": {"kraken": {"USD": 1}}}}, "paper.balances.kraken: expected a"),
         ({"paper": {"taker_fee": "x"}}, "paper.taker_fee:"),
-        ({"risk": {"max_notional": 1}}, "risk.max_notional: expected a known key, found an unknown key"),
+        (
+            {"risk": {"max_notional": 1}},
+            "risk.max_notional: expected a known key, found an unknown key",
+        ),
     ],
 )
 def test_bad_risk_and_paper_settings_name_the_key(
