@@ -267,3 +267,29 @@ async def test_accepted_orders_not_yet_sent_reserve_the_balance(
         denied = h.executor.decide("s1", limit(Side.SELL, "3", "101"))
         assert isinstance(denied, Denied) and denied.reason.startswith("balance: needs 3 BTC")
         await h.settle()
+
+
+async def test_the_executor_positions_equal_a_replay_of_the_ledger_before_and_after_a_restart(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    from tradingd.execution.accounting import Book
+    from tradingd.execution.reports import fetch_fill_records
+
+    await healthy(rds)
+    sell = OrderIntent(
+        instrument="BTCUSDT", side=Side.SELL, quantity=Decimal("0.06"), type=OrderType.MARKET
+    )
+    async with running_executor(pool, rds) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        assert isinstance(h.executor.decide("s1", MARKET_BUY), Accepted)
+        await h.settle()
+        await h.feed(trade("103", "1", 2, NOW + 1), ticker("102.9", "103.1", NOW + 1))
+        assert isinstance(h.executor.decide("s1", sell), Accepted)
+        await h.settle()
+        live = h.executor.position_view("s1", "BTCUSDT")
+    assert live.quantity == Decimal("0.04")
+    assert live.realised_pnl > 0
+    replayed = Book.replay(await fetch_fill_records(pool)).position("s1", "BTCUSDT")
+    assert replayed == live
+    async with running_executor(pool, rds) as again:
+        assert again.executor.position_view("s1", "BTCUSDT") == live

@@ -32,6 +32,7 @@ from loguru import logger
 from tradingd.actors import checked_in
 from tradingd.config import RiskConfig
 from tradingd.execution import risk
+from tradingd.execution.accounting import Book, FillRecord
 from tradingd.execution.desk import (
     MANUAL_STRATEGY,
     CancelReport,
@@ -55,7 +56,6 @@ from tradingd.strategies.api import (
     OrderUpdate,
     OrderView,
     PositionView,
-    Side,
     StrategyContext,
     SystemEvent,
 )
@@ -98,12 +98,6 @@ class _Market(msgspec.Struct):
     best_bid: Decimal | None = None
     best_ask: Decimal | None = None
     updated_us: int = 0
-
-
-class _Position(msgspec.Struct):
-    quantity: Decimal = Decimal(0)
-    average_price: Decimal | None = None
-    realised_pnl: Decimal = Decimal(0)
 
 
 class _Queued(msgspec.Struct, frozen=True):
@@ -158,8 +152,11 @@ class Executor:
         self._symbols: dict[str, tuple[str, ...]] = {}
         self._market: dict[str, _Market] = {}
         self._orders: dict[str, OrderRow] = {}  # every non-terminal order of this exchange
-        self._positions: dict[tuple[str, str], _Position] = {}  # (strategy, instrument)
-        self._balances: dict[str, Decimal] = {}
+        # Positions and PnL: every fill of the ledger replayed (the accounting module's rules,
+        # the same as `tradingd positions`). Balances: the venue's at start, plus every fill
+        # since (the venue's balances already hold the earlier ones).
+        self._book = Book()
+        self._session = Book()
         self._ids: deque[str] = deque()
         self._queued: deque[_Queued] = deque()
         self._cancels: deque[str] = deque()
@@ -252,8 +249,8 @@ class Executor:
 
     def snapshot(self) -> ExecutorSnapshot:
         net: dict[str, Decimal] = {}
-        for (_strategy, instrument), position in self._positions.items():
-            net[instrument] = net.get(instrument, Decimal(0)) + position.quantity
+        for _strategy, position in self._book.positions():
+            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
         return ExecutorSnapshot(
             exchange=self.exchange,
             mode=self.mode,
@@ -352,19 +349,13 @@ class Executor:
         ]
 
     def position_view(self, strategy: str, instrument: str) -> PositionView:
-        position = self._positions.get((strategy, instrument), _Position())
-        return PositionView(
-            instrument=instrument,
-            quantity=position.quantity,
-            average_price=position.average_price,
-            realised_pnl=position.realised_pnl,
-        )
+        return self._book.position(strategy, instrument)
 
     def balance_views(self) -> dict[str, Balance]:
         held = self._reserved()
         return {
             currency: Balance(currency=currency, total=total, free=total - held.get(currency, 0))
-            for currency, total in self._balances.items()
+            for currency, total in self._session.balances().items()
         }
 
     def market(self, instrument: str) -> tuple[Decimal | None, Decimal | None, Decimal | None]:
@@ -387,7 +378,8 @@ class Executor:
         self.reconciled.clear()
         await self._venue.start()
         self._venue.subscribe(self._on_venue_update)
-        self._balances = await self._venue.balances()
+        self._book = Book()
+        self._session = Book(await self._venue.balances())
         await self._replay_fills()
         await self._reconcile()
         await self._refill_ids()
@@ -720,10 +712,11 @@ class Executor:
 
     def _account(self, instrument: str) -> risk.AccountView:
         net = sum(
-            (p.quantity for (_s, i), p in self._positions.items() if i == instrument), Decimal(0)
+            (p.quantity for _s, p in self._book.positions() if p.instrument == instrument),
+            Decimal(0),
         )
         held = self._reserved()
-        free = {c: total - held.get(c, Decimal(0)) for c, total in self._balances.items()}
+        free = {c: total - held.get(c, Decimal(0)) for c, total in self._session.balances().items()}
         return risk.AccountView(
             free=free, position=net, open_orders=len(self._orders) + len(self._queued)
         )
@@ -765,35 +758,24 @@ class Executor:
 
     def _account_fill(self, fill: FillRow, *, balances: bool = True) -> None:
         info = self._instruments.get(fill.instrument)
-        signed = fill.quantity if fill.side is Side.BUY else -fill.quantity
-        position = self._positions.setdefault((fill.strategy, fill.instrument), _Position())
-        before = position.quantity
-        after = before + signed
-        if before == 0 or (before > 0) == (signed > 0):
-            cost = (position.average_price or Decimal(0)) * abs(before) + fill.price * abs(signed)
-            position.average_price = cost / abs(after)
-        else:
-            closed = min(abs(signed), abs(before))
-            direction = 1 if before > 0 else -1
-            position.realised_pnl += (
-                (fill.price - (position.average_price or fill.price)) * closed * direction
-            )
-            if after == 0:
-                position.average_price = None
-            elif (after > 0) != (before > 0):
-                position.average_price = fill.price
-        position.quantity = after
-        if not balances or info is None:
-            return
-        if not info.inverse:
-            rules = info.rules
-            self._balances[rules.base] = self._balances.get(rules.base, Decimal(0)) + signed
-            self._balances[rules.quote] = (
-                self._balances.get(rules.quote, Decimal(0)) - signed * fill.price
-            )
-        self._balances[fill.fee_currency] = (
-            self._balances.get(fill.fee_currency, Decimal(0)) - fill.fee
+        record = FillRecord(
+            strategy=fill.strategy,
+            exchange=fill.exchange,
+            instrument=fill.instrument,
+            base=info.rules.base if info is not None else "",
+            quote=info.rules.quote if info is not None else "",
+            side=fill.side,
+            quantity=fill.quantity,
+            price=fill.price,
+            fee=fill.fee,
+            fee_currency=fill.fee_currency,
+            trade_id=fill.trade_id,
+            at_us=fill.at_us,
+            inverse=info is not None and info.inverse,
         )
+        self._book.apply(record)
+        if balances:
+            self._session.apply(record)
 
     def _deny(self, strategy: str, intent: OrderIntent, reason: str) -> Denied:
         self.denials[reason.split(":")[0]] += 1
