@@ -149,6 +149,43 @@ def render(results: dict[str, Any]) -> str:
             target = "p99 < 1 ms" if float(rate) <= 10_000 else ""
             lines.append(_row([name, "p50 ms", *_summary_cells(data["p50_us"], 3, 1e-3), ""]))
             lines.append(_row([name, "p99 ms", *_summary_cells(data["p99_us"], 3, 1e-3), target]))
+    orders = results.get("orders")
+    if orders:
+        for path in orders["order_path"]:
+            name = f"Order path (tick → intent committed → venue), {_n(path['rate'])} msgs/s"
+            for label, key in (
+                ("intent committed", "intent_committed_ms"),
+                ("handed to venue", "handed_to_venue_ms"),
+            ):
+                cut = path[key]
+                lines.append(
+                    _row([name, f"{label} p50 ms", _n(cut.get("p50", 0.0), 2), "", "", ""])
+                )
+                lines.append(
+                    _row(
+                        [
+                            name,
+                            f"{label} p99 ms",
+                            _n(cut.get("p99", 0.0), 2),
+                            "",
+                            "",
+                            "p99 < 5 ms" if key == "handed_to_venue_ms" else "",
+                        ]
+                    )
+                )
+        kill = orders["kill_switch"]
+        lines.append(
+            _row(
+                [
+                    f"Kill switch, {kill['open_orders']} open paper orders",
+                    "all cancelled s",
+                    _n(kill["all_cancelled_s"], 3),
+                    "",
+                    "",
+                    "< 1 s",
+                ]
+            )
+        )
     memory = results.get("memory")
     if memory:
         name = (

@@ -26,6 +26,7 @@ from loguru import logger
 
 from bench.e2e import bench_e2e
 from bench.memory import bench_memory
+from bench.orders import bench_orders
 from bench.parse import bench_parse
 from bench.persist import bench_persist
 from bench.report import render
@@ -37,7 +38,7 @@ from bench.tick import bench_tick
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
-SECTIONS = ("parse", "persist", "e2e", "tick", "memory", "startup")
+SECTIONS = ("parse", "persist", "e2e", "tick", "orders", "memory", "startup")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Settings:
     memory_burst: float
     memory_rate: float
     startup_runs: int
+    orders_rates: tuple[float, ...]
+    orders_seconds: float
 
 
 FULL = Settings(
@@ -83,6 +86,8 @@ FULL = Settings(
     memory_burst=120.0,
     memory_rate=30_000.0,
     startup_runs=3,
+    orders_rates=(1_000.0, 10_000.0),
+    orders_seconds=10.0,
 )
 
 QUICK = Settings(
@@ -105,6 +110,8 @@ QUICK = Settings(
     memory_burst=6.0,
     memory_rate=30_000.0,
     startup_runs=1,
+    orders_rates=(1_000.0, 10_000.0),
+    orders_seconds=2.0,
 )
 
 
@@ -167,7 +174,7 @@ async def _run_async(
     s = settings
     if "startup" in sections:
         await attempt("startup", lambda: bench_startup(workdir / "startup", runs=s.startup_runs))
-    storage_sections = {"persist", "e2e", "tick", "memory"} & set(sections)
+    storage_sections = {"persist", "e2e", "tick", "orders", "memory"} & set(sections)
     if not storage_sections:
         return
     async with BenchStorage() as storage:
@@ -197,6 +204,10 @@ async def _run_async(
                 warmup=s.tick_warmup,
                 repeats=s.tick_repeats,
             ),
+        )
+        await attempt(
+            "orders",
+            lambda: bench_orders(storage.pool, storage.redis, s.orders_rates, s.orders_seconds),
         )
         await attempt(
             "memory",
