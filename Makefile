@@ -37,14 +37,14 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check tradingd adapters strategies tests
-	$(BIN)/ruff format --check tradingd adapters strategies tests
+	$(BIN)/ruff check tradingd tests
+	$(BIN)/ruff format --check tradingd tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 fmt: $(VENV)/.installed-dev
-	$(BIN)/ruff check --fix tradingd adapters strategies tests
-	$(BIN)/ruff format tradingd adapters strategies tests
+	$(BIN)/ruff check --fix tradingd tests
+	$(BIN)/ruff format tradingd tests
 
 demo: $(VENV)/.installed-run
 	$(BIN)/python -m tradingd.testing.demo

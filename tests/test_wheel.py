@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from tests.e2e.harness import offline_config
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 # What the wheel is built from: the package, its data and its packaging, nothing else.
-SOURCES = ["pyproject.toml", "README.md", "tradingd", "adapters", "strategies", "sql"]
+SOURCES = ["pyproject.toml", "README.md", "tradingd"]
 
 
 def run(*command: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -42,9 +43,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in SOURCES:
         path = CHECKOUT / name
         if path.is_dir():
-            shutil.copytree(
-                path, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
-            )
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(path, source / name)
     wheels = work / "wheels"
@@ -63,6 +62,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=work,
     )
     (wheel,) = wheels.glob("tradingd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    # Real files in the package, no links: adapters, strategies and the migrations.
+    for needed in (
+        "tradingd/adapters/binance/parsing.py",
+        "tradingd/strategies/api.py",
+        "tradingd/strategies/sma_cross.py",
+        "tradingd/sql/0001_core.sql",
+    ):
+        assert needed in names, needed
     venv = work / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=work)
     python = venv / "bin" / "python"

@@ -1,4 +1,4 @@
-"""Schema migrations: ``sql/NNNN_description.sql`` files applied in order, each exactly once.
+"""Schema migrations: ``tradingd/sql/NNNN_description.sql`` files applied in order, once each.
 
 Each file runs in its own transaction together with its row in ``schema_migrations`` (so a
 failing file leaves no trace and the ones before it stay applied). A session-level advisory

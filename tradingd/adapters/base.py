@@ -1,6 +1,6 @@
 """The interface every venue adapter implements.
 
-An adapter is three layers, in its own folder under ``adapters/``:
+An adapter is three layers, in its own folder under ``tradingd/adapters/``:
 
 - ``parsing``: pure functions, bytes in, canonical records (or ``ParseError``) out; no I/O,
   no clock reads (the receive time is passed in);
