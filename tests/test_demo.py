@@ -72,6 +72,34 @@ async def _cli(config: Path, *argv: str) -> tuple[int, str]:
     return process.returncode, out.decode()
 
 
+async def _wait_for_grid_orders(dsn: str) -> None:
+    """Return once the grid strategy has resting orders: a statement trigger notifies us."""
+    conn = await asyncpg.connect(dsn)
+    changed = asyncio.Event()
+    try:
+        await conn.execute(
+            "CREATE OR REPLACE FUNCTION test_orders_changed() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN PERFORM pg_notify('test_orders_changed', ''); RETURN NULL; END $$;"
+            " CREATE OR REPLACE TRIGGER test_orders_changed AFTER INSERT OR UPDATE ON orders"
+            " FOR EACH STATEMENT EXECUTE FUNCTION test_orders_changed()"
+        )
+        await conn.add_listener("test_orders_changed", lambda *_: changed.set())
+        while True:
+            changed.clear()
+            resting = await conn.fetchval(
+                "SELECT count(*) FROM orders WHERE strategy = 'grid' AND state = 'OPEN'"
+            )
+            if resting >= 2:
+                return
+            await changed.wait()
+    finally:
+        await conn.execute(
+            "DROP TRIGGER IF EXISTS test_orders_changed ON orders;"
+            " DROP FUNCTION IF EXISTS test_orders_changed()"
+        )
+        await conn.close()
+
+
 async def _wait_for_trades(dsn: str, instruments: list[str]) -> None:
     """Return once every instrument has a stored trade: a statement trigger notifies us."""
     conn = await asyncpg.connect(dsn)
@@ -182,6 +210,12 @@ async def test_make_demo_runs_the_first_launch_runbook_end_to_end(state_dir: Pat
         assert re.search(r"^  binance\s+HEALTHY", out, re.MULTILINE), out
         assert re.search(r"^  deribit\s+HEALTHY", out, re.MULTILINE), out
         assert "daemon:   running" in out
+        # HEALTHY: the grid lays its paper orders through the executor and the ledger.
+        async with asyncio.timeout(60):
+            await _wait_for_grid_orders(dsn)
+        code, out = await _cli(config, "orders", "--open")
+        assert code == 0, out
+        assert "grid" in out and "ETHUSDT" in out, out
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGINT)

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from loguru import logger
 
-from tradingd.config import Config, load_config
+from tradingd.config import load_config
 from tradingd.logs import configure_logging
 from tradingd.secrets import secret_store
 from tradingd.state import StateUnavailable, read_state
@@ -123,16 +123,29 @@ def demo_document(
             }
         },
     }
-    if "strategies" in Config.__struct_fields__:
-        document["strategies"] = [
-            {
-                "name": "trend",
-                "strategy": "sma_cross",
-                "exchange": "binance",
-                "symbols": [BINANCE_SYMBOLS[0]],
+    # Sized for the fakes' prices (ETH about 3,000 USDT: a grid order of 0.01 ETH clears
+    # Binance's 5 USDT minimum notional) and their small moves (levels 0.05 % apart).
+    document["strategies"] = [
+        {
+            "name": "trend",
+            "strategy": "sma_cross",
+            "exchange": "binance",
+            "symbols": [BINANCE_SYMBOLS[0]],
+            "params": {"fast": 3, "slow": 8, "risk_pct": "5"},
+        },
+        {
+            "name": "grid",
+            "strategy": "grid",
+            "exchange": "binance",
+            "symbols": ["ETHUSDT"],
+            "params": {
+                "levels": 4,
+                "spacing": "0.0005",
+                "order_size": "0.01",
+                "max_inventory": "0.1",
             },
-            {"name": "grid", "strategy": "grid", "exchange": "binance", "symbols": ["ETHUSDT"]},
-        ]
+        },
+    ]
     return document
 
 
