@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import asyncpg
 from loguru import logger
@@ -161,6 +161,14 @@ class PaperVenue:
         assert touch is not None
         slip = touch * self._config.slippage
         price = touch + slip if request.side is Side.BUY else touch - slip
+        # A venue fills on its price grid: the slipped price moves to the tick against us.
+        tick = info.rules.tick_size
+        steps = price / tick
+        price = (
+            steps.to_integral_value(ROUND_CEILING)
+            if request.side is Side.BUY
+            else steps.to_integral_value(ROUND_FLOOR)
+        ) * tick
         if request.price is not None and request.type is OrderType.LIMIT:
             price = (
                 min(price, request.price) if request.side is Side.BUY else max(price, request.price)
