@@ -221,8 +221,9 @@ def my_trades(
     return _signed("GET", "/api/v3/myTrades", params, credentials, clock, WEIGHT_MY_TRADES)
 
 
-def user_stream_subscribe(request_id: str, credentials: Credentials, timestamp_ms: int) -> bytes:
-    """The WebSocket API request ``userDataStream.subscribe.signature`` (any key type)."""
+def user_stream_subscribe(request_id: str, credentials: Credentials, timestamp_ms: int) -> str:
+    """The WebSocket API request ``userDataStream.subscribe.signature`` (any key type), as the
+    text of a text frame (the WebSocket API reads text frames only)."""
     params: dict[str, Param] = {"apiKey": credentials.api_key, "timestamp": timestamp_ms}
     signature = ws_api_signature(params, credentials.secret)
     body = {
@@ -234,4 +235,4 @@ def user_stream_subscribe(request_id: str, credentials: Credentials, timestamp_m
             "signature": signature,
         },
     }
-    return msgspec.json.encode(body)
+    return msgspec.json.encode(body).decode()
