@@ -249,6 +249,8 @@ class FakeBinanceTrading:
         return sum(len(s.subscriptions) for s in self._sessions)
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; re-checked whenever an order is accepted or a
+        user-stream connection or subscription changes."""
         async with self._changed:
             await self._changed.wait_for(predicate)
 
@@ -430,6 +432,7 @@ class FakeBinanceTrading:
         order = self._accept(params, account)
         headers = self._count_order(account)
         self._match_taker(order)
+        await self._notify()
         if faults.drop_response_after_match:
             faults.drop_response_after_match -= 1
             self.faults_injected["drop_response_after_match"] += 1
