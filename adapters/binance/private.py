@@ -71,6 +71,7 @@ class BinancePrivateClient:
         request_timeout: float,
         recv_window_ms: int = trading.DEFAULT_RECV_WINDOW_MS,
         clock_resends: int = 2,
+        deadline_margin_ms: int = trading.DEADLINE_MARGIN_MS,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -80,6 +81,7 @@ class BinancePrivateClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self.recv_window_ms = recv_window_ms
         self.clock_resends = clock_resends
+        self.deadline_margin_ms = deadline_margin_ms
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         self.clock_offset_ms = 0
@@ -94,7 +96,11 @@ class BinancePrivateClient:
         return int(self._wall_clock() * 1000) + self.clock_offset_ms
 
     def signing_clock(self) -> trading.Clock:
-        return trading.Clock(timestamp_ms=self.venue_now_ms(), recv_window_ms=self.recv_window_ms)
+        return trading.Clock(
+            timestamp_ms=self.venue_now_ms(),
+            recv_window_ms=self.recv_window_ms,
+            deadline_margin_ms=self.deadline_margin_ms,
+        )
 
     async def sync_clock(self) -> int:
         """Measure the offset to the venue's clock (half the round trip counts as transit)."""

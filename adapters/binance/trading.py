@@ -75,6 +75,7 @@ class Clock(msgspec.Struct, frozen=True, kw_only=True):
 
     timestamp_ms: int
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
+    deadline_margin_ms: int = DEADLINE_MARGIN_MS
 
     def __post_init__(self) -> None:
         if not 0 < self.recv_window_ms <= MAX_RECV_WINDOW_MS:
@@ -83,7 +84,7 @@ class Clock(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def deadline_ms(self) -> int:
         """After this venue time the venue cannot act on the request any more."""
-        return self.timestamp_ms + self.recv_window_ms + DEADLINE_MARGIN_MS
+        return self.timestamp_ms + self.recv_window_ms + self.deadline_margin_ms
 
 
 def check_client_order_id(client_order_id: str) -> str:
