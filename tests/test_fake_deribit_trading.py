@@ -210,9 +210,9 @@ async def test_refusals_classify_as_the_table_says(venue, client) -> None:
 async def test_faults(venue, client) -> None:
     venue.faults.timed_out = 1
     assert (await failure(client.call(buy(venue, "f-1")))).code == 13888
-    venue.faults.maintenance = True
+    venue.faults.maintenance = 1
     assert (await failure(client.call(buy(venue, "f-1")))).verdict is Verdict.MAINTENANCE
-    venue.faults.maintenance = False
+    venue.faults.maintenance = 0
     venue.faults.error_before_match = 1
     assert (await failure(client.call(buy(venue, "f-1")))).verdict is Verdict.UNKNOWN
     assert venue.orders == []

@@ -7,7 +7,9 @@ the owner catches up by query), sets the venue heartbeat, subscribes to ``user.o
 ``user.trades`` and ``user.portfolio`` of each currency, and refreshes the token before it
 expires. Every call answers the parsed value or a ``Classified`` failure; a timeout or a
 dropped connection is UNKNOWN and nothing is ever resent here. The session's two tasks (the
-reader and the token refresher) belong to ``open``'s context: they end with it.
+reader and the token refresher) belong to ``open``'s context: they end with it. ``open``
+raises ``RateLimited`` when the venue refused the set-up for credits (10028): reconnect only
+after its ``retry_after``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from typing import Final, TypeVar
 import aiohttp
 import msgspec
 
-from tradingd.adapters.base import ParseError
+from tradingd.adapters.base import ParseError, RateLimited
 from tradingd.adapters.deribit import trading
-from tradingd.adapters.trading import Classified, transport_failure
+from tradingd.adapters.trading import Classified, Verdict, transport_failure
 
 T = TypeVar("T")
 MIN_HEARTBEAT: Final = 10
@@ -122,6 +124,10 @@ class DeribitPrivateSession:
             lambda i: trading.auth_client_credentials(i, client_id, client_secret)
         )
         if isinstance(result, Classified):
+            if result.verdict is Verdict.RATE_LIMITED:
+                # The venue ends the session on 10028: reconnecting at once only drains the
+                # credits again. The owner waits ``retry_after`` first.
+                raise RateLimited(f"Deribit auth: {result.reason}", result.retry_after or 1.0)
             raise ConnectionError(f"Deribit auth failed: {result.reason}")
         self.token = trading.parse_auth(result, self._now_us())
         for build in (
@@ -135,6 +141,8 @@ class DeribitPrivateSession:
         ):
             answer = await self._call_raw(build)
             if isinstance(answer, Classified):
+                if answer.verdict is Verdict.RATE_LIMITED:
+                    raise RateLimited(f"Deribit set-up: {answer.reason}", answer.retry_after or 1.0)
                 raise ConnectionError(f"Deribit session set-up failed: {answer.reason}")
 
     async def _refresh(self) -> None:

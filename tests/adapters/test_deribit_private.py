@@ -93,9 +93,8 @@ async def test_failures_and_their_verdicts(venue, http) -> None:
         venue.faults.timed_out = 1
         timed_out = await buy(s, venue, "f-1")
         assert timed_out.failure is not None and timed_out.failure.code == 13888
-        venue.faults.maintenance = True
+        venue.faults.maintenance = 1
         assert (await buy(s, venue, "f-2")).failure.verdict is Verdict.MAINTENANCE  # type: ignore[union-attr]
-        venue.faults.maintenance = False
         venue.place_foreign_order(venue.accounts[CLIENT_ID], "twice", BTC)
         venue.place_foreign_order(venue.accounts[CLIENT_ID], "twice", BTC)
         fault = await s.order_by_label("BTC", "twice")

@@ -110,7 +110,7 @@ class DeribitFaults:
     error_before_match: int = 0  # 10001 "error" before anything is matched
     timed_out: int = 0  # 13888 without processing (as if valid_until had passed)
     rate_limited: int = 0  # 10028, and the venue ends the session
-    maintenance: bool = False  # 11051 for every order
+    maintenance: int = 0  # 11051 for the next orders (a maintenance window of N requests)
     delay: float = 0.0  # seconds an order waits before the engine takes it
     duplicate_events: bool = False  # every user notification sent twice
     disconnect_user_stream_after: int | None = None  # then every private connection is cut
@@ -282,6 +282,7 @@ class FakeDeribitTrading:
             await asyncio.sleep(faults.delay)  # the venue's latency, simulated
         for name, error in (
             ("rate_limited", TOO_MANY_REQUESTS),
+            ("maintenance", SYSTEM_MAINTENANCE),
             ("timed_out", TIMED_OUT),
             ("error_before_match", ERROR),
         ):
@@ -289,9 +290,6 @@ class FakeDeribitTrading:
                 setattr(faults, name, getattr(faults, name) - 1)
                 self.faults_injected[name] += 1
                 raise RpcFailure(error)
-        if faults.maintenance:
-            self.faults_injected["maintenance"] += 1
-            raise RpcFailure(SYSTEM_MAINTENANCE)
         valid_until = params.get("valid_until")
         if isinstance(valid_until, int) and valid_until < self.fake.now_ms():
             raise RpcFailure(TIMED_OUT)
