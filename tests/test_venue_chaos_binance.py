@@ -104,7 +104,7 @@ async def intent(
         if (
             queried.failure is not None
             and queried.failure.verdict is Verdict.NOT_FOUND
-            and client.venue_now_ms() > answer.deadline_ms
+            and client.expired(answer)
         ):
             outcomes[cid] = "NEVER_PLACED"
             break

@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Final, TypeVar
-from urllib.parse import parse_qsl
 
 import aiohttp
 import msgspec
@@ -45,20 +44,29 @@ from tradingd.adapters.binance.execution_parsing import (
     parse_user_frame,
 )
 from tradingd.adapters.binance.parsing import TimeUnit, parse_rest_error, parse_server_time_us
-from tradingd.adapters.binance.signing import Param, signed_query
 from tradingd.adapters.trading import Classified, Verdict, transport_failure
 
 T = TypeVar("T")
 TIME_UNIT: Final[TimeUnit] = "MILLISECOND"
+# The venue accepts a timestamp up to this far ahead of its own clock (the -1021 rule).
+AHEAD_ACCEPTED_MS: Final = 1000
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
-    """One order call's outcome: ``order`` with a 200, else ``failure``. ``deadline_ms`` is
-    the venue time after which the venue can no longer act on the request."""
+    """One order call's outcome: ``order`` with a 200, else ``failure``.
+
+    ``expires_at`` (this client's ``monotonic`` clock) is when the venue can no longer act on
+    the request: its recvWindow, plus the 1 s the venue accepts a timestamp ahead of its clock,
+    plus the margin, counted from the moment the last request was sent. A monotonic clock,
+    because an estimate of the venue's time jumps whenever the offset is measured again
+    (an NTP step here, a resync after -1021): comparing a deadline in venue time across such a
+    jump declared an order never placed while it was live. ``deadline_ms`` is the same bound
+    in venue time, for logs."""
 
     order: Order | None = None
     failure: Classified | None = None
     deadline_ms: int = 0
+    expires_at: float = 0.0
 
 
 class BinancePrivateClient:
@@ -172,21 +180,31 @@ class BinancePrivateClient:
     # --- transport --------------------------------------------------------------------------
 
     async def _order_call(self, build: Callable[[trading.Clock], trading.SignedRequest]) -> Answer:
-        clock = self.signing_clock()
-        _, body, failure = await self._send(build(clock))
+        body, failure, clock, sent_at = await self._send(build)
+        # The deadline is the LAST request's: after a -1021 resend, the resent request (a later
+        # timestamp, a new clock offset) is the one the venue may still act on.
+        expires_at = (
+            sent_at + (clock.recv_window_ms + AHEAD_ACCEPTED_MS + clock.deadline_margin_ms) / 1000
+        )
         if failure is None:
             try:
-                return Answer(order=parse_order(body, TIME_UNIT), deadline_ms=clock.deadline_ms)
+                order = parse_order(body, TIME_UNIT)
+                return Answer(order=order, deadline_ms=clock.deadline_ms, expires_at=expires_at)
             except ParseError as exc:
                 failure = transport_failure(f"undecodable answer: {exc}")
-        return Answer(failure=failure, deadline_ms=clock.deadline_ms)
+        return Answer(failure=failure, deadline_ms=clock.deadline_ms, expires_at=expires_at)
+
+    def expired(self, answer: Answer) -> bool:
+        """The venue can no longer act on the request behind ``answer``: if it is absent now,
+        it was never placed."""
+        return self._monotonic() > answer.expires_at
 
     async def _list_call(
         self,
         build: Callable[[trading.Clock], trading.SignedRequest],
         parse: Callable[[bytes], T],
     ) -> T | Classified:
-        _, body, failure = await self._send(build(self.signing_clock()))
+        body, failure, _, _ = await self._send(build)
         if failure is not None:
             return failure
         try:
@@ -195,14 +213,38 @@ class BinancePrivateClient:
             return transport_failure(f"undecodable answer: {exc}")
 
     async def _send(
-        self, request: trading.SignedRequest, _resends: int = 0
-    ) -> tuple[int, bytes, Classified | None]:
+        self, build: Callable[[trading.Clock], trading.SignedRequest]
+    ) -> tuple[bytes, Classified | None, trading.Clock, float]:
+        """Send, resending after ``-1021`` (same parameters, a fresh timestamp and signature)
+        at most ``clock_resends`` times. The clock of the last request sent, and when it was
+        sent (``monotonic``), come back too."""
+        resends = 0
+        while True:
+            clock = self.signing_clock()
+            request = build(clock)
+            sent_at = self._monotonic()
+            body, classified = await self._send_once(request)
+            if (
+                classified is None
+                or classified.verdict is not Verdict.RESEND_AFTER_CLOCK_SYNC
+                or resends >= self.clock_resends
+            ):
+                return body, classified, clock, sent_at
+            # The gateway refused it unread: same request, same client id, fresh timestamp.
+            try:
+                await self.sync_clock()
+            except (aiohttp.ClientError, TimeoutError, ParseError):
+                return body, classified, clock, sent_at
+            self.clock_resyncs += 1
+            resends += 1
+
+    async def _send_once(self, request: trading.SignedRequest) -> tuple[bytes, Classified | None]:
         if self.locked_reason is not None:
-            return 0, b"", Classified(verdict=Verdict.BANNED, reason=self.locked_reason)
+            return b"", Classified(verdict=Verdict.BANNED, reason=self.locked_reason)
         wait = self._not_before - self._monotonic()
         if wait > 0:
             reason = f"rate limited: nothing sent for {wait:.1f} s more"
-            return 0, b"", Classified(verdict=Verdict.RATE_LIMITED, reason=reason, retry_after=wait)
+            return b"", Classified(verdict=Verdict.RATE_LIMITED, reason=reason, retry_after=wait)
         url = f"{self._base}{request.target}"
         try:
             async with self._http.request(
@@ -211,15 +253,12 @@ class BinancePrivateClient:
                 status, body = response.status, await response.read()
                 headers = dict(response.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return (
-                0,
-                b"",
-                transport_failure(f"{request.method} {request.path}: {type(exc).__name__}: {exc}"),
-            )
+            what = f"{request.method} {request.path}: {type(exc).__name__}: {exc}"
+            return b"", transport_failure(what)
         if counts := order_counts(headers):
             self.order_counts = counts
         if status == 200:
-            return status, body, None
+            return body, None
         error = parse_rest_error(body)
         classified = classify_error(
             status,
@@ -231,32 +270,7 @@ class BinancePrivateClient:
             self._not_before = self._monotonic() + classified.retry_after
         elif classified.verdict in (Verdict.BANNED, Verdict.AUTH_FAILED):
             self.locked_reason = f"{request.method} {request.path}: {classified.reason}"
-        elif (
-            classified.verdict is Verdict.RESEND_AFTER_CLOCK_SYNC and _resends < self.clock_resends
-        ):
-            # The gateway refused it unread: same request, same client id, fresh timestamp.
-            try:
-                await self.sync_clock()
-            except (aiohttp.ClientError, TimeoutError, ParseError):
-                return status, body, classified
-            self.clock_resyncs += 1
-            return await self._send(_resigned(request, self), _resends + 1)
-        return status, body, classified
-
-
-def _resigned(
-    request: trading.SignedRequest, client: BinancePrivateClient
-) -> trading.SignedRequest:
-    """``request`` with a fresh timestamp and signature, every other parameter unchanged."""
-    pairs = [
-        (k, v) for k, v in parse_qsl(request.query, keep_blank_values=True)
-        if k not in ("signature", "timestamp", "recvWindow")
-    ]  # fmt: skip
-    clock = client.signing_clock()
-    params: list[tuple[str, Param]] = [
-        *pairs, ("recvWindow", clock.recv_window_ms), ("timestamp", clock.timestamp_ms)
-    ]  # fmt: skip
-    return msgspec.structs.replace(request, query=signed_query(params, client.credentials.secret))
+        return body, classified
 
 
 class UserStream:

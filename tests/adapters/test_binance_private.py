@@ -135,3 +135,19 @@ async def test_user_stream_events_and_catch_up_after_a_disconnect(venue, client)
         by_order = {t.order_id for t in trades}
         assert {o.order_id for o in venue.orders} == by_order  # the catch-up sees both
         await stream.close()
+
+
+async def test_a_clock_resync_does_not_expire_an_unknown_order_early(venue, client) -> None:
+    """Regression (found by the venue chaos test): the deadline was compared in venue time,
+    which jumps when the offset is measured again; an order live on the venue was declared
+    never placed. It is now counted on the monotonic clock from the moment of sending."""
+    venue.fake.clock_offset_ms = -30_000
+    await client.sync_clock()
+    venue.faults.timeout_after_match = 1
+    answer = await buy(client, "jump-1")
+    assert answer.failure is not None and answer.failure.verdict is Verdict.UNKNOWN
+    venue.fake.clock_offset_ms = 2500  # the next request meets -1021 and resynchronises
+    assert (await buy(client, "jump-2")).order is not None and client.clock_resyncs == 1
+    assert client.venue_now_ms() > answer.deadline_ms  # in venue time it looks expired...
+    assert not client.expired(answer)  # ...but the venue could still act on it
+    assert venue.order_by_client_id("jump-1") is not None

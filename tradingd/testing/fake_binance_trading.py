@@ -192,6 +192,8 @@ class FakeBinanceTrading:
         self.orders: list[VenueOrder] = []
         self.trades: list[AccountTrade] = []
         self.faults_injected: collections.Counter[str] = collections.Counter()
+        # Every private REST request answered: (method, path, client order id, HTTP status).
+        self.journal: list[tuple[str, str, str, int]] = []
         self._next_order_id = 1_000_001
         self._next_trade_id: dict[str, int] = {}
         self._sessions: set[_Session] = set()
@@ -267,6 +269,12 @@ class FakeBinanceTrading:
         return self.fake.now_us() // 1000
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        response = await self._answer(request)
+        client_id = request.query.get("newClientOrderId") or request.query.get("origClientOrderId")
+        self.journal.append((request.method, request.path, client_id or "", response.status))
+        return response
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         factor = 1000 if request.headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND" else 1
         injected = self.fake.take_injected_error()
         if injected is not None:
