@@ -82,7 +82,7 @@ async def intent(holder: Holder, venue, label: str, rng: random.Random, outcomes
     direction: t.Direction = "buy" if rng.random() < 0.5 else "sell"
     while True:
         session = await holder.get()
-        valid_until = venue.fake.now_ms() + VALID_FOR_MS
+        valid_until = session.venue_now_ms() + VALID_FOR_MS
         answer = await session.place(
             direction=direction, instrument_name=BTC, amount=Decimal(10 * rng.randint(1, 5)),
             label=label, valid_until_ms=valid_until, order_type="market",
@@ -109,7 +109,7 @@ async def intent(holder: Holder, venue, label: str, rng: random.Random, outcomes
         if isinstance(found, t.Order):
             outcomes[label] = "RESOLVED_BY_QUERY"
             break
-        if found is None and venue.fake.now_ms() > answer.deadline_ms:
+        if found is None and session.expired(answer):
             outcomes[label] = "NEVER_PLACED"
             break
         with contextlib.suppress(TimeoutError):

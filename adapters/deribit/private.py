@@ -28,10 +28,14 @@ import msgspec
 
 from tradingd.adapters.base import ParseError, RateLimited
 from tradingd.adapters.deribit import trading
+from tradingd.adapters.deribit.parsing import parse_server_time_us
 from tradingd.adapters.trading import Classified, Verdict, transport_failure
 
 T = TypeVar("T")
 MIN_HEARTBEAT: Final = 10
+# Added to ``valid_until`` on the monotonic clock: the error of the measured clock offset
+# (half a round trip) and the engine's own latency are well below it.
+VALID_UNTIL_MARGIN: Final = 1.0
 
 
 class _Params(msgspec.Struct):
@@ -58,12 +62,16 @@ _DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDe
 
 
 class PlaceAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    """``placed`` when the venue answered with the order, else ``failure``; ``deadline_ms``
-    is the ``valid_until`` sent: past it the engine can no longer take the order."""
+    """``placed`` when the venue answered with the order, else ``failure``. ``deadline_ms``
+    is the ``valid_until`` sent (venue time): past it the engine can no longer take the order.
+    ``expires_at`` is the same bound on this session's monotonic clock (plus a margin for the
+    error of the clock offset), which a re-measured offset cannot move: test absence against
+    it (``DeribitPrivateSession.expired``)."""
 
     placed: trading.PlaceResult | None = None
     failure: Classified | None = None
     deadline_ms: int
+    expires_at: float = 0.0
 
 
 class DeribitPrivateSession:
@@ -83,6 +91,8 @@ class DeribitPrivateSession:
         self.token: trading.Token | None = None
         self.refreshes = 0
         self.refreshed = asyncio.Event()  # set at every token refresh
+        self.clock_offset_ms = 0
+        self._monotonic = time.monotonic
         self.closed = asyncio.Event()
         self.close_reason = ""
 
@@ -130,6 +140,12 @@ class DeribitPrivateSession:
                 raise RateLimited(f"Deribit auth: {result.reason}", result.retry_after or 1.0)
             raise ConnectionError(f"Deribit auth failed: {result.reason}")
         self.token = trading.parse_auth(result, self._now_us())
+        before = self._wall_clock()
+        server = await self._call_raw(lambda i: trading.rpc(i, "public/get_time", {}))
+        if isinstance(server, Classified):
+            raise ConnectionError(f"Deribit get_time failed: {server.reason}")
+        middle_ms = int((before + self._wall_clock()) / 2 * 1000)
+        self.clock_offset_ms = parse_server_time_us(server) // 1000 - middle_ms
         for build in (
             trading.enable_cancel_on_disconnect,
             lambda i: trading.rpc(
@@ -258,10 +274,22 @@ class DeribitPrivateSession:
                 time_in_force=time_in_force, post_only=post_only, reduce_only=reduce_only,
             )  # fmt: skip
 
+        sent_at = self._monotonic()
+        remaining_s = max(0, valid_until_ms - self.venue_now_ms()) / 1000
+        expires_at = sent_at + remaining_s + VALID_UNTIL_MARGIN
         result = await self._call(build, trading.parse_place)
         if isinstance(result, Classified):
-            return PlaceAnswer(failure=result, deadline_ms=valid_until_ms)
-        return PlaceAnswer(placed=result, deadline_ms=valid_until_ms)
+            return PlaceAnswer(failure=result, deadline_ms=valid_until_ms, expires_at=expires_at)
+        return PlaceAnswer(placed=result, deadline_ms=valid_until_ms, expires_at=expires_at)
+
+    def expired(self, answer: PlaceAnswer) -> bool:
+        """The venue can no longer take the order behind ``answer``: absent now means never
+        placed."""
+        return self._monotonic() > answer.expires_at
+
+    def venue_now_ms(self) -> int:
+        """The venue's time as this session estimates it (``public/get_time`` at start)."""
+        return int(self._wall_clock() * 1000) + self.clock_offset_ms
 
     async def cancel(self, order_id: str) -> trading.Order | Classified:
         return await self._call(lambda i: trading.cancel(i, order_id), trading.parse_order)

@@ -4,6 +4,7 @@ the user channels, label look-ups, token refresh, and every failure's verdict.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -140,3 +141,18 @@ async def test_bad_credentials_fail_to_open(venue, http) -> None:
             http, venue.fake.ws_url, CLIENT_ID, "wrong", currencies=["BTC"], request_timeout=2
         ):
             pass
+
+
+async def test_the_venue_clock_and_the_expiry_of_valid_until(venue, http) -> None:
+    venue.fake.clock_offset_ms = 7_000
+    async with session(venue, http) as s:
+        assert abs(s.venue_now_ms() - venue.fake.now_ms()) < 500
+        valid_until = s.venue_now_ms() + 300
+        venue.faults.error_before_match = 1
+        answer = await s.place(
+            direction="buy", instrument_name=BTC, amount=Decimal(10), label="exp-1",
+            valid_until_ms=valid_until, order_type="market",
+        )  # fmt: skip
+        assert answer.failure is not None and answer.failure.verdict is Verdict.UNKNOWN
+        assert not s.expired(answer)  # valid_until, plus the margin, is still ahead
+        assert answer.expires_at - time.monotonic() > 1.0
