@@ -153,6 +153,17 @@ class _Connection:
         self.wakeup.set()
 
 
+@dataclass(frozen=True)
+class SymbolRules:
+    base: str
+    quote: str
+    tick: Decimal
+    step: Decimal
+    min_notional: Decimal
+    bid: Decimal
+    ask: Decimal
+
+
 class _RequestProblem(Exception):
     def __init__(self, status: int, code: int, message: str) -> None:
         super().__init__(message)
@@ -204,6 +215,10 @@ class FakeBinance:
         self._banned_until = 0.0
         self._injected_errors: collections.deque[tuple[int, float | None]] = collections.deque()
         self.http_delay = 0.0
+        # Extensions (the trading side, ``fake_binance_trading``): routes added at start, and
+        # listeners told of every trade appended to a tape.
+        self.route_installers: list[Callable[[web.Application], None]] = []
+        self.tape_listeners: list[Callable[[str, list[dict[str, object]]], None]] = []
         for name, details in _DEFAULT_SYMBOLS:
             self._add_symbol(name, **details)
         self.instruments = ["BTCUSDT", "ETHUSDT"]
@@ -217,6 +232,8 @@ class FakeBinance:
         app.router.add_get("/ws/{tail:.*}", self._handle_raw)
         for path in _ENDPOINT_WEIGHT:
             app.router.add_get(path, self._handle_rest)
+        for install in self.route_installers:
+            install(app)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -307,6 +324,8 @@ class FakeBinance:
         symbol.price_units = units
         if deliver and trades:
             self._deliver(stream, trades, ("E", "T"))
+        for listener in self.tape_listeners:
+            listener(instrument, trades)
         return trades
 
     def tape(self, instrument: str) -> list[dict[str, object]]:
@@ -419,6 +438,28 @@ class FakeBinance:
         """The next ``count`` REST requests answer ``status`` (with ``Retry-After`` if given)."""
         for _ in range(count):
             self._injected_errors.append((status, retry_after))
+
+    def take_injected_error(self) -> tuple[int, float | None] | None:
+        """The next injected HTTP error (status, Retry-After), consumed; None if none."""
+        return self._injected_errors.popleft() if self._injected_errors else None
+
+    def symbol_rules(self, instrument: str) -> SymbolRules:
+        """What the trading side needs of a symbol: assets, tick and step, top of book."""
+        symbol = self._symbols[instrument]
+        tick = Decimal(1).scaleb(-symbol.price_decimals)
+        return SymbolRules(
+            base=symbol.base,
+            quote=symbol.quote,
+            tick=tick,
+            step=Decimal(1).scaleb(-symbol.quantity_decimals),
+            min_notional=Decimal(symbol.min_notional),
+            bid=Decimal(max(1, symbol.price_units - 1)) * tick,
+            ask=Decimal(symbol.price_units) * tick,
+        )
+
+    def now_us(self) -> int:
+        """The venue's clock (µs): real time plus ``clock_offset_ms``."""
+        return self._now_us()
 
     # --- internals: market streams ---------------------------------------------------------
 

@@ -16,6 +16,7 @@ import calendar
 import collections
 import contextlib
 import datetime as dt
+import inspect
 import itertools
 import json
 import random
@@ -346,6 +347,19 @@ class _Connection:
 
 
 _Method = Callable[[dict[str, Any], _Connection | None], object]
+# One WebSocket connection, as extensions see it (``send``, ``channels``, ``request``).
+Connection = _Connection
+RpcFailure = _RpcFailure
+
+
+@dataclass(frozen=True)
+class InstrumentBook:
+    currency: str
+    tick: Decimal
+    min_amount: Decimal
+    inverse: bool
+    bid: Decimal
+    ask: Decimal
 
 
 class FakeDeribit:
@@ -376,6 +390,12 @@ class FakeDeribit:
         self._trade_ids: dict[str, itertools.count[int]] = {}
         self._instrument_ids = itertools.count(124_972)
         self._method_table = self._methods()
+        # Extensions (the trading side, ``fake_deribit_trading``): methods served before the
+        # built-in ones (a handler may be a coroutine function), listeners told of every trade
+        # appended to a tape and of every WebSocket connection that ends.
+        self.extra_methods: dict[str, _Method] = {}
+        self.tape_listeners: list[Callable[[str, list[dict[str, object]]], None]] = []
+        self.disconnect_listeners: list[Callable[[Connection], None]] = []
         self._today = dt.datetime.now(dt.UTC).date()
         expiry = _expiry_name(_next_quarterly(self._today))
         for name in ("BTC-PERPETUAL", "ETH-PERPETUAL", f"BTC-{expiry}", f"BTC-{expiry}-60000-C"):
@@ -449,6 +469,8 @@ class FakeDeribit:
         state = self._instrument(instrument)
         now_ms = self._now_ms()
         trades = [self._next_trade(state, now_ms) for _ in range(count)]
+        for listener in self.tape_listeners:
+            listener(instrument, trades)
         if deliver and trades:
             step = max(1, self.trades_per_frame)
             for start in range(0, len(trades), step):
@@ -701,6 +723,28 @@ class FakeDeribit:
                         )
                     connection.send(frame)
 
+    def now_ms(self) -> int:
+        """The venue's clock (ms): real time plus ``clock_offset_ms``."""
+        return self._now_ms()
+
+    def next_trade_id(self, currency: str) -> str:
+        """A fresh trade id of the venue's per-currency sequence."""
+        return self._trade_id(currency)
+
+    def book(self, instrument: str) -> InstrumentBook:
+        """What the trading side needs of an instrument: its top of book and sizes."""
+        state = self._instrument(instrument)
+        price = state.last_price or state.price
+        tick = state.tick_size
+        return InstrumentBook(
+            currency=state.currency,
+            tick=tick,
+            min_amount=state.amount_step,
+            inverse=state.inverse,
+            bid=price - tick if price > tick else price,
+            ask=price,
+        )
+
     # -------------------------------------------------------------------------- JSON-RPC
 
     def _envelope(
@@ -733,6 +777,10 @@ class FakeDeribit:
     def _dispatch(
         self, method: str, params: dict[str, Any], connection: _Connection | None
     ) -> object:
+        extra = self.extra_methods.get(method)
+        if extra is not None:
+            self._charge(method)
+            return extra(params, connection)
         if not method.startswith("public/"):
             if method.startswith("private/"):
                 raise _RpcFailure(AUTHORIZATION_REQUIRED)
@@ -952,6 +1000,8 @@ class FakeDeribit:
                 if connection.heartbeat is not None:
                     connection.heartbeat.cancel()
                 self._connections.discard(connection)
+                for listener in self.disconnect_listeners:
+                    listener(connection)
                 await self._notify()
         return ws
 
@@ -993,6 +1043,8 @@ class FakeDeribit:
             connection.tested.set()
         try:
             result = self._dispatch(method, params, connection)
+            if inspect.isawaitable(result):
+                result = await result
         except _RpcFailure as failure:
             connection.send(self._envelope(request_id, received_us, error=failure))
             if failure.code == TOO_MANY_REQUESTS[0]:
@@ -1025,6 +1077,8 @@ class FakeDeribit:
             params = {key: _query_value(value) for key, value in request.query.items()}
         try:
             result = self._dispatch(method, params, None)
+            if inspect.isawaitable(result):
+                result = await result
         except _RpcFailure as failure:
             return self._http_error(request_id, received_us, failure)
         return web.Response(
