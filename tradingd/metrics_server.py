@@ -16,12 +16,15 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from tradingd.actors import pause
+from tradingd.backoff import backoff_delay
 from tradingd.exposition import DaemonCollector, Observed
 from tradingd.state import StateUnavailable, read_kill_switch
 from tradingd.supervisor import ActorContext, ActorStatus
 
 # A scrape must not wait on a slow Redis for long: the kill switch then counts as on.
 KILL_SWITCH_READ_TIMEOUT = 2.0
+LISTEN_BACKOFF_MAX = 60.0
 
 
 class Health(msgspec.Struct, frozen=True):
@@ -62,8 +65,7 @@ class MetricsServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._port)
-            await site.start()
+            await self._listen(ctx, runner)
             addresses = runner.addresses
             self.port = int(addresses[0][1]) if addresses else self._port
             ctx.log.info("serving /metrics and /health on {}:{}", self._host, self.port)
@@ -73,6 +75,26 @@ class MetricsServer:
         finally:
             self.port = None
             await runner.cleanup()
+
+    async def _listen(self, ctx: ActorContext, runner: web.AppRunner) -> None:
+        """Bind, retrying with capped backoff: a taken port costs the metrics, not the daemon
+        (an escalation would stop the trading for want of a listener)."""
+        attempt = 0
+        while True:
+            try:
+                await web.TCPSite(runner, self._host, self._port).start()
+                return
+            except OSError as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, 1.0, LISTEN_BACKOFF_MAX)
+                ctx.log.error(
+                    "metrics.listen {}:{}: cannot listen ({}); retrying in {:.0f} s",
+                    self._host,
+                    self._port,
+                    exc.strerror or exc,
+                    delay,
+                )
+                await pause(ctx, delay)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         self._collector.kill_switch = await self._kill_switch()
