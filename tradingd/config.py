@@ -553,6 +553,7 @@ _FRIENDLY_EXPECTATIONS = {
     "str matching regex '^wss?": "a ws:// or wss:// URL",
     "str matching regex '^https?": "an http:// or https:// URL",
     "str matching regex '^([A-Za-z0-9]": "a secret file name (letters, digits, _ . -)",
+    "str matching regex '^(|\\\\[?": 'HOST:PORT ("" to disable)',
 }
 
 

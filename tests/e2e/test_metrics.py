@@ -72,7 +72,8 @@ def sample(families: dict, name: str, **labels: str) -> float:
     values = [
         s.value
         for s in families[name].samples
-        if s.name in (name, f"{name}_total") and all(s.labels.get(k) == v for k, v in labels.items())
+        if s.name in (name, f"{name}_total")
+        and all(s.labels.get(k) == v for k, v in labels.items())
     ]
     assert len(values) == 1, (name, labels, families[name].samples)
     return float(values[0])
@@ -89,7 +90,11 @@ async def test_metrics_of_a_running_daemon_parse_with_every_family_and_type(
         exchanges={
             "binance": ExchangeEndpoint("binance", binance.ws_url, binance.rest_url, SYMBOLS),
             "deribit": ExchangeEndpoint(
-                "deribit", deribit.ws_url, deribit.rest_url, ["BTC-PERPETUAL"], {"currencies": ["BTC"]}
+                "deribit",
+                deribit.ws_url,
+                deribit.rest_url,
+                ["BTC-PERPETUAL"],
+                {"currencies": ["BTC"]},
             ),
         },
         sections={"metrics": {"listen": "127.0.0.1:0"}},
@@ -106,8 +111,21 @@ async def test_metrics_of_a_running_daemon_parse_with_every_family_and_type(
         binance.inject_raw(b'{"stream":"btcusdt@trade","data":{"e":"trade","p":"abc"}}')
         # Never bootstrapped, so not HEALTHY: the executor denies at the gate.
         denied = run_cli(
-            config, "order", "submit", "--exchange", "binance", "--symbol", "BTCUSDT",
-            "--side", "buy", "--type", "limit", "--qty", "0.001", "--price", "100",
+            config,
+            "order",
+            "submit",
+            "--exchange",
+            "binance",
+            "--symbol",
+            "BTCUSDT",
+            "--side",
+            "buy",
+            "--type",
+            "limit",
+            "--qty",
+            "0.001",
+            "--price",
+            "100",
         )
         assert denied.returncode == 1, denied.stdout + denied.stderr
 
