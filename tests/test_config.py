@@ -74,6 +74,8 @@ BROKEN_CONFIGS = [
         "exchanges.binance.api_key_secret: expected a secret file name",
     ),
     ("[exchanges.Binance-Spot]\n", "exchanges.Binance-Spot: expected an exchange name"),
+    ('[metrics]\nlisten = "9464"\n', 'metrics.listen: expected HOST:PORT ("" to disable)'),
+    ('[metrics]\nlisten = "localhost:70000"\n', "metrics.listen: expected HOST:PORT with a port"),
 ]
 
 

@@ -135,6 +135,19 @@ class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     telegram_api_url: HttpUrl = "https://api.telegram.org"
 
 
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # "host:port" of the /metrics and /health listener; empty disables it. Loopback by default:
+    # the exposition names instruments, balances and PnL.
+    listen: Annotated[str, Meta(pattern=r"^(|\[?[^\s\[\]]*\]?:[0-9]{1,5})$")] = "127.0.0.1:9464"
+
+    def address(self) -> tuple[str, int] | None:
+        """(host, port), or None when disabled; ``[::1]:9464`` for IPv6."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     ws_url: WsUrl
     rest_url: HttpUrl
@@ -211,6 +224,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     backfill: BackfillConfig = BackfillConfig()
     retention: RetentionConfig = RetentionConfig()
     alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     risk: RiskConfig = RiskConfig()
     paper: PaperConfig = PaperConfig()
     exchanges: dict[str, ExchangeConfig] = {}
@@ -394,6 +408,14 @@ def _check_strategies(config: Config, path: Path | str) -> None:
 
 
 def _check_semantics(config: Config, path: Path | str) -> None:
+    address = config.metrics.address()
+    if address is not None and (not address[0] or address[1] > 65535):
+        raise ConfigError(
+            path,
+            "metrics.listen",
+            f'expected HOST:PORT with a port up to 65535 (or "" to disable), '
+            f"found {config.metrics.listen!r}",
+        )
     if config.daemon.mode == "live":
         raise ConfigError(
             path,
@@ -531,6 +553,7 @@ _FRIENDLY_EXPECTATIONS = {
     "str matching regex '^wss?": "a ws:// or wss:// URL",
     "str matching regex '^https?": "an http:// or https:// URL",
     "str matching regex '^([A-Za-z0-9]": "a secret file name (letters, digits, _ . -)",
+    "str matching regex '^(|\\\\[?": 'HOST:PORT ("" to disable)',
 }
 
 

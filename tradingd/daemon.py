@@ -37,6 +37,7 @@ from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.wiring import build_executor, control_server, market_feed
 from tradingd.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from tradingd.logs import set_level
+from tradingd.metrics_server import MetricsServer
 from tradingd.model import Bar, Channel, DeadLetter, MarketEvent, Subscription, Ticker, Trade
 from tradingd.observer import StateChangeObserver
 from tradingd.queues import BoundedQueue, OverflowPolicy
@@ -107,6 +108,9 @@ class Daemon:
         self._instruments: dict[str, dict[str, InstrumentInfo]] = {}
         self.executors: dict[str, Executor] = {}
         self._exit_code = EX_OK
+        # True from READY=1 until the shutdown begins (the /health readiness).
+        self._serving = False
+        self.metrics_server: MetricsServer | None = None
 
     # -- signals --------------------------------------------------------------------------
 
@@ -348,6 +352,10 @@ class Daemon:
         specs.append(ActorSpec(Reconciler(self.states, self), RestartPolicy.PERMANENT))
         specs.append(ActorSpec(StateChangeObserver(self.storage.pool, cfg.daemon.status_interval)))
         specs.append(ActorSpec(control_server(self.executors, self.storage.redis)))
+        address = cfg.metrics.address()
+        if address is not None:
+            self.metrics_server = MetricsServer(*address, self, self.storage.redis)
+            specs.append(ActorSpec(self.metrics_server))
         self.supervisor.start_all(specs)
 
     # -- market data flow, as reconciliation sees it ----------------------------------------
@@ -362,6 +370,7 @@ class Daemon:
 
     async def _serve(self) -> int:
         cfg = self.config
+        self._serving = True
         self.notifier.ready(f"running: {len(self.supervisor.names())} actors")
         logger.success(
             "tradingd {} running (pid {}, {} mode): {}",
@@ -406,6 +415,17 @@ class Daemon:
 
     def healthy(self) -> bool:
         return self.supervisor.healthy()
+
+    # -- what the metrics read (tradingd.exposition.Observed) ------------------------------
+
+    def ready(self) -> bool:
+        return self._serving
+
+    def exchange_names(self) -> list[str]:
+        return list(self.config.enabled_exchanges())
+
+    def exchange_state(self, exchange: str) -> str | None:
+        return self.states.cached(exchange)[0] if self.states is not None else None
 
     def reload_config(self) -> None:
         self.notifier.reloading()
@@ -491,6 +511,7 @@ class Daemon:
     # -- shutdown -------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
+        self._serving = False
         timeout = self.config.daemon.stop_timeout
         self.notifier.stopping("stopping: draining queues")
         loop = asyncio.get_running_loop()

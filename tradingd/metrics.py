@@ -10,6 +10,8 @@ systematic sample of a large batch, weighted so that counts stay exact.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -138,6 +140,17 @@ class LatencyHistogram:
             if seen >= rank:
                 return max(self.min, min(self._upper_bound(index), self.max))
         return self.max
+
+    def cumulative(self, bounds: Sequence[int]) -> list[int]:
+        """How many values are at or below each of ``bounds`` (ascending), for an exposition
+        with fixed buckets. A log-linear bucket counts under the first bound at or above its
+        upper end, so a count may land one bound late (within the histogram's precision)."""
+        below = [0] * len(bounds)
+        for index, n in self._counts.items():
+            slot = bisect.bisect_left(bounds, self._upper_bound(index))
+            if slot < len(bounds):
+                below[slot] += n
+        return list(itertools.accumulate(below))
 
     @property
     def p50(self) -> int:

@@ -77,6 +77,9 @@ class ActorStatus(msgspec.Struct, frozen=True):
     restarts: int
     last_error: str
     seconds_since_checkin: float
+    # The longest it may go without checking in (None: no limit), and whether it is past it.
+    checkin_timeout: float | None = None
+    overdue: bool = False
 
 
 class SupervisorEscalation(Exception):
@@ -99,6 +102,14 @@ class _Child:
         self.last_error = ""
         self.failures: collections.deque[float] = collections.deque()
         self.stopping = False
+
+
+def _overdue(child: _Child, now: float) -> bool:
+    """A running actor that has not checked in within its timeout."""
+    timeout = child.spec.checkin_timeout
+    return (
+        timeout is not None and child.state == "running" and now - child.ctx.last_checkin > timeout
+    )
 
 
 class Supervisor:
@@ -232,17 +243,9 @@ class Supervisor:
         if self.escalation is not None:
             return False
         now = time.monotonic()
-        for child in self._children.values():
-            if child.state in ("failed",):
-                return False
-            timeout = child.spec.checkin_timeout
-            if (
-                timeout is not None
-                and child.state == "running"
-                and now - child.ctx.last_checkin > timeout
-            ):
-                return False
-        return True
+        return not any(
+            child.state == "failed" or _overdue(child, now) for child in self._children.values()
+        )
 
     def snapshot(self) -> list[ActorStatus]:
         now = time.monotonic()
@@ -254,6 +257,8 @@ class Supervisor:
                 restarts=c.restarts,
                 last_error=c.last_error,
                 seconds_since_checkin=round(now - c.ctx.last_checkin, 3),
+                checkin_timeout=c.spec.checkin_timeout,
+                overdue=_overdue(c, now),
             )
             for c in self._children.values()
         ]

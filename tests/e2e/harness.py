@@ -106,6 +106,8 @@ def write_config(
         "database": {"url": database_url},
         "redis": {"url": redis_url},
         "persister": {"flush_interval": 0.05},
+        # Off unless a test asks: daemons of parallel test runs must not share a port.
+        "metrics": {"listen": ""},
     }
     for name, values in (sections or {}).items():
         merged.setdefault(name, {}).update(values)

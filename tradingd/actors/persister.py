@@ -156,6 +156,7 @@ class Persister:
         self._redis_down = False
         self.flush_time = LatencyHistogram("persister.flush_us")
         self.commit_latency = LatencyHistogram("persister.frame_to_commit_us")
+        self.batch_rows = LatencyHistogram("persister.batch_rows")
         self.trades_offered = 0
         self.trades_written = 0
         self.bars_written = 0
@@ -375,6 +376,7 @@ class Persister:
         now_us = self._clock() // 1000
         record_latencies(self.commit_latency, now_us, segment)
         self.flush_time.record(int(elapsed * 1_000_000))
+        self.batch_rows.record(len(segment))
         self.batches += 1
         self.trades_offered += len(committed.trades)
         self.trades_written += committed.trades_inserted

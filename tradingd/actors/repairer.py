@@ -31,6 +31,7 @@ from tradingd.actors import RateLimiter, checked_in, pause
 from tradingd.actors.persister import DATA_ERRORS, TRANSIENT_ERRORS
 from tradingd.adapters.base import ExchangeAdapter, RangeUnavailable, RateLimited, VenueUnavailable
 from tradingd.backoff import backoff_delay
+from tradingd.metrics import LatencyHistogram
 from tradingd.model import Trade
 from tradingd.queues import BoundedQueue
 from tradingd.sequencing import STARTUP_SCAN, Gap, missing_ranges, subtract_ranges
@@ -111,6 +112,10 @@ class GapRepairer:
         self._started = False
         self._db_warnings = RateLimiter(WARNING_INTERVAL)
         self.stats = RepairStats()
+        # Detection to repair, microseconds, since start (exported to Prometheus); and the
+        # trades the repairs inserted (what the live stream had missed).
+        self.latency = LatencyHistogram("repairer.latency_us")
+        self.rows_inserted = 0
         # Set whenever nothing is pending (tests and the benchmark await it).
         self.idle = asyncio.Event()
 
@@ -397,6 +402,7 @@ class GapRepairer:
         stats.last_latency_s = latency
         stats.max_latency_s = max(stats.max_latency_s, latency)
         stats.latencies_s.append(latency)
+        self.latency.record(int(latency * 1_000_000))
         del stats.latencies_s[:-LATENCIES_KEPT]
         log.info(
             "gap {}..{} ({} trades, {}) repaired {:.3f} s after detection",
@@ -425,7 +431,9 @@ class GapRepairer:
 
     async def _insert(self, trades: list[Trade]) -> int:
         async with self._pool.acquire() as conn:
-            return await write_trades(conn, trades, partitions=self._partitions)
+            inserted = await write_trades(conn, trades, partitions=self._partitions)
+        self.rows_inserted += inserted
+        return inserted
 
     async def _missing(self, ctx: ActorContext, gap: Gap) -> list[tuple[int, int]]:
         args = (self.exchange, gap.instrument_name, gap.first_seq, gap.last_seq)

@@ -42,6 +42,7 @@ from tradingd.execution.desk import (
 from tradingd.execution.ledger import Fill, FillRow, Ledger, OrderRow, Transitioned
 from tradingd.execution.orders import LIVE_STATES, OrderState
 from tradingd.execution.venue import ExecutionClient, Outcome, PlaceRequest, VenueOrder
+from tradingd.metrics import LatencyHistogram
 from tradingd.model import Bar, MarketEvent, Ticker, Trade
 from tradingd.queues import BoundedQueue
 from tradingd.state import StateUnavailable, may_trade, read_kill_switch
@@ -98,6 +99,13 @@ class _Market(msgspec.Struct):
     best_bid: Decimal | None = None
     best_ask: Decimal | None = None
     updated_us: int = 0
+
+
+class AccountsView(msgspec.Struct, frozen=True, kw_only=True):
+    positions: list[tuple[str, str, Decimal]]  # (strategy, instrument, signed quantity) non-zero
+    balances: dict[str, Decimal]  # currency -> total
+    realised: dict[str, dict[str, Decimal]]  # strategy -> currency -> gross realised PnL
+    unrealised: dict[str, dict[str, Decimal]]  # strategy -> currency -> at the last trade
 
 
 class _Queued(msgspec.Struct, frozen=True):
@@ -169,6 +177,11 @@ class Executor:
         self._pause_events: deque[tuple[str, str]] = deque()
         self._recorded: dict[str, asyncio.Future[None]] = {}
         self.denials: Counter[str] = Counter()
+        # Since start, for the metrics: orders reaching each state, fills per instrument, and
+        # the venue's round trip of a place request (microseconds).
+        self.transitions: Counter[str] = Counter()
+        self.fills: Counter[str] = Counter()
+        self.place_latency = LatencyHistogram(f"executor.{exchange}.place_us")
         self.reconciled = asyncio.Event()
         # Set whenever no order is UNKNOWN and nothing is queued (tests and the bench await it).
         self.settled = asyncio.Event()
@@ -260,6 +273,29 @@ class Executor:
             unknown_orders=sum(1 for row in self._orders.values() if row.state is S.UNKNOWN),
             positions={name: str(qty) for name, qty in sorted(net.items()) if qty != 0},
             denials=dict(self.denials),
+        )
+
+    def orders_by_state(self) -> dict[str, int]:
+        """Non-terminal orders by state, now."""
+        return dict(Counter(row.state.value for row in self._orders.values()))
+
+    def accounts(self) -> AccountsView:
+        """Positions, balances and PnL as the fills say, marked at the last trade price."""
+        marks = {
+            name: market.last_price
+            for name, market in self._market.items()
+            if market.last_price is not None
+        }
+        strategies = self._book.strategies()
+        return AccountsView(
+            positions=[
+                (strategy, p.instrument, p.quantity)
+                for strategy, p in self._book.positions()
+                if p.quantity != 0
+            ],
+            balances={c: b.total for c, b in self.balance_views().items()},
+            realised={s: self._book.realised_pnl(s) for s in strategies},
+            unrealised={s: self._book.unrealised_pnl(marks, s) for s in strategies},
         )
 
     # -- strategies' side ------------------------------------------------------------------------
@@ -525,8 +561,10 @@ class Executor:
             reduce_only=intent.reduce_only,
             deadline_us=deadline_us,
         )
+        sent_ns = time.monotonic_ns()
         try:
             result = await self._venue.place(request)
+            self.place_latency.record((time.monotonic_ns() - sent_ns) // 1000)
         except Exception as exc:  # whatever went wrong, the order may exist: ask, never resend
             logger.opt(exception=exc).error("order {}: place failed", client_id)
             await self._move(client_id, S.UNKNOWN, "executor", reason=f"place failed: {exc!r}")
@@ -624,6 +662,7 @@ class Executor:
     def _note(self, moved: Transitioned) -> None:
         row = moved.order
         self.changed.set()
+        self.transitions[row.state.value] += 1
         if row.terminal:
             self._orders.pop(row.client_order_id, None)
         else:
@@ -634,6 +673,7 @@ class Executor:
             )
 
     def _on_fill(self, fill: FillRow) -> None:
+        self.fills[fill.instrument] += 1
         self._account_fill(fill)
         if self.host is not None and fill.strategy != MANUAL_STRATEGY:
             self.host.on_fill(fill.strategy, fill.view())
