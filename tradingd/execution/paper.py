@@ -26,7 +26,7 @@ import asyncpg
 from loguru import logger
 
 from tradingd.config import PaperConfig
-from tradingd.execution.ledger import Fill
+from tradingd.execution.records import Fill
 from tradingd.execution.orders import OrderState
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import (

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import msgspec
 
-from tradingd.execution.ledger import Fill
+from tradingd.execution.records import Fill
 from tradingd.execution.orders import OrderState
 from tradingd.model import Ticker, Trade
 from tradingd.strategies.api import OrderType, Side, TimeInForce
