@@ -40,8 +40,8 @@ from tradingd.execution.desk import (
     StrategyStatus,
 )
 from tradingd.execution.ledger import FillRow, Ledger, OrderRow, Transitioned
-from tradingd.execution.records import Fill
 from tradingd.execution.orders import LIVE_STATES, OrderState
+from tradingd.execution.records import Fill
 from tradingd.execution.venue import ExecutionClient, Outcome, PlaceRequest, VenueOrder
 from tradingd.model import Bar, MarketEvent, Ticker, Trade
 from tradingd.queues import BoundedQueue
