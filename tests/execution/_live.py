@@ -63,6 +63,12 @@ class LiveHarness:
     async def until_terminal(self, client_id: str) -> OrderRow:
         return await self.until(client_id, lambda row: row.state in TERMINAL_STATES)
 
+    async def until_terminal_or_open(self, client_id: str) -> OrderRow:
+        """Settled by the venue's word: final, or resting on its book."""
+        return await self.until(
+            client_id, lambda row: row.state in TERMINAL_STATES or row.state is OrderState.OPEN
+        )
+
 
 @asynccontextmanager
 async def live_executor(

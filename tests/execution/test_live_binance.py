@@ -4,6 +4,7 @@ order for one intent (dropped replies, -1007, 5xx)."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -165,3 +166,43 @@ async def test_outcomes_map_exactly(client: BinanceExecution, venue: FakeBinance
     finally:
         await client.close()
     assert venue.duplicate_client_ids() == {}
+
+
+async def test_stream_cut_mid_fills_and_duplicated_events_are_harmless(
+    live: LiveHarness, venue: FakeBinanceTrading, client: BinanceExecution
+) -> None:
+    venue.faults.duplicate_events = True
+    venue.faults.disconnect_user_stream_after = 1
+    first = await live.submit(MARKET_BUY)
+    await live.until_state(first, S.FILLED)
+    await venue.wait_for(lambda: venue.user_stream_count() == 1)
+    second = await live.submit(MARKET_BUY)
+    await live.until_state(second, S.FILLED)
+    assert client.stream_connections >= 2
+    assert venue.duplicate_client_ids() == {}
+    await fills_agree(live, venue)
+
+
+async def test_many_orders_under_random_faults_make_no_duplicate(
+    live: LiveHarness, venue: FakeBinanceTrading
+) -> None:
+    rng = random.Random(20261206)
+    faults = ["drop_response_after_match", "timeout_after_match", None, None, None]
+    for n in range(40):
+        fault = rng.choice(faults)
+        if fault is not None:
+            setattr(venue.faults, fault, 1)
+        if n in (10, 30):
+            venue.faults.server_error_before_match = 1
+        venue.faults.duplicate_events = rng.random() < 0.3
+        intent = MARKET_BUY if rng.random() < 0.6 else RESTING_BUY
+        await live.feed(ticker("59999.99", "60000.00", int(time.time() * 1_000_000)))
+        await live.until_terminal_or_open(await live.submit(intent))
+    assert venue.duplicate_client_ids() == {}
+    assert sum(venue.faults_injected.values()) >= 10
+    await fills_agree(live, venue)
+    for order in venue.orders:
+        row = await live.ledger.order(order.client_order_id)
+        assert row is not None and row.filled_quantity == order.executed
+    print(f"\nlive Binance: 40 intents, venue orders {len(venue.orders)}, "
+          f"faults {dict(venue.faults_injected)}, duplicates 0")  # fmt: skip

@@ -5,6 +5,7 @@ with two orders reported as a fault."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -162,3 +163,44 @@ async def test_outcomes_map_exactly(client: DeribitExecution, venue: FakeDeribit
         assert (await client.balances())["BTC"] == Decimal(100)
     finally:
         await client.close()
+
+
+async def test_channels_cut_and_duplicated_events_are_harmless(
+    live: LiveHarness, venue: FakeDeribitTrading, client: DeribitExecution
+) -> None:
+    venue.faults.duplicate_events = True
+    venue.faults.disconnect_user_stream_after = 1
+    first = await live.submit(MARKET_BUY)
+    await live.until_state(first, S.FILLED)
+    await live.feed(perp_ticker(venue))
+    second = await live.submit(MARKET_BUY)
+    await live.until_state(second, S.FILLED)
+    assert client.connections >= 2
+    assert venue.duplicate_labels() == {}
+    await fills_agree(live, venue)
+
+
+async def test_many_orders_under_random_faults_make_no_duplicate(
+    live: LiveHarness, venue: FakeDeribitTrading
+) -> None:
+    rng = random.Random(611)
+    for n in range(30):
+        roll = rng.random()
+        if roll < 0.2:
+            venue.faults.drop_response_after_match = 1
+        elif roll < 0.3:
+            venue.faults.timed_out = 1
+        if n == 15:
+            venue.faults.error_before_match = 1
+        venue.faults.duplicate_events = rng.random() < 0.3
+        intent = MARKET_BUY if rng.random() < 0.6 else RESTING_BUY
+        await live.feed(perp_ticker(venue))
+        await live.until_terminal_or_open(await live.submit(intent))
+    assert venue.duplicate_labels() == {}
+    assert sum(venue.faults_injected.values()) >= 5
+    await fills_agree(live, venue)
+    for order in venue.orders:
+        row = await live.ledger.order(order.label)
+        assert row is not None and row.filled_quantity == order.filled
+    print(f"\nlive Deribit: 30 intents, venue orders {len(venue.orders)}, "
+          f"faults {dict(venue.faults_injected)}, duplicates 0")  # fmt: skip

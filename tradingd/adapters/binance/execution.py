@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Final
 
 import aiohttp
+from loguru import logger
 
 from tradingd.adapters.base import ParseError
 from tradingd.adapters.binance import trading
@@ -148,6 +149,7 @@ class BinanceExecution:
         ws_api_url: str,
         *,
         reply_within: float = 10.0,
+        connect_within: float = 10.0,
         reconnect_initial: float = 0.1,
         reconnect_max: float = 5.0,
     ) -> None:
@@ -156,6 +158,7 @@ class BinanceExecution:
         self.private = private
         self._ws_api_url = ws_api_url
         self._reply_within = reply_within
+        self._connect_within = connect_within
         self._reconnect = (reconnect_initial, reconnect_max)
         self._sink: VenueUpdateSink | None = None
         self._stream_task: asyncio.Task[None] | None = None
@@ -181,6 +184,16 @@ class BinanceExecution:
     async def start(self) -> None:
         await self.private.sync_clock()
         self._stream_task = asyncio.create_task(self._run_stream(), name="binance-user-stream")
+        await self._stream_ready()
+
+    async def _stream_ready(self) -> bool:
+        """Whether the user stream is up and caught up (waited for, within a bound)."""
+        try:
+            async with asyncio.timeout(self._connect_within):
+                await self.caught_up.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         if self._stream_task is not None:
@@ -193,6 +206,9 @@ class BinanceExecution:
     # --- requests ---------------------------------------------------------------------------
 
     async def place(self, request: PlaceRequest) -> PlaceResult:
+        if not await self._stream_ready():
+            # Without the stream (or before its catch-up) we would not hear of the order.
+            return PlaceResult(outcome=Outcome.REJECTED, reason="user stream down: not sent")
         kind, tif = order_type(request)
         self._live[request.client_order_id] = request.instrument
         answer = await self.private.place(
@@ -323,17 +339,17 @@ class BinanceExecution:
                 async for event in self._stream.events():
                     if isinstance(event, ExecutionReport):
                         self._deliver(report_order(event))
-            except (aiohttp.ClientError, ConnectionError, TimeoutError, ParseError):
-                pass
+            except (aiohttp.ClientError, ConnectionError, TimeoutError, ParseError) as exc:
+                logger.warning("{}: user stream lost: {!r}; reconnecting", self._exchange, exc)
             finally:
                 self.stream_connected.clear()
+                self.caught_up.clear()
                 await self._stream.close()
                 self._stream = None
 
     async def _catch_up(self) -> None:
         """Everything the stream may have missed while down: the venue's word on every order
         this client placed and has not seen final (its fills included)."""
-        self.caught_up.clear()
         for client_id, symbol in list(self._live.items()):
             answer = await self.query(client_id, symbol)
             if answer.outcome is Outcome.ACK and answer.order is not None:
