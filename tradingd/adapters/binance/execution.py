@@ -69,6 +69,8 @@ STATES: Final[dict[OrderStatus, OrderState]] = {
 NOT_PROCESSED: Final = frozenset(
     {Verdict.REJECTED, Verdict.RATE_LIMITED, Verdict.BANNED, Verdict.AUTH_FAILED}
 )
+# Rounds of queries a catch-up makes for orders the venue did not answer about.
+CATCH_UP_ROUNDS: Final = 5
 _SIDES: Final[dict[Side, trading.Side]] = {Side.BUY: "BUY", Side.SELL: "SELL"}
 _TIFS: Final[dict[TimeInForce, trading.TimeInForce]] = {
     TimeInForce.GTC: "GTC",
@@ -349,9 +351,20 @@ class BinanceExecution:
 
     async def _catch_up(self) -> None:
         """Everything the stream may have missed while down: the venue's word on every order
-        this client placed and has not seen final (its fills included)."""
-        for client_id, symbol in list(self._live.items()):
-            answer = await self.query(client_id, symbol)
-            if answer.outcome is Outcome.ACK and answer.order is not None:
-                self._deliver(answer.order)
+        this client placed and has not seen final (its fills included). An order the venue
+        did not answer for is asked again (backoff), ``CATCH_UP_ROUNDS`` times at most."""
+        pending = dict(self._live)
+        for attempt in range(1, CATCH_UP_ROUNDS + 1):
+            for client_id, symbol in list(pending.items()):
+                answer = await self.query(client_id, symbol)
+                if answer.outcome is Outcome.ACK:
+                    del pending[client_id]
+                    if answer.order is not None:
+                        self._deliver(answer.order)
+            if not pending:
+                break
+            # A scheduled retry (the one backoff rule), not a wait for a condition.
+            await asyncio.sleep(backoff_delay(attempt, *self._reconnect, self._rng))
+        if pending:
+            logger.warning("{}: catch-up left unanswered: {}", self._exchange, sorted(pending))
         self.caught_up.set()

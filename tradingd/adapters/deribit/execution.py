@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Final
 
 import aiohttp
+from loguru import logger
 
 from tradingd.adapters.base import RateLimited
 from tradingd.adapters.deribit import trading
@@ -73,6 +74,8 @@ _TIFS: Final[dict[TimeInForce, trading.TimeInForce]] = {
     TimeInForce.FOK: "fill_or_kill",
 }
 DEFAULT_VALID_FOR_MS: Final = 5000
+# Rounds of queries a catch-up makes for orders the venue did not answer about.
+CATCH_UP_ROUNDS: Final = 5
 
 
 def currency_of(instrument: str) -> str:
@@ -392,8 +395,18 @@ class DeribitExecution:
 
     async def _catch_up(self, session: DeribitPrivateSession) -> None:
         """What the channels may have missed while down: the venue's word on every order
-        placed and not seen final (cancel-on-disconnect ended the resting ones)."""
-        for client_id, instrument in list(self._live.items()):
-            answer = await self._query(session, client_id, instrument)
-            if answer.outcome is Outcome.ACK and answer.order is not None:
-                self._deliver(answer.order)
+        placed and not seen final (cancel-on-disconnect ended the resting ones). An order the
+        venue did not answer for is asked again (backoff), ``CATCH_UP_ROUNDS`` times at most."""
+        pending = dict(self._live)
+        for attempt in range(1, CATCH_UP_ROUNDS + 1):
+            for client_id, instrument in list(pending.items()):
+                answer = await self._query(session, client_id, instrument)
+                if answer.outcome is Outcome.ACK:
+                    del pending[client_id]
+                    if answer.order is not None:
+                        self._deliver(answer.order)
+            if not pending:
+                return
+            # A scheduled retry (the one backoff rule), not a wait for a condition.
+            await asyncio.sleep(backoff_delay(attempt, *self._reconnect, self._rng))
+        logger.warning("{}: catch-up left unanswered: {}", self._exchange, sorted(pending))
