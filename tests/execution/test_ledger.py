@@ -10,8 +10,9 @@ import asyncpg
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tradingd.execution.ledger import BLOCK_SIZE, Fill, Ledger, client_order_id
+from tradingd.execution.ledger import BLOCK_SIZE, Ledger, client_order_id
 from tradingd.execution.orders import OrderState
+from tradingd.execution.records import Fill
 from tradingd.strategies.api import OrderIntent, OrderType, Side
 
 S = OrderState

@@ -39,8 +39,9 @@ from tradingd.execution.desk import (
     ExecutorSnapshot,
     StrategyStatus,
 )
-from tradingd.execution.ledger import Fill, FillRow, Ledger, OrderRow, Transitioned
+from tradingd.execution.ledger import FillRow, Ledger, OrderRow, Transitioned
 from tradingd.execution.orders import LIVE_STATES, OrderState
+from tradingd.execution.records import Fill
 from tradingd.execution.venue import ExecutionClient, Outcome, PlaceRequest, VenueOrder
 from tradingd.metrics import LatencyHistogram
 from tradingd.model import Bar, MarketEvent, Ticker, Trade

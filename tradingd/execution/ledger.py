@@ -28,6 +28,7 @@ from tradingd.execution.orders import (
     apply_fill,
     transition,
 )
+from tradingd.execution.records import Fill
 from tradingd.model import datetime_to_us, us_to_datetime
 from tradingd.strategies.api import (
     FillView,
@@ -146,19 +147,6 @@ class FillRow(msgspec.Struct, frozen=True, kw_only=True):
             liquidity=self.liquidity,
             at_us=self.at_us,
         )
-
-
-class Fill(msgspec.Struct, frozen=True, kw_only=True):
-    """A fill as a venue reports it, keyed by our client order id."""
-
-    client_order_id: str
-    trade_id: str
-    quantity: Decimal
-    price: Decimal
-    fee: Decimal
-    fee_currency: str
-    liquidity: str  # "maker" | "taker"
-    at_us: int
 
 
 class Transitioned(msgspec.Struct, frozen=True):

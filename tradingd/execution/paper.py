@@ -26,8 +26,8 @@ import asyncpg
 from loguru import logger
 
 from tradingd.config import PaperConfig
-from tradingd.execution.ledger import Fill
 from tradingd.execution.orders import OrderState
+from tradingd.execution.records import Fill
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import (
     CancelResult,

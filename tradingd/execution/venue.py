@@ -19,8 +19,8 @@ from typing import Protocol
 
 import msgspec
 
-from tradingd.execution.ledger import Fill
 from tradingd.execution.orders import OrderState
+from tradingd.execution.records import Fill
 from tradingd.model import Ticker, Trade
 from tradingd.strategies.api import OrderType, Side, TimeInForce
 
