@@ -588,7 +588,7 @@ def build_request(args: argparse.Namespace, config: Config, today: date) -> Back
 
 
 async def command(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
+    from tradingd.operator_storage import storage_for
 
     today = datetime.now(UTC).date()
     try:

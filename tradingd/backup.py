@@ -206,7 +206,7 @@ async def write_backup(storage: Storage, config: Config, output: Path) -> dict[s
 
 
 async def backup_command(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
+    from tradingd.operator_storage import storage_for
 
     output = (
         _absolute(args.output) if args.output else default_backup_path(config, datetime.now(UTC))
@@ -338,7 +338,7 @@ def _looks_like_archive(archive: Path) -> bool:
 
 
 async def restore_command(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
+    from tradingd.operator_storage import storage_for
 
     archive = _absolute(args.file)
     if not await asyncio.to_thread(_looks_like_archive, archive):

@@ -7,8 +7,6 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from redis.asyncio import Redis
 
 from tradingd import ordercmds
 from tradingd.adapters.registry import create_adapter
-from tradingd.config import Config, redact_url, redacted
+from tradingd.config import Config, redacted
 from tradingd.exitcodes import (
     EX_CONFIG,
     EX_FAILURE,
@@ -29,6 +27,7 @@ from tradingd.exitcodes import (
     EX_UNAVAILABLE,
     EX_USAGE,
 )
+from tradingd.operator_storage import operator_timeout, storage_for
 from tradingd.secrets import check_secret_files, secret_store
 from tradingd.state import (
     ExchangeState,
@@ -44,49 +43,12 @@ from tradingd.state import (
 )
 from tradingd.status import STATUS_KEY, DaemonStatus, decode_status
 from tradingd.storage import (
-    Storage,
     StorageRejected,
     StorageUnavailable,
     connect_redis,
-    open_storage,
 )
 from tradingd.storage.migrations import migrate as apply_migrations
 from tradingd.storage.migrations import pending_migrations
-
-# An operator command waits this long for a server that is down, then says so (the daemon
-# waits as configured: forever by default).
-OPERATOR_CONNECT_TIMEOUT = 5.0
-
-
-class SchemaMissing(StorageUnavailable):
-    """The database has pending migrations: an operator command cannot read it yet."""
-
-
-@asynccontextmanager
-async def storage_for(config: Config, *, needs_schema: bool = True) -> AsyncIterator[Storage]:
-    """Storage for a one-shot command: attaches to the running daemon's, or starts its own;
-    gives up after OPERATOR_CONNECT_TIMEOUT. ``needs_schema``: refuse, in one line, a database
-    that has not been migrated."""
-    storage = await open_storage(
-        config, secrets=secret_store(config), attach=True, connect_timeout=_operator_timeout(config)
-    )
-    try:
-        if needs_schema:
-            pending = await pending_migrations(storage.pool)
-            if pending:
-                raise SchemaMissing(
-                    f"the database {redact_url(storage.database_url)} is not migrated "
-                    f"({len(pending)} migrations pending, from {pending[0]}): run "
-                    "`tradingd migrate` or start the daemon"
-                )
-        yield storage
-    finally:
-        await storage.close()
-
-
-def _operator_timeout(config: Config) -> float:
-    configured = [t for t in (config.database.connect_timeout, config.redis.connect_timeout) if t]
-    return min([OPERATOR_CONNECT_TIMEOUT, *configured])
 
 
 def _exchanges(args: argparse.Namespace, config: Config) -> list[str]:
@@ -225,7 +187,7 @@ async def _status_from_redis_alone(report: _StatusReport, config: Config) -> Non
         client = await connect_redis(
             config.redis.url,
             password=secret.reveal() if secret else None,
-            timeout=_operator_timeout(config),
+            timeout=operator_timeout(config),
         )
     except StorageUnavailable as exc:
         report.redis = f"unreachable: {exc}"

@@ -38,6 +38,7 @@ from tradingd.execution.control import (
 )
 from tradingd.execution.desk import CancelReport, ExecutorSnapshot
 from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
+from tradingd.operator_storage import storage_for
 from tradingd.state import current_operator
 from tradingd.strategies.api import OrderIntent, OrderType, Side, TimeInForce
 
@@ -156,7 +157,6 @@ def intent_from_args(args: argparse.Namespace, config: Config) -> OrderIntent | 
 
 
 async def order(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
 
     if args.order_command == "submit":
         intent = intent_from_args(args, config)
@@ -198,7 +198,6 @@ async def order(args: argparse.Namespace, config: Config, path: Path) -> int:
 
 
 async def strategies(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
 
     if args.action != "list" and not args.name:
         print(f"tradingd: error: strategies {args.action} needs NAME", file=sys.stderr)
@@ -286,7 +285,6 @@ def report_cancellations(reports: Sequence[CancelReport], error: str = "") -> in
 
 
 async def orders(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
 
     async with storage_for(config) as storage:
         rows = await reports.fetch_orders(
@@ -312,7 +310,6 @@ async def orders(args: argparse.Namespace, config: Config, path: Path) -> int:
 
 
 async def fills(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
 
     async with storage_for(config) as storage:
         found = await reports.fetch_fills(storage.pool, exchange=args.exchange, limit=args.limit)
@@ -331,7 +328,6 @@ async def fills(args: argparse.Namespace, config: Config, path: Path) -> int:
 
 
 async def positions(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
 
     async with storage_for(config) as storage:
         rows = await reports.positions_report(storage.pool, _redis_for(storage))
@@ -366,7 +362,6 @@ def _q(value: Decimal | None) -> str:
 
 
 async def pnl(args: argparse.Namespace, config: Config, path: Path) -> int:
-    from tradingd.commands import storage_for
 
     async with storage_for(config) as storage:
         rows = await reports.pnl_report(storage.pool, _redis_for(storage), args.since)
