@@ -230,14 +230,21 @@ class BinanceExecution:
             return PlaceResult(outcome=Outcome.REJECTED, reason=failure.reason)
         return PlaceResult(outcome=Outcome.UNKNOWN, reason=failure.reason)
 
+    async def _with_fills(self, wire: Order) -> VenueOrder | None:
+        """The venue's order with every fill it has (None when the fills could not be read)."""
+        fills = await self._fills_of(wire)
+        if fills is None:
+            return None
+        order = venue_order(wire, fills)
+        self._forget_if_final(order)
+        return order
+
     async def cancel(self, client_order_id: str, instrument: str) -> CancelResult:
         answer = await self.private.cancel(symbol=instrument, client_order_id=client_order_id)
         if answer.order is not None:
-            fills = await self._fills_of(answer.order)
-            if fills is None:
+            order = await self._with_fills(answer.order)
+            if order is None:
                 return CancelResult(outcome=Outcome.UNKNOWN, reason="cancelled; fills unknown")
-            order = venue_order(answer.order, fills)
-            self._forget_if_final(order)
             return CancelResult(outcome=Outcome.ACK, order=order)
         failure = answer.failure
         assert failure is not None
@@ -249,11 +256,9 @@ class BinanceExecution:
     async def query(self, client_order_id: str, instrument: str) -> QueryResult:
         answer = await self.private.query(symbol=instrument, client_order_id=client_order_id)
         if answer.order is not None:
-            fills = await self._fills_of(answer.order)
-            if fills is None:
+            order = await self._with_fills(answer.order)
+            if order is None:
                 return QueryResult(outcome=Outcome.UNKNOWN, reason="order found; fills unknown")
-            order = venue_order(answer.order, fills)
-            self._forget_if_final(order)
             return QueryResult(outcome=Outcome.ACK, order=order)
         failure = answer.failure
         assert failure is not None
