@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from tradingd.config import PaperConfig, RiskConfig
 from tradingd.execution.desk import StrategyStatus
-from tradingd.execution.executor import Executor
+from tradingd.execution.executor import ExchangeLocker, Executor
 from tradingd.execution.ledger import Ledger
 from tradingd.execution.orders import OrderState
 from tradingd.execution.paper import PaperFaults, PaperVenue
@@ -180,6 +180,7 @@ async def running_executor(
     clock: Clock | None = None,
     open_gaps: Callable[[], frozenset[str]] = frozenset,
     limits: RiskConfig = LIMITS,
+    lock_exchange: ExchangeLocker | None = None,
 ) -> AsyncIterator[Harness]:
     clock = clock or Clock(1_800_000_000_000_000)
     ledger = Ledger(pool)
@@ -197,6 +198,7 @@ async def running_executor(
         open_gaps=open_gaps,
         taker_fee=PAPER.taker_fee,
         clock_us=clock,
+        lock_exchange=lock_exchange,
     )
     if host is not None:
         executor.attach_host(host, {"s1": ["BTCUSDT"]})

@@ -21,7 +21,8 @@ from tests.execution._doubles import (
 from tradingd.execution.ledger import Ledger
 from tradingd.execution.orders import OrderState
 from tradingd.execution.paper import PaperFaults
-from tradingd.state import KILL_SWITCH_KEY, state_key
+from tradingd.execution.wiring import exchange_locker
+from tradingd.state import KILL_SWITCH_KEY, ExchangeState, state_key, transition
 from tradingd.strategies.api import Accepted, Denied, OrderIntent, OrderType, Side
 
 S = OrderState
@@ -293,3 +294,36 @@ async def test_the_executor_positions_equal_a_replay_of_the_ledger_before_and_af
     assert replayed == live
     async with running_executor(pool, rds) as again:
         assert again.executor.position_view("s1", "BTCUSDT") == live
+
+
+async def test_a_lock_denies_at_once_is_recorded_and_lifts_only_with_the_state(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await pool.execute("DELETE FROM state_transitions WHERE exchange = $1", EXCHANGE)
+    for to_state in ("BOOTSTRAPPING", "LOCKED", "HEALTHY"):
+        await transition(
+            pool, rds, EXCHANGE, ExchangeState(to_state), operator="test", reason="setup"
+        )
+    async with running_executor(pool, rds, lock_exchange=exchange_locker(pool, rds, EXCHANGE)) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        await h.executor.lock("venue ban: 418 until 1800000060000")
+        decision = h.executor.decide("s1", limit(Side.BUY, "0.1", "99"))
+        assert isinstance(decision, Denied) and decision.reason.startswith("locked: venue ban")
+        assert isinstance(await h.executor.submit("manual", MARKET_BUY), Denied)
+        assert await rds.get(state_key(EXCHANGE)) == b"LOCKED"
+        last = await pool.fetchrow(
+            "SELECT operator, reason FROM state_transitions WHERE exchange = $1"
+            " ORDER BY id DESC LIMIT 1",
+            EXCHANGE,
+        )
+        assert last is not None
+        assert (last["operator"], last["reason"]) == (
+            "executor",
+            "venue ban: 418 until 1800000060000",
+        )
+        # Only an operator's unlock (HEALTHY recorded again) lifts it.
+        await transition(
+            pool, rds, EXCHANGE, ExchangeState.HEALTHY, operator="test", reason="unlock"
+        )
+        await h.settle()
+        assert isinstance(await h.executor.submit("manual", MARKET_BUY), Accepted)

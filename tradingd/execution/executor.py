@@ -73,6 +73,10 @@ SEND_WINDOW_US = 5_000_000
 POLL_INTERVAL = 0.5
 _ID_RESERVE = 200
 
+# Locks the executor's exchange with a reason: a recorded LOCKED transition (the daemon's wiring
+# gives one that writes PostgreSQL's record and Redis's copy). Any doubt locks.
+ExchangeLocker = Callable[[str], Awaitable[None]]
+
 
 class StrategyHostLike(Protocol):
     """The part of ``tradingd.execution.strategy_host.StrategyHost`` the executor calls."""
@@ -144,8 +148,14 @@ class Executor:
         open_gaps: Callable[[], Collection[str]] = frozenset,
         taker_fee: Decimal = Decimal(0),
         clock_us: Callable[[], int] = _wall_clock_us,
+        lock_exchange: ExchangeLocker | None = None,
     ) -> None:
         self.name = f"executor:{exchange}"
+        self._lock_exchange = lock_exchange
+        # Why this executor locked its exchange ("" when it did not); new orders are denied at
+        # once, before the recorded state reaches Redis.
+        self.locked_reason = ""
+        self._lock_recorded = False
         self._exchange = exchange
         self.mode = mode
         self._ledger = ledger
@@ -268,7 +278,7 @@ class Executor:
         return ExecutorSnapshot(
             exchange=self.exchange,
             mode=self.mode,
-            trading_allowed=self._gate_seen and not self._halted,
+            trading_allowed=self.trading_allowed_hint(),
             strategies=self.strategies(),
             open_orders=sum(1 for row in self._orders.values() if row.state is not S.UNKNOWN),
             unknown_orders=sum(1 for row in self._orders.values() if row.state is S.UNKNOWN),
@@ -323,6 +333,8 @@ class Executor:
         is committed and sent by the loop), or Denied with the rule's reason."""
         if self._halted:
             return self._deny(strategy, intent, f"halted: {self._halted}")
+        if self.locked_reason:
+            return self._deny(strategy, intent, f"locked: {self.locked_reason}")
         if not self.reconciled.is_set():
             return self._deny(strategy, intent, "reconciling: orders not yet reconciled")
         if self.host is not None and strategy != MANUAL_STRATEGY and self.host.is_paused(strategy):
@@ -404,7 +416,23 @@ class Executor:
         return info.rules if info is not None else None
 
     def trading_allowed_hint(self) -> bool:
-        return self._gate_seen and not self._halted
+        return self._gate_seen and not self._halted and not self.locked_reason
+
+    async def lock(self, reason: str) -> None:
+        """Lock the exchange with ``reason``: deny new orders at once and record LOCKED. Only
+        ``tradingd unlock`` lifts it. A failure to record is logged; the local denial stays."""
+        if not self.locked_reason:
+            self.locked_reason = reason
+            logger.bind(EXCHANGE=self.exchange).critical("locking {}: {}", self.exchange, reason)
+        if self._lock_exchange is None:
+            return
+        try:
+            await self._lock_exchange(reason)
+            self._lock_recorded = True
+        except Exception as exc:
+            logger.bind(EXCHANGE=self.exchange).error(
+                "could not record LOCKED for {}: {!r}", self.exchange, exc
+            )
 
     def now_us(self) -> int:
         return self._clock_us()
@@ -541,8 +569,14 @@ class Executor:
         client_id, intent = queued.client_order_id, queued.intent
         gate = await _cancellable(may_trade(self._redis, self.exchange))
         self._gate_seen = gate
-        if not gate or self._halted:
-            why = f"halted: {self._halted}" if self._halted else "gate: trading not allowed"
+        if not gate or self._halted or self.locked_reason:
+            why = (
+                f"halted: {self._halted}"
+                if self._halted
+                else f"locked: {self.locked_reason}"
+                if self.locked_reason
+                else "gate: trading not allowed"
+            )
             self.denials[why.split(":")[0]] += 1
             await self._move(client_id, S.DENIED, "executor", reason=why)
             return
@@ -720,6 +754,11 @@ class Executor:
             self._gate_seen = False
             return
         self._gate_seen = await _cancellable(may_trade(self._redis, self.exchange))
+        if self.locked_reason and self._lock_recorded and self._gate_seen:
+            # Recorded LOCKED, and HEALTHY again since: an operator unlocked it.
+            logger.bind(EXCHANGE=self.exchange).info("unlocked ({})", self.locked_reason)
+            self.locked_reason = ""
+            self._lock_recorded = False
         if switch is not None and not self._halted:
             self._halted = f"kill switch: {switch.reason}"
             await self._cancel_all_locked(self._halted)

@@ -7,7 +7,7 @@ the CLI's order commands reach.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -22,6 +22,7 @@ from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.strategy_host import StrategyHost
 from tradingd.model import MarketEvent
 from tradingd.queues import BoundedQueue, OverflowPolicy
+from tradingd.state import ExchangeState, transition
 
 # Market events waiting for one executor. When it falls behind the oldest are dropped (the
 # receivers never wait for it); its freshness check then denies orders on stale data.
@@ -67,6 +68,7 @@ def build_executor(
         market=feed,
         open_gaps=gapped,
         taker_fee=config.paper.taker_fee,
+        lock_exchange=exchange_locker(pool, redis, exchange),
     )
     executor.attach_host(
         StrategyHost.build(
@@ -77,6 +79,20 @@ def build_executor(
         )
     )
     return executor
+
+
+def exchange_locker(
+    pool: asyncpg.Pool, redis: aioredis.Redis, exchange: str
+) -> Callable[[str], Awaitable[None]]:
+    """Records LOCKED for ``exchange`` with the executor's reason (already LOCKED: recorded
+    again, so the reason is in the history)."""
+
+    async def lock(reason: str) -> None:
+        await transition(
+            pool, redis, exchange, ExchangeState.LOCKED, operator="executor", reason=reason
+        )
+
+    return lock
 
 
 def control_server(desks: Mapping[str, Executor], redis: aioredis.Redis) -> ControlServer:
