@@ -76,6 +76,20 @@ BROKEN_CONFIGS = [
     ("[exchanges.Binance-Spot]\n", "exchanges.Binance-Spot: expected an exchange name"),
     ('[metrics]\nlisten = "9464"\n', 'metrics.listen: expected HOST:PORT ("" to disable)'),
     ('[metrics]\nlisten = "localhost:70000"\n', "metrics.listen: expected HOST:PORT with a port"),
+    (
+        '[daemon]\nmode = "live"\n' + MINIMAL_EXCHANGE,
+        "exchanges.binance.api_key_secret: expected a secret file name (live mode signs with "
+        "the venue's API key), found nothing",
+    ),
+    (
+        MINIMAL_EXCHANGE + 'mode = "live"\napi_key_secret = "binance-key"\n',
+        "exchanges.binance.api_secret_secret: expected a secret file name",
+    ),
+    (
+        MINIMAL_EXCHANGE + 'ws_api_url = "https://ws-api.binance.com"\n',
+        'exchanges.binance.ws_api_url: expected a ws:// or wss:// URL ("" for the default)',
+    ),
+    ("[risk]\nunknown_order_limit = 0\n", "risk.unknown_order_limit: expected float > 0.0"),
 ]
 
 
@@ -195,3 +209,18 @@ def test_changed_keys() -> None:
     b = parse_config({"daemon": {"log_level": "DEBUG", "stop_timeout": 5}})
     assert changed_keys(a, b) == ["daemon.log_level", "daemon.stop_timeout"]
     assert changed_keys(a, a) == []
+
+
+def test_live_mode_with_both_key_files_named_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "tradingd.toml"
+    path.write_text(
+        MINIMAL_EXCHANGE
+        + 'mode = "live"\napi_key_secret = "binance-key"\napi_secret_secret = "binance-secret"\n'
+    )
+    config = load_config(path)
+    assert config.mode_of("binance") == "live"
+    assert config.exchanges["binance"].ws_api_url == ""  # the adapter's default
+    assert config.risk.unknown_order_limit == 30.0
+    # A live exchange that is disabled needs no keys.
+    path.write_text(MINIMAL_EXCHANGE + 'mode = "live"\nenabled = false\n')
+    assert load_config(path).mode_of("binance") == "live"

@@ -181,11 +181,38 @@ def test_unknown_venue_is_the_first_thing_said(tmp_path: Path) -> None:
     assert "installed exchange adapter (binance, deribit), found 'kraken'" in line
 
 
-def test_live_mode_is_refused_until_it_exists(tmp_path: Path) -> None:
+def test_live_mode_needs_both_key_files(tmp_path: Path) -> None:
     path = tmp_path / "tradingd.toml"
     path.write_text('[daemon]\nmode = "live"\n' + MINIMAL)
-    line = one_error_line(config_check(path), path, "daemon.mode")
-    assert "live trading is not available yet" in line
+    line = one_error_line(config_check(path), path, "exchanges.binance.api_key_secret")
+    assert "live mode signs with the venue's API key" in line
+
+
+def test_config_check_validates_a_live_config_and_its_key_files(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    path = tmp_path / "tradingd.toml"
+    path.write_text(
+        f'[daemon]\nmode = "live"\nsecrets_dir = "{secrets}"\n'
+        + MINIMAL
+        + 'api_key_secret = "binance-key"\napi_secret_secret = "binance-secret"\n'
+        + 'ws_api_url = "wss://ws-api.testnet.binance.vision/ws-api/v3"\n'
+    )
+    (secrets / "binance-key").write_text("key\n")
+    (secrets / "binance-key").chmod(0o600)
+    line = one_error_line(config_check(path), path, "exchanges.binance.api_secret_secret")
+    assert "binance-secret does not exist" in line
+    (secrets / "binance-secret").write_text("secret\n")
+    (secrets / "binance-secret").chmod(0o644)
+    line = one_error_line(config_check(path), path, "exchanges.binance.api_secret_secret")
+    assert "chmod 600" in line
+    (secrets / "binance-secret").chmod(0o600)
+    result = config_check(path)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["daemon"]["mode"] == "live"
+    assert shown["exchanges"]["binance"]["ws_api_url"].startswith("wss://ws-api.testnet")
+    assert "secret\n" not in result.stdout and '"key"' not in result.stdout
 
 
 # -- items 2, 3, 4: status that says what it knows ------------------------------------------

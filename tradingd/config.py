@@ -43,6 +43,7 @@ NonNegativeFloat = Annotated[float, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 WsUrl = Annotated[str, Meta(pattern=r"^wss?://[^\s/]+")]
+OptionalWsUrl = Annotated[str, Meta(pattern=r"^(|wss?://[^\s/]+.*)$")]
 HttpUrl = Annotated[str, Meta(pattern=r"^https?://[^\s/]+")]
 SecretName = Annotated[str, Meta(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})?$")]
 Resolution = Literal["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d"]
@@ -174,10 +175,14 @@ class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # A stream with a known cadence (bars) silent for this many of its intervals is
     # resubscribed (and the connection replaced after repeated tries).
     stream_stale_multiple: Annotated[float, Meta(ge=1)] = 3.0
+    # Live mode: the API key and secret (Deribit: client id and client secret), as secret files.
     api_key_secret: SecretName = ""
     api_secret_secret: SecretName = ""
     # "paper" or "live" for this exchange's executor; empty: daemon.mode.
     mode: Literal["", "paper", "live"] = ""
+    # Live mode: the venue's private WebSocket (Binance's WebSocket API for the user-data stream;
+    # Deribit: ws_url). Empty: the adapter's default.
+    ws_api_url: OptionalWsUrl = ""
 
 
 class RiskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -191,6 +196,8 @@ class RiskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     price_band: Decimal = Decimal("0.05")
     # Market data of the instrument older than this (seconds) denies new orders.
     max_data_age: PositiveFloat = 10.0
+    # An order whose outcome stays UNKNOWN this long (seconds) locks the exchange.
+    unknown_order_limit: PositiveFloat = 30.0
 
 
 class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -416,20 +423,8 @@ def _check_semantics(config: Config, path: Path | str) -> None:
             f'expected HOST:PORT with a port up to 65535 (or "" to disable), '
             f"found {config.metrics.listen!r}",
         )
-    if config.daemon.mode == "live":
-        raise ConfigError(
-            path,
-            "daemon.mode",
-            "expected 'paper' (live trading is not available yet for any venue), found 'live'",
-        )
     for name, exchange in config.exchanges.items():
-        if exchange.mode == "live":
-            raise ConfigError(
-                path,
-                f"exchanges.{name}.mode",
-                f"expected 'paper' or '' (live trading is not available yet for {name}), "
-                "found 'live'",
-            )
+        _check_live_keys(config, name, path)
         if exchange.enabled and not exchange.symbols:
             raise ConfigError(
                 path, f"exchanges.{name}.symbols", "expected at least one symbol, found none"
@@ -467,6 +462,20 @@ def _check_semantics(config: Config, path: Path | str) -> None:
     for url_key, url in (("database.url", config.database.url), ("redis.url", config.redis.url)):
         if url and not re.match(r"^(postgres(ql)?|rediss?|unix)://", url):
             raise ConfigError(path, url_key, f"expected a URL, found {redact_url(url)!r}")
+
+
+def _check_live_keys(config: Config, name: str, path: Path | str) -> None:
+    exchange = config.exchanges[name]
+    if not exchange.enabled or config.mode_of(name) != "live":
+        return
+    for key in ("api_key_secret", "api_secret_secret"):
+        if not getattr(exchange, key):
+            raise ConfigError(
+                path,
+                f"exchanges.{name}.{key}",
+                "expected a secret file name (live mode signs with the venue's API key), "
+                "found nothing",
+            )
 
 
 def _check_money(config: Config, path: Path | str) -> None:
@@ -551,6 +560,7 @@ def _translate(
 
 _FRIENDLY_EXPECTATIONS = {
     "str matching regex '^wss?": "a ws:// or wss:// URL",
+    "str matching regex '^(|wss?": 'a ws:// or wss:// URL ("" for the default)',
     "str matching regex '^https?": "an http:// or https:// URL",
     "str matching regex '^([A-Za-z0-9]": "a secret file name (letters, digits, _ . -)",
     "str matching regex '^(|\\\\[?": 'HOST:PORT ("" to disable)',

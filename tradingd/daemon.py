@@ -261,7 +261,7 @@ class Daemon:
 
     def _build_actors(self) -> None:
         cfg = self.config
-        assert self.storage is not None
+        assert self.storage is not None and self.http is not None
         records: BoundedQueue[Trade | Bar | DeadLetter] = BoundedQueue(
             "records", cfg.persister.queue_size, OverflowPolicy.BLOCK
         )
@@ -315,12 +315,11 @@ class Daemon:
                 instruments=self._instruments.get(name, {}),
                 feed=feed,
                 open_gaps=repairer.open_gap_instruments,
+                http=self.http,
+                config_path=self.config_path,
             )
-            if executor is not None:
-                self.executors[name] = executor
-                specs.append(
-                    ActorSpec(executor, checkin_timeout=60.0, log_fields={"EXCHANGE": name})
-                )
+            self.executors[name] = executor
+            specs.append(ActorSpec(executor, checkin_timeout=60.0, log_fields={"EXCHANGE": name}))
             specs.append(ActorSpec(repairer, checkin_timeout=120.0, log_fields={"EXCHANGE": name}))
             plans = adapter.plan_connections(self._subscriptions(name))
             self.receivers[name] = []

@@ -13,7 +13,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from tests.execution._doubles import LIMITS
-from tradingd.execution.executor import Executor
+from tradingd.config import RiskConfig
+from tradingd.execution.executor import ExchangeLocker, Executor
 from tradingd.execution.ledger import Ledger, OrderRow
 from tradingd.execution.orders import TERMINAL_STATES, OrderState
 from tradingd.execution.risk import InstrumentInfo
@@ -57,6 +58,11 @@ class LiveHarness:
                     return row
                 await self.executor.changed.wait()
 
+    async def until_locked(self) -> str:
+        """The executor's lock reason, once it locked."""
+        await asyncio.wait_for(self.executor.locked.wait(), GUARD)
+        return self.executor.locked_reason
+
     async def until_state(self, client_id: str, *states: OrderState) -> OrderRow:
         return await self.until(client_id, lambda row: row.state in states)
 
@@ -78,6 +84,9 @@ async def live_executor(
     venue: ExecutionClient,
     instruments: Mapping[str, InstrumentInfo],
     tickers: list[Ticker],
+    *,
+    limits: RiskConfig = LIMITS,
+    lock_exchange: ExchangeLocker | None = None,
 ) -> AsyncIterator[LiveHarness]:
     await redis.set(state_key(exchange), "HEALTHY")
     ledger = Ledger(pool)
@@ -88,10 +97,11 @@ async def live_executor(
         ledger=ledger,
         venue=venue,
         redis=redis,
-        limits=LIMITS,
+        limits=limits,
         instruments=instruments,
         market=market,
         clock_us=wall_clock_us,
+        lock_exchange=lock_exchange,
     )
     task = asyncio.create_task(executor.run(ActorContext(executor.name, {})))
     try:

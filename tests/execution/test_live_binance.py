@@ -11,17 +11,19 @@ from decimal import Decimal
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from tests.execution._doubles import EXCHANGE, INSTRUMENTS, ticker
-from tests.execution._live import LiveHarness, live_executor
+from tests.execution._doubles import EXCHANGE, INSTRUMENTS, LIMITS, ticker
+from tests.execution._live import LiveHarness, live_executor, wall_clock_us
 from tradingd.adapters.binance import trading
 from tradingd.adapters.binance.execution import BinanceExecution
 from tradingd.adapters.binance.private import BinancePrivateClient
+from tradingd.execution.executor import ExchangeLocker
 from tradingd.execution.orders import OrderState
 from tradingd.execution.venue import Outcome, PlaceRequest
-from tradingd.strategies.api import OrderIntent, OrderType, Side, TimeInForce
+from tradingd.strategies.api import Denied, OrderIntent, OrderType, Side, TimeInForce
 from tradingd.testing.fake_binance import FakeBinance
 from tradingd.testing.fake_binance_trading import FakeBinanceTrading
 
@@ -206,3 +208,59 @@ async def test_many_orders_under_random_faults_make_no_duplicate(
         assert row is not None and row.filled_quantity == order.executed
     print(f"\nlive Binance: 40 intents, venue orders {len(venue.orders)}, "
           f"faults {dict(venue.faults_injected)}, duplicates 0")  # fmt: skip
+
+
+# -- any doubt locks the exchange (Executor.lock through the daemon's locker) ----------------
+
+
+def recorder() -> tuple[list[str], ExchangeLocker]:
+    recorded: list[str] = []
+
+    async def lock(reason: str) -> None:
+        recorded.append(reason)
+
+    return recorded, lock
+
+
+async def test_a_418_ip_ban_locks_the_exchange_with_the_reason(
+    pool: asyncpg.Pool, rds: aioredis.Redis, client: BinanceExecution, venue: FakeBinanceTrading
+) -> None:
+    recorded, lock = recorder()
+    now = int(time.time() * 1_000_000)
+    tickers = [ticker("59999.99", "60000.00", now)]
+    async with live_executor(
+        pool, rds, EXCHANGE, client, INSTRUMENTS, tickers, lock_exchange=lock
+    ) as live:
+        venue.fake.inject_http_error(418, retry_after=120)
+        client_id = await live.submit(MARKET_BUY)
+        await live.until_state(client_id, S.REJECTED)
+        reason = await live.until_locked()
+        denied = live.executor.decide("manual", MARKET_BUY)
+    assert reason.startswith("Binance refused us") and "HTTP 418" in reason
+    assert recorded == [reason]
+    assert isinstance(denied, Denied) and denied.reason.startswith("locked:")
+    assert venue.order_by_client_id(client_id) is None
+
+
+async def test_an_unknown_order_unresolved_past_the_limit_locks_the_exchange(
+    pool: asyncpg.Pool, rds: aioredis.Redis, client: BinanceExecution, venue: FakeBinanceTrading
+) -> None:
+    recorded, lock = recorder()
+    limits = msgspec.structs.replace(LIMITS, unknown_order_limit=1.0)
+    now = int(time.time() * 1_000_000)
+    tickers = [ticker("59999.99", "60000.00", now)]
+    async with live_executor(
+        pool, rds, EXCHANGE, client, INSTRUMENTS, tickers, limits=limits, lock_exchange=lock
+    ) as live:
+        # The venue answers nothing but 500s: the order's fate stays unknown.
+        venue.fake.inject_http_error(500, count=100_000)
+        client_id = await live.submit(MARKET_BUY)
+        unknown = await live.until_state(client_id, S.UNKNOWN)
+        reason = await live.until_locked()
+        locked_after_us = wall_clock_us() - unknown.updated_us
+        row = await live.ledger.order(client_id)
+    assert client_id in reason and "UNKNOWN for more than 1 s" in reason
+    assert recorded == [reason]
+    assert 1_000_000 <= locked_after_us < 5_000_000
+    assert row is not None and row.state is S.UNKNOWN  # never guessed, only locked
+    assert posts(venue, client_id) == 1

@@ -204,3 +204,28 @@ async def test_many_orders_under_random_faults_make_no_duplicate(
         assert row is not None and row.filled_quantity == order.filled
     print(f"\nlive Deribit: 30 intents, venue orders {len(venue.orders)}, "
           f"faults {dict(venue.faults_injected)}, duplicates 0")  # fmt: skip
+
+
+async def test_two_orders_under_one_label_lock_the_exchange(
+    pool: asyncpg.Pool, rds: aioredis.Redis, client: DeribitExecution, venue: FakeDeribitTrading
+) -> None:
+    recorded: list[str] = []
+
+    async def lock(reason: str) -> None:
+        recorded.append(reason)
+
+    async with live_executor(
+        pool, rds, EXCHANGE, client, INSTRUMENTS, [perp_ticker(venue)], lock_exchange=lock
+    ) as live:
+        venue.faults.error_before_match = 1
+        client_id = await live.submit(RESTING_BUY)
+        await live.until_state(client_id, S.UNKNOWN)
+        # Labels are not unique at the venue: two orders under ours, neither sent by us.
+        account = venue.accounts[CLIENT_ID]
+        venue.place_foreign_order(account, client_id, PERP)
+        venue.place_foreign_order(account, client_id, PERP)
+        reason = await live.until_locked()
+        row = await live.ledger.order(client_id)
+    assert reason.startswith(f"Deribit: label {client_id}")
+    assert recorded == [reason]
+    assert row is not None and row.state is S.UNKNOWN  # neither order is taken as ours

@@ -42,6 +42,7 @@ from tradingd.execution.desk import (
 from tradingd.execution.ledger import FillRow, Ledger, OrderRow, Transitioned
 from tradingd.execution.orders import LIVE_STATES, OrderState
 from tradingd.execution.records import Fill
+from tradingd.execution.unknown_watch import UnknownWatch
 from tradingd.execution.venue import ExecutionClient, Outcome, PlaceRequest, VenueOrder
 from tradingd.metrics import LatencyHistogram
 from tradingd.model import Bar, MarketEvent, Ticker, Trade
@@ -156,6 +157,7 @@ class Executor:
         # once, before the recorded state reaches Redis.
         self.locked_reason = ""
         self._lock_recorded = False
+        self.locked = asyncio.Event()  # set once it locked (tests await it)
         self._exchange = exchange
         self.mode = mode
         self._ledger = ledger
@@ -183,6 +185,7 @@ class Executor:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._rate = risk.OrderRate(limits.max_orders_per_second)
+        self._unknown_watch = UnknownWatch(limits.unknown_order_limit)
         self._halted = ""  # why new orders are denied at once ("" when not)
         self._gate_seen = False
         self._pause_events: deque[tuple[str, str]] = deque()
@@ -423,6 +426,7 @@ class Executor:
         ``tradingd unlock`` lifts it. A failure to record is logged; the local denial stays."""
         if not self.locked_reason:
             self.locked_reason = reason
+            self.locked.set()
             logger.bind(EXCHANGE=self.exchange).critical("locking {}: {}", self.exchange, reason)
         if self._lock_exchange is None:
             return
@@ -477,6 +481,7 @@ class Executor:
                         await self._cancel_one(client_id)
                 for row in [r for r in self._orders.values() if r.state is S.UNKNOWN]:
                     await self._resolve(row, "venue:query")
+                await self._lock_on_doubt()
                 while self._pause_events:
                     strategy, reason = self._pause_events.popleft()
                     await self._ledger.record_system_event(
@@ -498,6 +503,16 @@ class Executor:
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval())
             except TimeoutError:
                 pass
+
+    async def _lock_on_doubt(self) -> None:
+        """A fault the venue's client reports, or an order UNKNOWN past the limit, locks."""
+        unknown = [
+            (r.client_order_id, r.instrument) for r in self._orders.values() if r.state is S.UNKNOWN
+        ]
+        overdue = self._unknown_watch.overdue(unknown, self._clock_us())
+        reason = self._venue.fault() or overdue
+        if reason is not None and not self.locked_reason:
+            await self.lock(reason)
 
     def _poll_interval(self) -> float:
         interval = POLL_INTERVAL
@@ -758,6 +773,7 @@ class Executor:
             # Recorded LOCKED, and HEALTHY again since: an operator unlocked it.
             logger.bind(EXCHANGE=self.exchange).info("unlocked ({})", self.locked_reason)
             self.locked_reason = ""
+            self.locked.clear()
             self._lock_recorded = False
         if switch is not None and not self._halted:
             self._halted = f"kill switch: {switch.reason}"

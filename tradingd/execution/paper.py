@@ -270,6 +270,9 @@ class PaperVenue:
 
     # -- market data -----------------------------------------------------------------------------
 
+    def fault(self) -> str | None:
+        return None  # a simulated account has nothing to lock for
+
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         for ticker in tickers:
             self._touch[ticker.instrument_name] = (ticker.best_bid_price, ticker.best_ask_price)

@@ -8,6 +8,15 @@ three classes, and the executor treats them differently:
 * ``REJECTED``: the venue's definitive no; nothing exists on the venue because of it;
 * ``UNKNOWN``: no definitive answer (timeout, 5xx, disconnect, undecodable reply). The order
   may or may not exist: it is never resent, only asked about (``query``) or heard of (updates).
+
+A client also reports a *fault*: something it learned that makes any further trading on the
+account unsafe (Binance latched a 418 IP ban or refused our key; Deribit's
+``get_order_state_by_label`` named two orders for one label). ``fault()`` returns the reason
+once known and keeps returning it (latched); the executor looks at every turn of its loop and
+locks the exchange with that reason (``Executor.lock``). The paper venue never reports one.
+
+Live clients are built by the adapter package's ``execution_client`` (an
+``ExecutionClientFactory``), found through the adapter registry.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
@@ -23,6 +32,11 @@ from tradingd.execution.orders import OrderState
 from tradingd.execution.records import Fill
 from tradingd.model import Ticker, Trade
 from tradingd.strategies.api import OrderType, Side, TimeInForce
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from tradingd.config import ExchangeConfig
 
 
 class Outcome(enum.StrEnum):
@@ -107,3 +121,22 @@ class ExecutionClient(Protocol):
         """Public market data as the executor receives it: a simulated venue matches against
         it; a live venue ignores it."""
         ...
+
+    def fault(self) -> str | None:
+        """Why the account must be locked (latched once known), or None."""
+        ...
+
+
+class ExecutionClientFactory(Protocol):
+    """``execution_client`` of an adapter package: the live client of one configured exchange
+    (nothing connects before ``start``)."""
+
+    def __call__(
+        self,
+        config: ExchangeConfig,
+        *,
+        exchange: str,
+        http: aiohttp.ClientSession,
+        api_key: str,
+        api_secret: str,
+    ) -> ExecutionClient: ...

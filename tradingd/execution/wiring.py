@@ -1,27 +1,31 @@
 """How the daemon builds the execution side: per exchange a market-data feed, the venue client
-(the paper venue in paper mode), the executor with its strategies, and the control server that
-the CLI's order commands reach.
-
+(the paper venue in paper mode; in live mode the adapter package's ``execution_client``, found
+through the adapter registry, with the keys read from their secret files), the executor with its
+strategies, and the control server that the CLI's order commands reach.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
+import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
-from loguru import logger
 
-from tradingd.config import Config
+from tradingd.adapters.registry import execution_client_factory
+from tradingd.config import Config, ConfigError
 from tradingd.execution.control import ControlServer
 from tradingd.execution.executor import Executor
 from tradingd.execution.ledger import Ledger
 from tradingd.execution.paper import PaperVenue
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.strategy_host import StrategyHost
+from tradingd.execution.venue import ExecutionClient
 from tradingd.model import MarketEvent
 from tradingd.queues import BoundedQueue, OverflowPolicy
+from tradingd.secrets import SecretError, secret_store
 from tradingd.state import ExchangeState, transition
 
 # Market events waiting for one executor. When it falls behind the oldest are dropped (the
@@ -42,21 +46,22 @@ def build_executor(
     instruments: Mapping[str, InstrumentInfo],
     feed: BoundedQueue[MarketEvent],
     open_gaps: Callable[[], frozenset[str] | None],
-) -> Executor | None:
-    """The exchange's executor, or None (logged) when its mode has no execution client yet."""
+    http: aiohttp.ClientSession,
+    config_path: Path | str,
+) -> Executor:
+    """The exchange's executor, on the paper venue or (live) on the venue's own account."""
     mode = config.mode_of(exchange)
-    if mode != "paper":
-        logger.bind(EXCHANGE=exchange).error(
-            "mode {!r}: no live execution client exists yet; {} will not trade", mode, exchange
-        )
-        return None
     every = frozenset(config.exchanges[exchange].symbols)
 
     def gapped() -> frozenset[str]:
         known = open_gaps()
         return every if known is None else known
 
-    venue = PaperVenue(exchange, pool, config.paper, instruments, _wall_clock_us)
+    venue: ExecutionClient
+    if mode == "live":
+        venue = live_client(config, exchange, http, config_path)
+    else:
+        venue = PaperVenue(exchange, pool, config.paper, instruments, _wall_clock_us)
     executor = Executor(
         exchange,
         mode=mode,
@@ -79,6 +84,32 @@ def build_executor(
         )
     )
     return executor
+
+
+def live_client(
+    config: Config, exchange: str, http: aiohttp.ClientSession, config_path: Path | str
+) -> ExecutionClient:
+    """The venue's execution client for ``exchange``'s account (nothing connects yet)."""
+    factory = execution_client_factory(config, exchange, config_path)
+    section = config.exchanges[exchange]
+    store = secret_store(config)
+    keys: dict[str, str] = {}
+    for key in ("api_key_secret", "api_secret_secret"):
+        try:
+            keys[key] = store.load(getattr(section, key)).reveal()
+        except SecretError as exc:
+            raise ConfigError(
+                config_path,
+                f"exchanges.{exchange}.{key}",
+                f"expected a private, non-empty secret file, found {exc}",
+            ) from None
+    return factory(
+        section,
+        exchange=exchange,
+        http=http,
+        api_key=keys["api_key_secret"],
+        api_secret=keys["api_secret_secret"],
+    )
 
 
 def exchange_locker(

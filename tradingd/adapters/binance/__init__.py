@@ -1,4 +1,5 @@
-"""Binance spot: combined market streams (trades, klines, book tickers) and REST history."""
+"""Binance spot: combined market streams (trades, klines, book tickers) and REST history; in live
+mode (``execution_client``) signed REST order entry and the WebSocket API's user-data stream."""
 
 from __future__ import annotations
 
@@ -8,24 +9,32 @@ from collections.abc import Mapping, Sequence
 import aiohttp
 
 from tradingd.adapters.base import RangeUnavailable, check_symbols
+from tradingd.adapters.binance import trading
+from tradingd.adapters.binance.execution import BinanceExecution
 from tradingd.adapters.binance.http import BinanceRestClient, RequestRejected
 from tradingd.adapters.binance.parsing import BinanceParser, FrameParseError, stream_name
+from tradingd.adapters.binance.private import BinancePrivateClient
 from tradingd.adapters.binance.websocket import (
     VENUE_MAX_STREAMS_PER_CONNECTION,
     BinanceMarketDataSession,
     open_session,
 )
 from tradingd.config import ExchangeConfig
+from tradingd.execution.venue import ExecutionClientFactory
 from tradingd.model import Bar, Channel, Instrument, Subscription, Trade
 
 # Binance spot symbols: base and quote asset run together, upper case ("BTCUSDT").
 SYMBOL_SYNTAX = re.compile(r"[A-Z0-9]{2,20}")
+
+# The WebSocket API (user-data stream) when exchanges.NAME.ws_api_url is empty.
+DEFAULT_WS_API_URL = "wss://ws-api.binance.com:443/ws-api/v3"
 
 # Binance pushes every kline stream every 2 s, whether or not the bar changed.
 KLINE_PUSH_SECONDS = 2.0
 
 __all__ = [
     "BinanceAdapter",
+    "BinanceExecution",
     "BinanceMarketDataSession",
     "BinanceParser",
     "BinanceRestClient",
@@ -113,3 +122,37 @@ class BinanceAdapter:
         sessions, self._sessions = self._sessions, set()
         for session in sessions:
             await session.close()
+
+
+def execution_client(
+    config: ExchangeConfig,
+    *,
+    exchange: str,
+    http: aiohttp.ClientSession,
+    api_key: str,
+    api_secret: str,
+) -> BinanceExecution:
+    """The live client of one Binance spot account (an ``ExecutionClientFactory``): signed REST
+    at ``rest_url``, the user-data stream at ``ws_api_url``."""
+    private = BinancePrivateClient(
+        http,
+        config.rest_url,
+        trading.Credentials(api_key, api_secret),
+        request_timeout=config.request_timeout,
+    )
+    return BinanceExecution(
+        exchange,
+        http,
+        private,
+        config.ws_api_url or DEFAULT_WS_API_URL,
+        reply_within=config.request_timeout,
+        connect_within=config.request_timeout,
+        reconnect_initial=config.reconnect_backoff_initial,
+        reconnect_max=config.reconnect_backoff_max,
+    )
+
+
+def _conforms_live() -> None:
+    """Never called: mypy checks here that the factory builds an ``ExecutionClient``."""
+    checked: ExecutionClientFactory = execution_client
+    del checked

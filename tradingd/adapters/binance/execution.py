@@ -293,6 +293,11 @@ class BinanceExecution:
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         return None
 
+    def fault(self) -> str | None:
+        """The private client's latch: a 418 IP ban or a refused key stops every request."""
+        reason = self.private.locked_reason
+        return None if reason is None else f"Binance refused us: {reason}"
+
     # --- fills by query ---------------------------------------------------------------------
 
     async def _fills_of(self, order: Order) -> list[Fill] | None:

@@ -18,6 +18,7 @@ from tradingd.adapters.base import (
     VenueUnavailable,
     check_symbols,
 )
+from tradingd.adapters.deribit.execution import DeribitExecution, currency_of
 from tradingd.adapters.deribit.http import (
     SUBSCRIBE_POOL,
     CreditBucket,
@@ -28,9 +29,10 @@ from tradingd.adapters.deribit.http import (
 from tradingd.adapters.deribit.parsing import resolution_code
 from tradingd.adapters.deribit.websocket import DeribitSession
 from tradingd.config import ExchangeConfig
+from tradingd.execution.venue import ExecutionClientFactory
 from tradingd.model import Bar, Channel, Instrument, Subscription, Trade, resolution_seconds
 
-__all__ = ["DeribitAdapter", "DeribitSession", "RpcRejected", "TradesNotServed"]
+__all__ = ["DeribitAdapter", "DeribitExecution", "DeribitSession", "RpcRejected", "TradesNotServed"]
 
 # Deribit instrument names: upper case, dash-separated ("BTC-PERPETUAL", "BTC_USDC-PERPETUAL",
 # "BTC-27DEC26-100000-C").
@@ -127,8 +129,40 @@ class DeribitAdapter:
         """Nothing to release: the HTTP session belongs to the caller."""
 
 
+def execution_client(
+    config: ExchangeConfig,
+    *,
+    exchange: str,
+    http: aiohttp.ClientSession,
+    api_key: str,
+    api_secret: str,
+) -> DeribitExecution:
+    """The live client of one Deribit account (an ``ExecutionClientFactory``): the key pair is
+    the API key's client id and client secret; every private call goes over one authenticated
+    WebSocket at ``ws_api_url`` (empty: ``ws_url``)."""
+    currencies = list(config.currencies) or sorted({currency_of(s) for s in config.symbols})
+    return DeribitExecution(
+        exchange,
+        http,
+        config.ws_api_url or config.ws_url,
+        api_key,
+        api_secret,
+        currencies=currencies,
+        request_timeout=config.request_timeout,
+        connect_within=config.request_timeout,
+        reconnect_initial=config.reconnect_backoff_initial,
+        reconnect_max=config.reconnect_backoff_max,
+    )
+
+
 def _conforms(adapter: DeribitAdapter, session: DeribitSession) -> None:
     """Never called: mypy checks here that both satisfy the adapter protocols."""
     checked_adapter: ExchangeAdapter = adapter
     checked_session: MarketDataSession = session
     del checked_adapter, checked_session
+
+
+def _conforms_live() -> None:
+    """Never called: mypy checks here that the factory builds an ``ExecutionClient``."""
+    checked: ExecutionClientFactory = execution_client
+    del checked

@@ -310,6 +310,10 @@ class DeribitExecution:
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         return None
 
+    def fault(self) -> str | None:
+        """Latched by a query that found two orders under one label."""
+        return None if self.fault_reason is None else f"Deribit: {self.fault_reason}"
+
     # --- fills by query ---------------------------------------------------------------------
 
     async def _with_fills(
