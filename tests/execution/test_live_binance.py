@@ -15,13 +15,14 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from tests.execution._doubles import EXCHANGE, INSTRUMENTS, LIMITS, ticker
+from tests.execution._doubles import BTCUSDT, EXCHANGE, INSTRUMENTS, LIMITS, ticker
 from tests.execution._live import LiveHarness, live_executor, wall_clock_us
 from tradingd.adapters.binance import trading
 from tradingd.adapters.binance.execution import BinanceExecution
 from tradingd.adapters.binance.private import BinancePrivateClient
 from tradingd.execution.executor import ExchangeLocker
 from tradingd.execution.orders import OrderState
+from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import Outcome, PlaceRequest
 from tradingd.strategies.api import Denied, OrderIntent, OrderType, Side, TimeInForce
 from tradingd.testing.fake_binance import FakeBinance
@@ -78,7 +79,7 @@ def posts(venue: FakeBinanceTrading, client_id: str) -> int:
 
 async def fills_agree(live: LiveHarness, venue: FakeBinanceTrading) -> None:
     ledger = {f.trade_id: f.quantity for f in await live.ledger.fills(EXCHANGE)}
-    assert ledger == {str(t.fill.trade_id): t.fill.quantity for t in venue.trades}
+    assert ledger == {f"{t.symbol}:{t.fill.trade_id}": t.fill.quantity for t in venue.trades}
 
 
 async def test_place_fill_and_cancel(live: LiveHarness, venue: FakeBinanceTrading) -> None:
@@ -264,3 +265,30 @@ async def test_an_unknown_order_unresolved_past_the_limit_locks_the_exchange(
     assert 1_000_000 <= locked_after_us < 5_000_000
     assert row is not None and row.state is S.UNKNOWN  # never guessed, only locked
     assert posts(venue, client_id) == 1
+
+
+async def test_fills_of_two_symbols_with_the_same_venue_trade_id_are_both_kept(
+    pool: asyncpg.Pool, rds: aioredis.Redis, client: BinanceExecution, venue: FakeBinanceTrading
+) -> None:
+    """Binance numbers trades per symbol: BTCUSDT's and ETHUSDT's first trades share an id."""
+    ethusdt = InstrumentInfo(
+        rules=msgspec.structs.replace(
+            BTCUSDT.rules, name="ETHUSDT", base="ETH", step_size=Decimal("0.0001")
+        )
+    )
+    now = int(time.time() * 1_000_000)
+    eth_ticker = msgspec.structs.replace(
+        ticker("2999.99", "3000.00", now), instrument_name="ETHUSDT"
+    )
+    instruments = {"BTCUSDT": BTCUSDT, "ETHUSDT": ethusdt}
+    tickers = [ticker("59999.99", "60000.00", now), eth_ticker]
+    async with live_executor(pool, rds, EXCHANGE, client, instruments, tickers) as live:
+        btc = await live.submit(MARKET_BUY)
+        eth = await live.submit(
+            msgspec.structs.replace(MARKET_BUY, instrument="ETHUSDT", quantity=Decimal("0.01"))
+        )
+        await live.until_state(btc, S.FILLED)
+        await live.until_state(eth, S.FILLED)
+        await fills_agree(live, venue)
+    assert {t.fill.trade_id for t in venue.trades} == {5_000_001}
+    assert len(venue.trades) == 2

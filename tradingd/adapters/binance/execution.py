@@ -7,9 +7,11 @@ client and the user-data stream, mapping the venue's verdicts to the executor's 
 * query: ``-2013`` is absence (ACK with no order) only once the place request's deadline
   (recvWindow) has passed; before it, or for an id whose place this client did not see
   answered in time, the executor's own deadline decides (UNKNOWN until then from here).
-* fills are keyed by the venue's trade id: the place response's fills, the stream's
-  ``executionReport`` trades and ``myTrades`` (for a query) name the same fill the same way,
-  so duplicates are harmless; a fill heard before the acknowledgement is delivered at once.
+* fills are keyed by the venue's trade id qualified by its symbol (``BTCUSDT:5000001``: Binance
+  numbers trades per symbol, and the ledger keeps one fill per id per exchange): the place
+  response's fills, the stream's ``executionReport`` trades and ``myTrades`` (for a query) name
+  the same fill the same way, so duplicates are harmless; a fill heard before the
+  acknowledgement is delivered at once.
 * the user stream is owned by ``start``/``close``: it reconnects with backoff and, after every
   reconnect, catches up by query (every order this client placed and has not seen final)
   before delivering anything new.
@@ -85,10 +87,17 @@ def order_type(request: PlaceRequest) -> tuple[trading.OrderType, trading.TimeIn
     return "LIMIT", _TIFS[request.tif]
 
 
-def wire_fill(client_order_id: str, fill: WireFill, at_us: int, *, maker: bool) -> Fill:
+def fill_id(symbol: str, trade_id: int) -> str:
+    """A fill's id in the ledger: trade ids repeat across symbols (one sequence per symbol)."""
+    return f"{symbol}:{trade_id}"
+
+
+def wire_fill(
+    client_order_id: str, symbol: str, fill: WireFill, at_us: int, *, maker: bool
+) -> Fill:
     return Fill(
         client_order_id=client_order_id,
-        trade_id=str(fill.trade_id),
+        trade_id=fill_id(symbol, fill.trade_id),
         quantity=fill.quantity,
         price=fill.price,
         fee=fill.commission,
@@ -101,7 +110,7 @@ def wire_fill(client_order_id: str, fill: WireFill, at_us: int, *, maker: bool) 
 def account_fill(client_order_id: str, trade: AccountTrade) -> Fill:
     return Fill(
         client_order_id=client_order_id,
-        trade_id=str(trade.trade_id),
+        trade_id=fill_id(trade.symbol, trade.trade_id),
         quantity=trade.quantity,
         price=trade.price,
         fee=trade.commission,
@@ -114,7 +123,10 @@ def account_fill(client_order_id: str, trade: AccountTrade) -> Fill:
 def venue_order(order: Order, fills: Sequence[Fill] | None = None, at_us: int = 0) -> VenueOrder:
     """A REST answer -> the venue's word. An ACK-type answer (no status) means it is live.
     The fills of a new order's FULL answer are taker fills (matched as it arrived)."""
-    own = [wire_fill(order.client_order_id, f, at_us, maker=bool(f.maker)) for f in order.fills]
+    own = [
+        wire_fill(order.client_order_id, order.symbol, f, at_us, maker=bool(f.maker))
+        for f in order.fills
+    ]
     return VenueOrder(
         client_order_id=order.client_order_id,
         venue_order_id=str(order.order_id),
@@ -129,7 +141,11 @@ def report_order(report: ExecutionReport) -> VenueOrder:
     fills = []
     if report.fill is not None and report.execution_type == "TRADE":
         maker = bool(report.fill.maker)
-        fills.append(wire_fill(report.client_order_id, report.fill, report.event_us, maker=maker))
+        fills.append(
+            wire_fill(
+                report.client_order_id, report.symbol, report.fill, report.event_us, maker=maker
+            )
+        )
     return VenueOrder(
         client_order_id=report.client_order_id,
         venue_order_id=str(report.order_id),
@@ -184,7 +200,11 @@ class BinanceExecution:
         self._sink = sink
 
     async def start(self) -> None:
-        await self.private.sync_clock()
+        try:
+            await self.private.sync_clock()
+        except (aiohttp.ClientError, TimeoutError, ParseError) as exc:
+            # Signed with our own clock meanwhile: a -1021 answer resynchronises and resends.
+            logger.warning("{}: venue clock not measured: {!r}", self._exchange, exc)
         self._stream_task = asyncio.create_task(self._run_stream(), name="binance-user-stream")
         await self._stream_ready()
 

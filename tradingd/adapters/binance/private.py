@@ -114,8 +114,10 @@ class BinancePrivateClient:
         """Measure the offset to the venue's clock (half the round trip counts as transit)."""
         before = self._wall_clock()
         async with self._http.get(f"{self._base}/api/v3/time", timeout=self._timeout) as response:
-            body = await response.read()
+            status, body = response.status, await response.read()
         after = self._wall_clock()
+        if status != 200:
+            raise ParseError(f"GET /api/v3/time: HTTP {status}")
         server_ms = parse_server_time_us(body) // 1000
         self.clock_offset_ms = server_ms - int((before + after) / 2 * 1000)
         return self.clock_offset_ms
