@@ -372,11 +372,10 @@ class Daemon:
         self._serving = True
         self.notifier.ready(f"running: {len(self.supervisor.names())} actors")
         logger.success(
-            "tradingd {} running (pid {}, {} mode): {}",
+            "tradingd {} running (pid {}): {}",
             __version__,
             os.getpid(),
-            cfg.daemon.mode,
-            ", ".join(self.adapters) or "no exchanges",
+            ", ".join(f"{name} ({cfg.mode_of(name)})" for name in self.adapters) or "no exchanges",
         )
         async with asyncio.TaskGroup() as group:
             background: list[asyncio.Task[None]] = []
