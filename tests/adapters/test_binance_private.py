@@ -134,6 +134,10 @@ async def test_user_stream_events_and_catch_up_after_a_disconnect(venue, client)
         assert not isinstance(trades, Classified)
         by_order = {t.order_id for t in trades}
         assert {o.order_id for o in venue.orders} == by_order  # the catch-up sees both
+        first_order = venue.orders[0].order_id
+        one = await client.order_trades("BTCUSDT", first_order)
+        assert not isinstance(one, Classified)
+        assert one and {t.order_id for t in one} == {first_order}
         await stream.close()
 
 

@@ -128,6 +128,8 @@ def test_every_private_endpoint_request() -> None:
          {"omitZeroBalances": "true"}),
         (trading.my_trades(CREDENTIALS, clock, symbol="BTCUSDT", from_id=77),
          "GET", "/api/v3/myTrades", {"symbol": "BTCUSDT", "fromId": "77", "limit": "1000"}),
+        (trading.order_trades(CREDENTIALS, clock, symbol="BTCUSDT", order_id=12),
+         "GET", "/api/v3/myTrades", {"symbol": "BTCUSDT", "orderId": "12", "limit": "1000"}),
     ]  # fmt: skip
     for request, method, path, expected in cases:
         assert (request.method, request.path) == (method, path)

@@ -5,8 +5,8 @@ Attach it to a ``FakeBinance`` before starting that: ``FakeBinanceTrading(fake)`
 serves, on the same port:
 
 * ``POST/GET/DELETE /api/v3/order``, ``GET/DELETE /api/v3/openOrders``, ``GET /api/v3/account``,
-  ``GET /api/v3/myTrades`` (``fromId``): API-key check (``X-MBX-APIKEY``), real HMAC-SHA256
-  signature verification, the venue's timestamp rule (``-1021``), filters (``-1013``),
+  ``GET /api/v3/myTrades`` (``fromId``, ``orderId``): API-key check (``X-MBX-APIKEY``), real
+  HMAC-SHA256 signature verification, the venue's timestamp rule (``-1021``), filters (``-1013``),
   precision (``-1111``), client-id charset (``-1100``), "Duplicate order sent." for a client id
   that is open, insufficient balance (``-2010``), ``X-MBX-ORDER-COUNT-10S/-1D`` headers;
 * ``/ws-api/v3``: ``userDataStream.subscribe.signature``, ``userDataStream.unsubscribe``,
@@ -367,11 +367,15 @@ class FakeBinanceTrading:
         symbol = self._symbol(params)
         if key == ("GET", "/api/v3/myTrades"):
             from_id = int(params.get("fromId", "0"))
+            order_id = int(params["orderId"]) if "orderId" in params else None
             limit = int(params.get("limit", "500"))
             rows = [
                 t
                 for t in self.trades
-                if t.order.account is account and t.symbol == symbol and t.fill.trade_id >= from_id
+                if t.order.account is account
+                and t.symbol == symbol
+                and t.fill.trade_id >= from_id
+                and (order_id is None or t.order.order_id == order_id)
             ]
             return [_my_trade(t, factor) for t in rows[:limit]]
         if key == ("DELETE", "/api/v3/openOrders"):

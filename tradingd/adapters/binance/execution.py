@@ -185,8 +185,6 @@ class BinanceExecution:
         # placed until we have seen it final: the catch-up after a reconnect asks about these.
         self._placed: dict[str, Answer] = {}
         self._live: dict[str, str] = {}
-        self._trade_cursor: dict[str, int] = {}
-        self._fills_by_order: dict[int, list[AccountTrade]] = {}
         self.stream_connected = asyncio.Event()
         self.stream_connections = 0
         self.caught_up = asyncio.Event()
@@ -321,23 +319,16 @@ class BinanceExecution:
     # --- fills by query ---------------------------------------------------------------------
 
     async def _fills_of(self, order: Order) -> list[Fill] | None:
-        """Every fill of ``order`` from ``myTrades`` (None: the venue did not answer)."""
+        """Every fill of ``order`` from ``myTrades`` by its ``orderId`` (None: the venue did
+        not answer). The trade list may lag the order's status: then what it has so far (the
+        rest comes on the stream or at the next query). One page: an order with more than
+        1000 fills gets its later ones from the stream."""
         if order.executed_quantity == 0:
             return []
-        symbol = order.symbol
-        while True:
-            known = self._fills_by_order.get(order.order_id, [])
-            if sum((t.quantity for t in known), Decimal(0)) >= order.executed_quantity:
-                return [account_fill(order.client_order_id, t) for t in known]
-            page = await self.private.my_trades(symbol, self._trade_cursor.get(symbol, 0))
-            if isinstance(page, Classified):
-                return None
-            if not page:
-                # The venue's trade list lags its order status: what it has so far.
-                return [account_fill(order.client_order_id, t) for t in known]
-            for trade in page:
-                self._fills_by_order.setdefault(trade.order_id, []).append(trade)
-            self._trade_cursor[symbol] = max(t.trade_id for t in page) + 1
+        trades = await self.private.order_trades(order.symbol, order.order_id)
+        if isinstance(trades, Classified):
+            return None
+        return [account_fill(order.client_order_id, t) for t in trades]
 
     def _forget_if_final(self, order: VenueOrder) -> None:
         if order.state in (S.FILLED, S.CANCELED, S.REJECTED):

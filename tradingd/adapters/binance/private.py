@@ -176,6 +176,12 @@ class BinancePrivateClient:
             lambda body: parse_my_trades(body, TIME_UNIT),
         )
 
+    async def order_trades(self, symbol: str, order_id: int) -> list[AccountTrade] | Classified:
+        return await self._list_call(
+            lambda c: trading.order_trades(self.credentials, c, symbol=symbol, order_id=order_id),
+            lambda body: parse_my_trades(body, TIME_UNIT),
+        )
+
     async def balances(self) -> dict[str, Balance] | Classified:
         return await self._list_call(lambda c: trading.account(self.credentials, c), parse_account)
 

@@ -40,6 +40,7 @@ WEIGHT_OPEN_ORDERS_SYMBOL: Final = 6
 WEIGHT_OPEN_ORDERS_ALL: Final = 80
 WEIGHT_ACCOUNT: Final = 20
 WEIGHT_MY_TRADES: Final = 20
+WEIGHT_MY_TRADES_ORDER: Final = 5
 
 
 class Credentials:
@@ -220,6 +221,21 @@ def my_trades(
         ("limit", limit),
     ]
     return _signed("GET", "/api/v3/myTrades", params, credentials, clock, WEIGHT_MY_TRADES)
+
+
+def order_trades(
+    credentials: Credentials, clock: Clock, *, symbol: str, order_id: int, limit: int = 1000
+) -> SignedRequest:
+    """``GET /api/v3/myTrades`` of one order (``orderId``), oldest first: a quarter of the
+    weight of a walk by ``fromId``, and no walk from the account's first trade."""
+    if order_id < 0 or not 1 <= limit <= 1000:
+        raise ValueError("orderId must be >= 0 and limit in 1..1000")
+    params: list[tuple[str, Param]] = [
+        ("symbol", symbol),
+        ("orderId", order_id),
+        ("limit", limit),
+    ]
+    return _signed("GET", "/api/v3/myTrades", params, credentials, clock, WEIGHT_MY_TRADES_ORDER)
 
 
 def user_stream_subscribe(request_id: str, credentials: Credentials, timestamp_ms: int) -> str:
