@@ -41,13 +41,17 @@ from tests.e2e.harness import (
     run_cli,
     write_config,
 )
+from tradingd.adapters.base import AdapterFactory
 from tradingd.adapters.binance import BinanceAdapter
+from tradingd.adapters.deribit import DeribitAdapter
 from tradingd.bootstrap import store_instruments
 from tradingd.config import ExchangeConfig
 from tradingd.state import ExchangeState, read_state, transition
 from tradingd.storage.migrations import migrate
 from tradingd.testing.fake_binance import FakeBinance
 from tradingd.testing.fake_binance_trading import FakeBinanceTrading
+from tradingd.testing.fake_deribit import FakeDeribit
+from tradingd.testing.fake_deribit_trading import FakeDeribitTrading
 
 pytestmark = pytest.mark.slow
 
@@ -174,20 +178,24 @@ async def running(*coroutines: Callable[[], Coroutine[Any, Any, None]]) -> Async
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def prepare(database_url: str, redis_url: str, fake: FakeBinance) -> None:
+async def prepare(
+    database_url: str,
+    redis_url: str,
+    exchange: str,
+    adapter: AdapterFactory,
+    section: ExchangeConfig,
+) -> None:
     """What a bootstrap and an operator's unlock leave: the schema, the venue's instruments,
     and the exchange HEALTHY."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     redis = aioredis.Redis.from_url(redis_url)
     try:
         await migrate(pool)
-        section = ExchangeConfig(ws_url=fake.ws_url, rest_url=fake.rest_url, symbols=list(SYMBOLS))
         async with aiohttp.ClientSession() as http:
-            adapter = BinanceAdapter(section, exchange="binance", http=http)
-            instruments = await adapter.fetch_instruments()
-        await store_instruments(pool, "binance", instruments, int(time.time() * 1_000_000))
+            instruments = await adapter(section, exchange=exchange, http=http).fetch_instruments()
+        await store_instruments(pool, exchange, instruments, int(time.time() * 1_000_000))
         for state in (ExchangeState.BOOTSTRAPPING, ExchangeState.LOCKED, ExchangeState.HEALTHY):
-            await transition(pool, redis, "binance", state, operator="test", reason="chaos setup")
+            await transition(pool, redis, exchange, state, operator="test", reason="chaos setup")
     finally:
         await redis.aclose()
         await pool.close()
@@ -215,11 +223,13 @@ async def diagnosis(pool: asyncpg.Pool, desk: FakeBinanceTrading) -> str:
     return "\n".join(lines)
 
 
-async def until_state(redis: aioredis.Redis, wanted: ExchangeState, timeout: float = 60) -> None:
+async def until_state(
+    redis: aioredis.Redis, wanted: ExchangeState, exchange: str = "binance", timeout: float = 60
+) -> None:
     async def reached() -> bool:
-        return await read_state(redis, "binance") is wanted
+        return await read_state(redis, exchange) is wanted
 
-    await eventually(reached, timeout, f"binance {wanted}")
+    await eventually(reached, timeout, f"{exchange} {wanted}")
 
 
 async def test_live_daemon_under_faults_and_two_sigkills_never_duplicates(
@@ -258,7 +268,8 @@ async def test_live_daemon_under_faults_and_two_sigkills_never_duplicates(
     )  # fmt: skip
     with config.open("a") as handle:
         handle.write(GRID)
-    await prepare(database_url, redis_url, fake)
+    section = ExchangeConfig(ws_url=fake.ws_url, rest_url=fake.rest_url, symbols=list(SYMBOLS))
+    await prepare(database_url, redis_url, "binance", BinanceAdapter, section)
     chaos = Chaos(desk, rng)
     cli_results: list[int] = []
     redis = aioredis.Redis.from_url(redis_url)
@@ -386,3 +397,207 @@ async def test_live_daemon_under_faults_and_two_sigkills_never_duplicates(
         f"\n  UNKNOWN because {dict(unknown_reasons)}"
     )
     assert len(desk.orders) >= 100, f"only {len(desk.orders)} venue orders"
+
+
+# -- Deribit ---------------------------------------------------------------------------------
+
+PERPS = {"BTC-PERPETUAL": "10", "ETH-PERPETUAL": "1"}  # and their contract sizes (USD)
+# Weighted as on Binance: a request lost before matching blocks its instrument until
+# valid_until has passed.
+DERIBIT_FAULTS = {
+    "drop_response_after_match": 5,
+    "error_before_match": 1,
+    "timed_out": 2,
+    "rate_limited": 1,
+    "maintenance": 1,
+    "delay": 3,
+    "duplicate_events": 4,
+    "disconnect_user_stream": 2,
+    "clock_skew": 2,
+}
+DERIBIT_GRID = "".join(
+    f'[[strategies]]\nname = "grid-{perp[:3].lower()}"\nstrategy = "grid"\n'
+    f'exchange = "deribit"\nsymbols = ["{perp}"]\n'
+    f'params = {{ levels = 4, spacing = "{spacing}", order_size = "{PERPS[perp]}", '
+    f'max_inventory = "{Decimal(PERPS[perp]) * 4}", retry_after = 0.5 }}\n'
+    for perp, spacing in (("BTC-PERPETUAL", "0.00005"), ("ETH-PERPETUAL", "0.0001"))
+)
+
+
+class DeribitChaos:
+    def __init__(self, desk: FakeDeribitTrading, rng: random.Random) -> None:
+        self.desk = desk
+        self.rng = rng
+        self.injected: collections.Counter[str] = collections.Counter()
+
+    def calm(self) -> None:
+        faults = self.desk.faults
+        faults.delay = 0.0
+        faults.duplicate_events = False
+        faults.disconnect_user_stream_after = None
+        self.desk.fake.clock_offset_ms = 0
+
+    async def run(self) -> None:
+        while True:
+            kind = self.rng.choices(list(DERIBIT_FAULTS), list(DERIBIT_FAULTS.values()))[0]
+            self.injected[kind] += 1
+            self.calm()
+            faults = self.desk.faults
+            if kind in ("drop_response_after_match", "error_before_match", "timed_out"):
+                setattr(faults, kind, getattr(faults, kind) + 1)
+            elif kind in ("rate_limited", "maintenance"):
+                setattr(faults, kind, 1)
+            elif kind == "delay":
+                faults.delay = self.rng.uniform(0.1, 0.5)
+            elif kind == "duplicate_events":
+                faults.duplicate_events = True
+            elif kind == "disconnect_user_stream":
+                faults.disconnect_user_stream_after = self.rng.randint(1, 4)
+            elif kind == "clock_skew":
+                self.desk.fake.clock_offset_ms = self.rng.choice([-800, 800])
+            await asyncio.sleep(self.rng.uniform(0.2, 0.6))  # the schedule of the chaos
+
+
+async def deribit_tape(fake: FakeDeribit) -> None:
+    while True:
+        for perp in PERPS:
+            fake.publish_trades(perp, 5)
+            fake.publish_ticker(perp)
+        await asyncio.sleep(0.02)  # the market's cadence
+
+
+async def deribit_operator(config: Path, rng: random.Random, results: list[int]) -> None:
+    while True:
+        perp = rng.choice(list(PERPS))
+        done = await asyncio.to_thread(
+            run_cli, config, "order", "submit", "--exchange", "deribit", "--symbol", perp,
+            "--side", rng.choice(["buy", "sell"]), "--qty", PERPS[perp], "--type", "market",
+            "--timeout", "5",
+        )  # fmt: skip
+        results.append(done.returncode)
+
+
+async def test_live_deribit_daemon_under_faults_and_two_sigkills_never_duplicates(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    rng = random.Random(SEED)
+    fake = FakeDeribit(seed=SEED % 1000 + 2)
+    desk = FakeDeribitTrading(fake)
+    desk.add_account(KEY, SECRET, {"BTC": "100", "ETH": "1000"})
+    await fake.start()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, value in (("deribit-id", KEY), ("deribit-secret", SECRET)):
+        (secrets / name).write_text(value + "\n")
+        (secrets / name).chmod(0o600)
+    config = write_config(
+        tmp_path / "tradingd.toml",
+        state_dir=tmp_path / "state",
+        database_url=database_url,
+        redis_url=redis_url,
+        exchanges={
+            "deribit": ExchangeEndpoint(
+                "deribit", fake.ws_url, fake.rest_url, list(PERPS),
+                {
+                    "currencies": ["BTC", "ETH"], "mode": "live", "api_key_secret": "deribit-id",
+                    "api_secret_secret": "deribit-secret", "request_timeout": 2.0,
+                    "reconnect_backoff_initial": 0.1, "reconnect_backoff_max": 1.0,
+                },
+            )
+        },
+        sections={
+            "daemon": {"secrets_dir": str(secrets)},
+            "risk": {"max_orders_per_second": 20, "max_open_orders": 100},
+        },
+    )  # fmt: skip
+    with config.open("a") as handle:
+        handle.write(DERIBIT_GRID)
+    section = ExchangeConfig(
+        ws_url=fake.ws_url, rest_url=fake.rest_url, symbols=list(PERPS), currencies=["BTC", "ETH"]
+    )
+    await prepare(database_url, redis_url, "deribit", DeribitAdapter, section)
+    chaos = DeribitChaos(desk, rng)
+    cli_results: list[int] = []
+    redis = aioredis.Redis.from_url(redis_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    started = time.monotonic()
+    try:
+        async with (
+            NotifyListener(tmp_path / "notify.sock") as notify,
+            running(lambda: deribit_tape(fake)),
+        ):
+            daemon = await DaemonProcess(config, notify, tmp_path / "daemon.log").start()
+            for phase in range(3):
+                await daemon.wait_ready()
+                await until_state(redis, ExchangeState.HEALTHY, "deribit")
+                async with running(chaos.run, lambda: deribit_operator(config, rng, cli_results)):
+                    await asyncio.sleep(PHASE_SECONDS)  # trading under chaos for this long
+                chaos.calm()
+                if phase == 2:
+                    break
+                await until_state(redis, ExchangeState.HEALTHY, "deribit")
+                daemon.signal(signal.SIGKILL)
+                await daemon.wait()
+                daemon = await DaemonProcess(config, notify, tmp_path / "daemon.log").start()
+            assert await daemon.stop() == 0, daemon.output()[-3000:]
+        # The operator locks it (nothing new is sent) and restarts it: it reconciles every
+        # order with the venue, whose market is quiet now.
+        await transition(
+            pool, redis, "deribit", ExchangeState.LOCKED, operator="test", reason="chaos over"
+        )
+        async with NotifyListener(tmp_path / "notify2.sock") as notify:
+            daemon = await DaemonProcess(config, notify, tmp_path / "daemon.log").start()
+            await daemon.wait_ready()
+
+            def venue_fills() -> dict[str, Decimal]:
+                return {t.trade_id: t.amount for o in desk.orders for t in o.trades}
+
+            async def settled() -> bool:
+                unresolved = await pool.fetchval(
+                    "SELECT count(*) FROM orders WHERE state = ANY($1::text[])", list(UNRESOLVED)
+                )
+                fills = await pool.fetchval("SELECT count(*) FROM fills")
+                return bool(unresolved == 0 and fills == len(venue_fills()))
+
+            try:
+                await eventually(settled, 60, "every order resolved and every fill in the ledger")
+            except AssertionError:
+                left = await pool.fetch(
+                    "SELECT client_order_id, state FROM orders WHERE state = ANY($1::text[])",
+                    list(UNRESOLVED),
+                )
+                venue = {
+                    r["client_order_id"]: desk.orders_by_label(r["client_order_id"]) for r in left
+                }
+                daemon.signal(signal.SIGABRT)
+                await daemon.wait()
+                raise AssertionError(
+                    f"{[tuple(r) for r in left]}; venue {venue}; ledger fills "
+                    f"{await pool.fetchval('SELECT count(*) FROM fills')} of {len(venue_fills())}"
+                ) from None
+            assert await daemon.stop() == 0, daemon.output()[-3000:]
+        elapsed = time.monotonic() - started
+        rows = {r["client_order_id"]: r for r in await pool.fetch("SELECT * FROM orders")}
+        ledger_fills = {
+            r["trade_id"]: r["quantity"] for r in await pool.fetch("SELECT * FROM fills")
+        }
+    finally:
+        await pool.close()
+        await redis.aclose()
+        await fake.stop()
+
+    assert desk.duplicate_labels() == {}
+    for order in desk.orders:
+        row = rows.get(order.label)
+        assert row is not None, f"venue order {order.label} has no intent"
+        assert row["filled_quantity"] == order.filled, order.label
+    states = collections.Counter(r["state"] for r in rows.values())
+    assert not set(states) & set(UNRESOLVED), states
+    assert ledger_fills == {t.trade_id: t.amount for o in desk.orders for t in o.trades}
+    print(
+        f"\nlive Deribit chaos (seed {SEED}, {elapsed:.0f} s, 3 x {PHASE_SECONDS:g} s, 2 SIGKILLs):"
+        f" intents {len(rows)} ({dict(sorted(states.items()))}), venue orders "
+        f"{len(desk.orders)}, fills {len(ledger_fills)}, CLI submits {len(cli_results)};"
+        f" faults switched on {dict(sorted(chaos.injected.items()))}; duplicates 0"
+    )
+    assert len(desk.orders) >= 50, f"only {len(desk.orders)} venue orders"
