@@ -155,3 +155,16 @@ async def test_a_clock_resync_does_not_expire_an_unknown_order_early(venue, clie
     assert client.venue_now_ms() > answer.deadline_ms  # in venue time it looks expired...
     assert not client.expired(answer)  # ...but the venue could still act on it
     assert venue.order_by_client_id("jump-1") is not None
+
+
+async def test_an_order_count_at_the_limit_holds_new_orders_unsent(venue, client) -> None:
+    client.order_limits = {"10S": 2, "1D": 160_000}
+    assert (await buy(client, "c-1")).order is not None
+    assert (await buy(client, "c-2")).order is not None  # the venue now counts 2 in 10 s
+    held = await buy(client, "c-3")
+    assert held.failure is not None and held.failure.verdict is Verdict.RATE_LIMITED
+    assert "order rate limit reached" in held.failure.reason
+    assert 9 < (held.failure.retry_after or 0) <= 10
+    assert [o.client_order_id for o in venue.orders] == ["c-1", "c-2"]  # c-3 never sent
+    # Queries and cancels are not orders: they still go out.
+    assert (await client.query(symbol="BTCUSDT", client_order_id="c-1")).order is not None

@@ -103,6 +103,33 @@ def order_counts(headers: dict[str, str]) -> dict[str, int]:
     return counts
 
 
+# The account's order-rate limits when exchangeInfo's are not given (the WebSocket API
+# documentation's example values: 50 per 10 s, 160,000 per day), by header interval.
+DEFAULT_ORDER_LIMITS: Final[dict[str, int]] = {"10S": 50, "1D": 160_000}
+_INTERVAL_SECONDS: Final[dict[str, int]] = {"S": 1, "M": 60, "H": 3600, "D": 86_400}
+
+
+def interval_seconds(interval: str) -> int | None:
+    """``10S`` -> 10, ``1D`` -> 86400; None for what is not an interval."""
+    number, unit = interval[:-1], interval[-1:].upper()
+    if not number.isdigit() or unit not in _INTERVAL_SECONDS:
+        return None
+    return int(number) * _INTERVAL_SECONDS[unit]
+
+
+def order_count_hold(counts: dict[str, int], limits: dict[str, int]) -> float | None:
+    """Seconds to send no new order because the venue's count reached a limit (the longest
+    such interval: when its window started is not said, so a whole one), or None."""
+    held = [
+        seconds
+        for interval, count in counts.items()
+        if (limit := limits.get(interval)) is not None
+        and count >= limit
+        and (seconds := interval_seconds(interval)) is not None
+    ]
+    return float(max(held)) if held else None
+
+
 # --- order responses and queries -------------------------------------------------------------
 
 

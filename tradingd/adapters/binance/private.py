@@ -28,6 +28,7 @@ import msgspec
 from tradingd.adapters.base import ParseError
 from tradingd.adapters.binance import trading
 from tradingd.adapters.binance.execution_parsing import (
+    DEFAULT_ORDER_LIMITS,
     AccountTrade,
     ApiResponse,
     Balance,
@@ -35,6 +36,7 @@ from tradingd.adapters.binance.execution_parsing import (
     StreamTerminated,
     UserEvent,
     classify_error,
+    order_count_hold,
     order_counts,
     parse_account,
     parse_my_trades,
@@ -82,6 +84,7 @@ class BinancePrivateClient:
         deadline_margin_ms: int = trading.DEADLINE_MARGIN_MS,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        order_limits: dict[str, int] | None = None,
     ) -> None:
         self._http = http
         self._base = rest_url.rstrip("/")
@@ -95,6 +98,8 @@ class BinancePrivateClient:
         self.clock_offset_ms = 0
         self.locked_reason: str | None = None
         self.order_counts: dict[str, int] = {}
+        self.order_limits = dict(order_limits if order_limits is not None else DEFAULT_ORDER_LIMITS)
+        self._orders_not_before = 0.0
         self._not_before = 0.0
         self.clock_resyncs = 0
 
@@ -142,6 +147,14 @@ class BinancePrivateClient:
                 time_in_force=time_in_force,
             )  # fmt: skip
 
+        wait = self._orders_not_before - self._monotonic()
+        if wait > 0:
+            # Our own count reached the venue's order limit: a new order would be -1015.
+            reason = (
+                f"order rate limit reached ({self.order_counts}): nothing sent for {wait:.1f} s"
+            )
+            limited = Classified(verdict=Verdict.RATE_LIMITED, reason=reason, retry_after=wait)
+            return Answer(failure=limited)
         return await self._order_call(build)
 
     async def query(self, *, symbol: str, client_order_id: str) -> Answer:
@@ -265,6 +278,9 @@ class BinancePrivateClient:
             return b"", transport_failure(what)
         if counts := order_counts(headers):
             self.order_counts = counts
+            hold = order_count_hold(counts, self.order_limits)
+            if hold is not None:
+                self._orders_not_before = max(self._orders_not_before, self._monotonic() + hold)
         if status == 200:
             return body, None
         error = parse_rest_error(body)
