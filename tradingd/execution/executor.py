@@ -1,12 +1,13 @@
 """The executor: one actor per exchange account, the only holder of a venue's execution client.
 
 Order path: a decision (a strategy's ``submit`` or the operator's) passes the local checks and
-pre-trade risk, gets a client id, and is queued; the executor's loop commits the INTENT row,
-reads the gate (``may_trade``: HEALTHY and kill switch off) fresh, claims the send atomically,
-sends once, and classifies the reply: ACK -> the venue's state and fills, REJECTED -> REJECTED,
-anything else -> UNKNOWN. An UNKNOWN order blocks new orders on its instrument and is resolved
-only by the venue's word (a pushed update, or a query by client id), never by resending; not
-found after the order's deadline proves it was never placed.
+pre-trade risk, gets a client id, and is queued; the executor's loop reads the gate
+(``may_trade``: HEALTHY and kill switch off) fresh, commits the queued intents already claimed
+(SENDING: one statement, one commit per burst), sends each once (re-reading the gate before
+every later one of the burst), and classifies the reply: ACK -> the venue's state and fills,
+REJECTED -> REJECTED, anything else -> UNKNOWN. An UNKNOWN order blocks new orders on its
+instrument and is resolved only by the venue's word (a pushed update, or a query by client id),
+never by resending; not found after the order's deadline proves it was never placed.
 
 On start, before trading, the ledger's non-terminal orders are reconciled with the venue: an
 INTENT row was never claimed, hence never sent (NEVER_PLACED); SENDING, UNKNOWN and open orders
@@ -19,6 +20,7 @@ every open order it owns, verified with the venue.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -68,6 +70,9 @@ _T = TypeVar("_T")
 # How long the venue may take to act on a request (Binance recvWindow, Deribit valid_until):
 # an order not found after it was never placed.
 SEND_WINDOW_US = 5_000_000
+# Intents committed (and claimed) per transaction: the later ones of a burst must still be
+# sent well inside the send window.
+SEND_BURST = 100
 # How often UNKNOWN orders are asked about, and the kill switch looked at, when nothing else
 # wakes the loop (a schedule, not a wait for a condition).
 POLL_INTERVAL = 0.5
@@ -550,51 +555,64 @@ class Executor:
     # -- sending ---------------------------------------------------------------------------------
 
     async def _send_burst(self) -> None:
-        """Commit every queued intent in one transaction, then send them one by one."""
+        """Commit up to ``SEND_BURST`` queued intents, claimed for sending, in one statement and
+        one transaction, then send them one by one; every send reads the gate again first."""
         # Left queued until recorded: decisions taken meanwhile still count them (open orders,
         # reserved balance).
-        burst = list(self._queued)
-        rows = await self._ledger.record_intents(
-            [(q.client_order_id, q.strategy, self.exchange, q.intent) for q in burst]
-        )
+        burst = list(itertools.islice(self._queued, SEND_BURST))
+        entries = [(q.client_order_id, q.strategy, self.exchange, q.intent) for q in burst]
+        refused = await self._send_refused()
+        if refused:
+            rows = await self._ledger.record_intents(entries)
+        else:
+            deadline_us = self._clock_us() + SEND_WINDOW_US
+            rows = await self._ledger.record_sending(entries, deadline_us)
         for _ in burst:
             self._queued.popleft()
         for row in rows:
             self._orders[row.client_order_id] = row
             self._intent_recorded(row.client_order_id)
-        for queued in burst:
-            await self._send(queued)
+            if row.state is S.SENDING:
+                self._note(Transitioned(row, S.INTENT))
+        for row in rows:
+            if refused:
+                self.denials[refused.split(":")[0]] += 1
+                await self._move(row.client_order_id, S.DENIED, "executor", reason=refused)
+            else:
+                await self._send(row, gate_just_read=row is rows[0])
 
-    async def _send(self, queued: _Queued) -> None:
-        client_id, intent = queued.client_order_id, queued.intent
+    async def _send_refused(self) -> str:
+        """Why nothing may be sent now ("" when it may): halted, locked, or the gate closed."""
         gate = await _cancellable(may_trade(self._redis, self.exchange))
         self._gate_seen = gate
-        if not gate or self._halted or self.locked_reason:
-            why = (
-                f"halted: {self._halted}"
-                if self._halted
-                else f"locked: {self.locked_reason}"
-                if self.locked_reason
-                else "gate: trading not allowed"
-            )
-            self.denials[why.split(":")[0]] += 1
-            await self._move(client_id, S.DENIED, "executor", reason=why)
+        if self._halted:
+            return f"halted: {self._halted}"
+        if self.locked_reason:
+            return f"locked: {self.locked_reason}"
+        return "" if gate else "gate: trading not allowed"
+
+    async def _send(self, row: OrderRow, *, gate_just_read: bool) -> None:
+        client_id = row.client_order_id
+        # The first order of a burst goes right after the burst's own gate read and commit; a
+        # later one re-reads the gate, since the sends before it took time.
+        refused = "" if gate_just_read else await self._send_refused()
+        if not refused and row.deadline_us is not None and self._clock_us() >= row.deadline_us:
+            refused = "send window passed before the send"
+        if refused:
+            # Claimed but provably never on the wire: this executor is its only sender.
+            self.denials[refused.split(":")[0]] += 1
+            await self._move(client_id, S.NEVER_PLACED, "executor", reason=f"not sent: {refused}")
             return
-        deadline_us = self._clock_us() + SEND_WINDOW_US
-        claimed = await self._ledger.claim_send(client_id, deadline_us)
-        if claimed is None:
-            return  # someone else holds it (cannot happen within one executor; kept safe)
-        self._note(Transitioned(claimed, S.INTENT))
         request = PlaceRequest(
             client_order_id=client_id,
-            instrument=intent.instrument,
-            side=intent.side,
-            type=intent.type,
-            tif=intent.tif,
-            quantity=intent.quantity,
-            price=intent.price,
-            reduce_only=intent.reduce_only,
-            deadline_us=deadline_us,
+            instrument=row.instrument,
+            side=row.side,
+            type=row.type,
+            tif=row.tif,
+            quantity=row.quantity,
+            price=row.price,
+            reduce_only=row.reduce_only,
+            deadline_us=row.deadline_us,
         )
         sent_ns = time.monotonic_ns()
         try:
