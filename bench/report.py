@@ -149,6 +149,12 @@ def render(results: dict[str, Any]) -> str:
             target = "p99 < 1 ms" if float(rate) <= 10_000 else ""
             lines.append(_row([name, "p50 ms", *_summary_cells(data["p50_us"], 3, 1e-3), ""]))
             lines.append(_row([name, "p99 ms", *_summary_cells(data["p99_us"], 3, 1e-3), target]))
+            if "loop_lag_max_us" in data:
+                for label, key in (("p99", "loop_lag_p99_us"), ("max", "loop_lag_max_us")):
+                    cells = _summary_cells(data[key], 2, 1e-3)
+                    lines.append(
+                        _row([name, f"loop stall (1 ms timer late) {label} ms", *cells, ""])
+                    )
     orders = results.get("orders")
     if orders:
         for path in orders["order_path"]:
