@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -371,6 +372,9 @@ class Daemon:
     async def _serve(self) -> int:
         cfg = self.config
         self._serving = True
+        # What start-up built lives as long as the process: kept out of the cyclic collector's
+        # full passes, which would otherwise walk all of it and stall the event loop.
+        gc.freeze()
         self.notifier.ready(f"running: {len(self.supervisor.names())} actors")
         logger.success(
             "tradingd {} running (pid {}, {} mode): {}",
