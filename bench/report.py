@@ -116,6 +116,21 @@ def render(results: dict[str, Any]) -> str:
                 ]
             )
         )
+        cpu = flood.get("cpu_us_per_committed_trade", {})
+        if cpu:
+            lines.append(
+                _row(
+                    [
+                        name,
+                        "CPU µs per committed trade, daemon + PostgreSQL "
+                        f"({_n(cpu.get('daemon', 0.0), 1)} + {_n(cpu.get('postgres', 0.0), 1)})",
+                        _n(cpu["daemon+postgres"], 1),
+                        "",
+                        "",
+                        "≤ 8",
+                    ]
+                )
+            )
         for fixed in e2e.get("fixed_rates", {}).values():
             name = f"End to end, {_n(fixed['offered_per_s'])}/s offered"
             lines.append(

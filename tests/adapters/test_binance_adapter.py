@@ -250,7 +250,7 @@ async def test_frames_already_received_are_handed_over_in_one_list(
     # Published in one go, they arrive in few socket reads: far fewer lists than frames.
     print(f"300 frames in {lists} lists")
     assert lists <= 30
-    # Each frame keeps the time it was read, in order.
+    # Each frame keeps the time its burst was read, in order.
     received = [t.received_us for t in of_type(records, Trade)]
     assert received == sorted(received)
     await session.close()
