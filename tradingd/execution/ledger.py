@@ -247,7 +247,7 @@ class Ledger:
         self, intents: Sequence[tuple[str, str, str, OrderIntent]], deadline_us: int
     ) -> list[OrderRow]:
         """Commit several intents already claimed for sending (state SENDING, with the send
-        deadline) and their two events each (-> INTENT -> SENDING) in one statement and one
+        deadline) and their two events each (-> INTENT -> SENDING) in one statement, hence one
         transaction: one durable commit for a burst, written before anything is sent.
 
         The claim is atomic because the row is born claimed: ``client_order_id`` is UNIQUE, so a
@@ -259,10 +259,11 @@ class Ledger:
                 OrderStatus(client_order_id=client_id, quantity=intent.quantity), OrderState.SENDING
             )
         rows = [dict(zip(_INTENT_FIELDS, _intent_values(*entry), strict=True)) for entry in intents]
-        async with self._pool.acquire() as conn, conn.transaction():
-            records = await conn.fetch(
-                _INSERT_SENDING, _encode_json(rows).decode(), us_to_datetime(deadline_us)
-            )
+        # One statement is its own transaction: atomic, and committed (durable) when it returns;
+        # no BEGIN and COMMIT round trips on the way to the send.
+        records = await self._pool.fetch(
+            _INSERT_SENDING, _encode_json(rows).decode(), us_to_datetime(deadline_us)
+        )
         by_id = {record["client_order_id"]: _order_row(record) for record in records}
         return [by_id[client_id] for client_id, *_ in intents]
 
