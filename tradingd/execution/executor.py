@@ -597,7 +597,7 @@ class Executor:
         # later one re-reads the gate, since the sends before it took time.
         refused = "" if gate_just_read else await self._send_refused()
         if not refused and row.deadline_us is not None and self._clock_us() >= row.deadline_us:
-            refused = "send window passed before the send"
+            refused = "window: the send window passed before the send"
         if refused:
             # Claimed but provably never on the wire: this executor is its only sender.
             self.denials[refused.split(":")[0]] += 1
