@@ -42,7 +42,7 @@ class FakeDesk:
             return Denied(f"no open order {client_order_id}")
         return Accepted(client_order_id)
 
-    async def cancel_everything(self, reason: str) -> CancelReport:
+    async def cancel_everything(self, reason: str, *, flatten: bool = False) -> CancelReport:
         self.cancel_everything_reasons.append(reason)
         requested = self.open_orders
         self.open_orders = self.stuck

@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on: how long to wait for every executor to cancel its open orders",
     )
+    kill.add_argument(
+        "--flatten",
+        action="store_true",
+        help="on: also close every position with reduce-only market orders (through the ledger)",
+    )
 
     state = commands.add_parser("state", help="state transition records")
     state_sub = state.add_subparsers(dest="state_command", metavar="ACTION", required=True)

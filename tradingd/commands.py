@@ -383,6 +383,7 @@ async def kill_switch(args: argparse.Namespace, config: Config, path: Path) -> i
                     storage.pool,
                     f"kill switch on by {current_operator()}: {args.reason}",
                     args.timeout,
+                    flatten=getattr(args, "flatten", False),
                 )
     print(f"kill switch: {describe_kill_switch(switch)}")
     return EX_OK

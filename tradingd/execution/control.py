@@ -51,9 +51,11 @@ class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
 
 
 class CancelEverything(msgspec.Struct, frozen=True, kw_only=True, tag="cancel_everything"):
-    """Every exchange: deny new orders, cancel every open order, report (the kill switch)."""
+    """Every exchange: deny new orders, cancel every open order, report (the kill switch);
+    ``flatten``: then close every position."""
 
     reason: str
+    flatten: bool = False
 
 
 class ListStrategies(msgspec.Struct, frozen=True, tag="strategies"):
@@ -239,9 +241,12 @@ class ControlServer:
                         accepted=False, client_order_id=client_order_id, reason=decision.reason
                     )
                 return Reply(id=reply_id, decision=decided)
-            case CancelEverything(reason=reason):
+            case CancelEverything(reason=reason, flatten=flatten):
                 reports = await asyncio.gather(
-                    *(desk.cancel_everything(reason) for desk in self._desks.values()),
+                    *(
+                        desk.cancel_everything(reason, flatten=flatten)
+                        for desk in self._desks.values()
+                    ),
                     return_exceptions=True,
                 )
                 done: list[CancelReport] = []

@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -42,7 +42,13 @@ from tradingd.execution.desk import (
 from tradingd.execution.ledger import FillRow, Ledger, OrderRow, Transitioned
 from tradingd.execution.orders import LIVE_STATES, OrderState
 from tradingd.execution.records import Fill
-from tradingd.execution.venue import ExecutionClient, Outcome, PlaceRequest, VenueOrder
+from tradingd.execution.venue import (
+    CancelAllResult,
+    ExecutionClient,
+    Outcome,
+    PlaceRequest,
+    VenueOrder,
+)
 from tradingd.metrics import LatencyHistogram
 from tradingd.model import Bar, MarketEvent, Ticker, Trade
 from tradingd.queues import BoundedQueue
@@ -55,11 +61,14 @@ from tradingd.strategies.api import (
     FillView,
     InstrumentRules,
     OrderIntent,
+    OrderType,
     OrderUpdate,
     OrderView,
     PositionView,
+    Side,
     StrategyContext,
     SystemEvent,
+    TimeInForce,
 )
 from tradingd.supervisor import ActorContext
 
@@ -227,29 +236,30 @@ class Executor:
             await self._cancel_one(client_order_id)
         return Accepted(client_order_id)
 
-    async def cancel_everything(self, reason: str) -> CancelReport:
+    async def cancel_everything(self, reason: str, *, flatten: bool = False) -> CancelReport:
+        """Deny new orders, cancel every open order in bulk, verify with the venue's open
+        orders; ``flatten``: then close every position with reduce-only market orders."""
         self._halted = reason or "cancel everything"
         async with self._lock:
-            await self._deny_queued(f"halted: {self._halted}")
-            targets = [
-                row.client_order_id for row in self._orders.values() if row.state in LIVE_STATES
-            ]
-            errors: list[str] = []
-            for client_id in targets:
-                try:
-                    await self._cancel_one(client_id)
-                except Exception as exc:  # one failure must not stop the others
-                    errors.append(f"{client_id}: {exc}")
-            # Verify: ask the venue about every order still not terminal.
-            for client_id in [c for c in targets if c in self._orders]:
-                await self._resolve(self._orders[client_id], "venue:query")
+            targets = [c for c, r in self._orders.items() if r.state in LIVE_STATES]
+            errors = await self._cancel_all_locked(self._halted)
+            flattened = await self._flatten(errors) if flatten else []
+            try:
+                venue_open = len(await self._venue.open_orders())
+            except Exception as exc:
+                venue_open = -1
+                errors.append(f"venue open orders unreadable: {exc!r}")
         remaining = sum(1 for c in targets if c in self._orders)
+        net = self.snapshot().positions
         report = CancelReport(
             exchange=self.exchange,
             requested=len(targets),
             cancelled=len(targets) - remaining,
             remaining=remaining,
             errors=errors,
+            venue_open=venue_open,
+            flattened=flattened,
+            positions=net,
         )
         logger.bind(EXCHANGE=self.exchange).warning("cancel everything ({}): {}", reason, report)
         return report
@@ -565,11 +575,13 @@ class Executor:
         for queued in burst:
             await self._send(queued)
 
-    async def _send(self, queued: _Queued) -> None:
+    async def _send(self, queued: _Queued, *, gate: bool = True) -> None:
         client_id, intent = queued.client_order_id, queued.intent
-        gate = await _cancellable(may_trade(self._redis, self.exchange))
-        self._gate_seen = gate
-        if not gate or self._halted or self.locked_reason:
+        allowed = True
+        if gate:
+            allowed = await _cancellable(may_trade(self._redis, self.exchange))
+            self._gate_seen = allowed
+        if gate and (not allowed or self._halted or self.locked_reason):
             why = (
                 f"halted: {self._halted}"
                 if self._halted
@@ -761,17 +773,92 @@ class Executor:
             self._lock_recorded = False
         if switch is not None and not self._halted:
             self._halted = f"kill switch: {switch.reason}"
-            await self._cancel_all_locked(self._halted)
+            for problem in await self._cancel_all_locked(self._halted):
+                logger.bind(EXCHANGE=self.exchange).error("kill switch cancel: {}", problem)
         elif switch is None and self._halted:
             # The kill switch is the lasting stop; once it is off, orders may be decided again
             # (each send still reads the gate).
             logger.bind(EXCHANGE=self.exchange).info("no longer halted ({})", self._halted)
             self._halted = ""
 
-    async def _cancel_all_locked(self, reason: str) -> None:
+    async def _cancel_all_locked(self, reason: str) -> list[str]:
+        """The venue's bulk cancel, then its word on every order still live here: an order it
+        still lists is cancelled one by one, any other is asked about (never assumed gone)."""
         await self._deny_queued(f"halted: {reason}")
-        for client_id in [c for c, r in self._orders.items() if r.state in LIVE_STATES]:
-            await self._cancel_one(client_id)
+        errors: list[str] = []
+        try:
+            bulk = await self._venue.cancel_all(None)
+        except Exception as exc:  # the per-order path below still runs
+            bulk = CancelAllResult(outcome=Outcome.UNKNOWN, reason=repr(exc))
+        if bulk.outcome is not Outcome.ACK:
+            errors.append(f"bulk cancel: {bulk.outcome.value} {bulk.reason}")
+        for order in bulk.orders:
+            await self._apply(order, "venue:ack")
+        while self._updates:
+            await self._apply(self._updates.popleft(), "venue:stream")
+        try:
+            listed: set[str] | None = {o.client_order_id for o in await self._venue.open_orders()}
+        except Exception as exc:
+            listed = None
+            errors.append(f"venue open orders unreadable: {exc!r}")
+
+        async def settle(client_id: str) -> None:
+            row = self._orders.get(client_id)
+            if row is None:
+                return
+            try:
+                if listed is None or client_id in listed:
+                    await self._cancel_one(client_id)
+                else:
+                    await self._resolve(row, "venue:query")
+            except Exception as exc:  # one failure must not stop the others
+                errors.append(f"{client_id}: {exc!r}")
+
+        live = [c for c, r in self._orders.items() if r.state in LIVE_STATES]
+        async with asyncio.TaskGroup() as group:
+            for client_id in live:
+                group.create_task(settle(client_id))
+        return errors
+
+    async def _flatten(self, errors: list[str]) -> list[str]:
+        """Close every net position with a reduce-only market order through the ledger (the
+        intent first); the kill switch's gate is not read for these, nothing else is skipped."""
+        net: dict[str, Decimal] = {}
+        for _strategy, position in self._book.positions():
+            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
+        done: list[str] = []
+        for instrument, quantity in sorted(net.items()):
+            info = self._instruments.get(instrument)
+            if quantity == 0 or info is None:
+                if info is None and quantity != 0:
+                    errors.append(f"flatten {instrument}: no instrument rules")
+                continue
+            size = (abs(quantity) / info.rules.step_size).to_integral_value(ROUND_FLOOR)
+            size *= info.rules.step_size
+            if size < info.rules.min_quantity:
+                errors.append(f"flatten {instrument}: {quantity} is below the minimum quantity")
+                continue
+            intent = OrderIntent(
+                instrument=instrument,
+                side=Side.SELL if quantity > 0 else Side.BUY,
+                quantity=size,
+                type=OrderType.MARKET,
+                tif=TimeInForce.IOC,
+                reduce_only=True,
+                tag="kill switch: flatten",
+            )
+            if not self._ids:
+                await self._refill_ids()
+            client_id = self._ids.popleft()
+            row = await self._ledger.record_intent(
+                client_id, MANUAL_STRATEGY, self.exchange, intent
+            )
+            self._orders[client_id] = row
+            await self._send(_Queued(client_id, MANUAL_STRATEGY, intent), gate=False)
+            final = self._orders.get(client_id) or await self._ledger.order(client_id)
+            state = final.state.value if final is not None else "?"
+            done.append(f"{intent.side.value} {size} {instrument} ({client_id}): {state}")
+        return done
 
     async def _deny_queued(self, reason: str) -> None:
         while self._queued:

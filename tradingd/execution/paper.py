@@ -30,6 +30,7 @@ from tradingd.execution.orders import OrderState
 from tradingd.execution.records import Fill
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import (
+    CancelAllResult,
     CancelResult,
     Outcome,
     PlaceRequest,
@@ -207,6 +208,30 @@ class PaperVenue:
             fills=resting.fills,
         )
         return CancelResult(outcome=Outcome.ACK, order=order)
+
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        targets = [
+            r
+            for r in self._resting.values()
+            if instrument is None or r.request.instrument == instrument
+        ]
+        await self._pool.execute(
+            "UPDATE paper_orders SET state = 'CANCELED' WHERE id = ANY($1::bigint[])",
+            [r.paper_id for r in targets],
+        )
+        orders = []
+        for resting in targets:
+            del self._resting[resting.request.client_order_id]
+            orders.append(
+                VenueOrder(
+                    client_order_id=resting.request.client_order_id,
+                    venue_order_id=str(resting.paper_id),
+                    state=S.CANCELED,
+                    filled_quantity=resting.filled,
+                    fills=resting.fills,
+                )
+            )
+        return CancelAllResult(outcome=Outcome.ACK, orders=orders)
 
     async def query(self, client_order_id: str, instrument: str) -> QueryResult:
         record = await self._pool.fetchrow(

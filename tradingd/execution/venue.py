@@ -59,6 +59,7 @@ class PlaceResult(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Outcome
     order: VenueOrder | None = None  # with ACK
     reason: str = ""  # with REJECTED / UNKNOWN
+    banned: bool = False  # the venue refused us as a client (IP or account ban)
 
 
 class CancelResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +73,16 @@ class QueryResult(msgspec.Struct, frozen=True, kw_only=True):
 
     outcome: Outcome
     order: VenueOrder | None = None
+    reason: str = ""
+
+
+class CancelAllResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A bulk cancel. ``ACK``: the venue did it; ``orders`` are those it named as cancelled
+    (a venue that answers with a count names none: the executor verifies by open orders and
+    queries). ``UNKNOWN``: some or all requests had no definitive answer."""
+
+    outcome: Outcome
+    orders: list[VenueOrder] = []
     reason: str = ""
 
 
@@ -98,6 +109,10 @@ class ExecutionClient(Protocol):
     async def cancel(self, client_order_id: str, instrument: str) -> CancelResult: ...
 
     async def query(self, client_order_id: str, instrument: str) -> QueryResult: ...
+
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        """Cancel every open order of the account (of one instrument), in bulk."""
+        ...
 
     async def open_orders(self) -> list[VenueOrder]: ...
 

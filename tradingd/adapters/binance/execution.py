@@ -41,6 +41,7 @@ from tradingd.backoff import backoff_delay
 from tradingd.execution.orders import OrderState
 from tradingd.execution.records import Fill
 from tradingd.execution.venue import (
+    CancelAllResult,
     CancelResult,
     Outcome,
     PlaceRequest,
@@ -227,7 +228,11 @@ class BinanceExecution:
         assert failure is not None
         if failure.verdict in NOT_PROCESSED:
             self._live.pop(request.client_order_id, None)
-            return PlaceResult(outcome=Outcome.REJECTED, reason=failure.reason)
+            return PlaceResult(
+                outcome=Outcome.REJECTED,
+                reason=failure.reason,
+                banned=failure.verdict is Verdict.BANNED,
+            )
         return PlaceResult(outcome=Outcome.UNKNOWN, reason=failure.reason)
 
     async def _with_fills(self, wire: Order) -> VenueOrder | None:
@@ -252,6 +257,36 @@ class BinanceExecution:
             # Filled meanwhile, or not (yet) there: the executor asks by query.
             return CancelResult(outcome=Outcome.REJECTED, reason=failure.reason)
         return CancelResult(outcome=Outcome.UNKNOWN, reason=failure.reason)
+
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        """``DELETE /api/v3/openOrders`` on every symbol with an open order (the venue's list and
+        ours), concurrently: the venue has no account-wide bulk cancel."""
+        if instrument is not None:
+            symbols = {instrument}
+        else:
+            listed = await self.private.open_orders()
+            if isinstance(listed, Classified):
+                return CancelAllResult(outcome=Outcome.UNKNOWN, reason=listed.reason)
+            symbols = {o.symbol for o in listed} | set(self._live.values())
+        symbols_sorted = sorted(symbols)
+        answers = await asyncio.gather(*(self.private.cancel_all(s) for s in symbols_sorted))
+        orders: list[VenueOrder] = []
+        failures: list[str] = []
+        for symbol, answer in zip(symbols_sorted, answers, strict=True):
+            if isinstance(answer, Classified):
+                # -2011: nothing open on the symbol (the verification below tells anyway).
+                if answer.verdict is not Verdict.NOT_FOUND:
+                    failures.append(f"{symbol}: {answer.reason}")
+                continue
+            for wire in answer:
+                order = await self._with_fills(wire)
+                if order is not None:
+                    orders.append(order)
+        if failures:
+            return CancelAllResult(
+                outcome=Outcome.UNKNOWN, orders=orders, reason="; ".join(failures)
+            )
+        return CancelAllResult(outcome=Outcome.ACK, orders=orders)
 
     async def query(self, client_order_id: str, instrument: str) -> QueryResult:
         answer = await self.private.query(symbol=instrument, client_order_id=client_order_id)

@@ -36,6 +36,7 @@ from tradingd.backoff import backoff_delay
 from tradingd.execution.orders import OrderState
 from tradingd.execution.records import Fill
 from tradingd.execution.venue import (
+    CancelAllResult,
     CancelResult,
     Outcome,
     PlaceRequest,
@@ -225,8 +226,23 @@ class DeribitExecution:
         assert failure is not None
         if failure.verdict in NOT_PROCESSED:
             self._live.pop(request.client_order_id, None)
-            return PlaceResult(outcome=Outcome.REJECTED, reason=failure.reason)
+            return PlaceResult(
+                outcome=Outcome.REJECTED,
+                reason=failure.reason,
+                banned=failure.verdict is Verdict.BANNED,
+            )
         return PlaceResult(outcome=Outcome.UNKNOWN, reason=failure.reason)
+
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        """``private/cancel_all`` (``cancel_all_by_instrument``): the venue answers a count; the
+        executor verifies by open orders and queries, and the ``user.orders`` channel tells."""
+        session = await self._ready_session()
+        if session is None:
+            return CancelAllResult(outcome=Outcome.UNKNOWN, reason="no Deribit session")
+        answer = await session.cancel_all(instrument)
+        if isinstance(answer, Classified):
+            return CancelAllResult(outcome=Outcome.UNKNOWN, reason=answer.reason)
+        return CancelAllResult(outcome=Outcome.ACK, reason=f"{answer} cancelled")
 
     async def cancel(self, client_order_id: str, instrument: str) -> CancelResult:
         session = await self._ready_session()
