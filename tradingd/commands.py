@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from tradingd import ordercmds
 from tradingd.adapters.registry import create_adapter
 from tradingd.config import Config, redacted
+from tradingd.execution.breaker import BreakerStatus, breaker_status
 from tradingd.exitcodes import (
     EX_CONFIG,
     EX_FAILURE,
@@ -150,6 +151,7 @@ class _StatusReport(msgspec.Struct):
     kill_switch: str = "unknown: trading counts as stopped"
     running: DaemonStatus | None = None
     executor: ordercmds.ExecutorStatus | None = None
+    breakers: dict[str, BreakerStatus] = {}
 
 
 async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -252,6 +254,7 @@ async def _status_from_postgres(report: _StatusReport, pool: Pool, config: Confi
     )
     report.open_gaps = [{**dict(r), "detected_at": r["detected_at"].isoformat()} for r in rows]
     report.dead_letters = int(await pool.fetchval("SELECT count(*) FROM dead_letters"))
+    report.breakers = {n: await breaker_status(pool, n) for n in config.enabled_exchanges()}
 
 
 def _describe_daemon(daemon: _DaemonReport | None) -> str:
@@ -275,6 +278,8 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
     running = {e.name: e for e in report.running.exchanges} if report.running else {}
     for name, st in report.states.items():
         line = f"  {name:<12} {st['state'] or 'NEW':<14} {st['note'] or ''}".rstrip()
+        if name in report.breakers:
+            line += f"\n  {'':<12} {report.breakers[name].describe()}"
         live = running.get(name)
         if live:
             last_frame = (

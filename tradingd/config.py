@@ -189,8 +189,33 @@ class RiskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     max_orders_per_second: PositiveInt = 10
     # A limit price further than this fraction from the last trade is denied (fat finger).
     price_band: Decimal = Decimal("0.05")
-    # Market data of the instrument older than this (seconds) denies new orders.
+    # Market data of the instrument older than this (seconds) denies new orders, and trips the
+    # circuit breaker while orders are open on it.
     max_data_age: PositiveFloat = 10.0
+    # Circuit breaker (per exchange; each trip locks it until `tradingd unlock`). Per PnL
+    # currency (USDT, USD, BTC for inverse contracts, ...): the day's (UTC) realised+unrealised
+    # loss net of fees, and the fall from the day's peak; a currency not listed has no limit.
+    daily_loss_limit: dict[str, Decimal] = msgspec.field(
+        default_factory=lambda: {
+            "USDT": Decimal(1000),
+            "USDC": Decimal(1000),
+            "USD": Decimal(1000),
+            "BTC": Decimal("0.02"),
+            "ETH": Decimal("0.3"),
+        }
+    )
+    max_drawdown: dict[str, Decimal] = msgspec.field(
+        default_factory=lambda: {
+            "USDT": Decimal(1500),
+            "USDC": Decimal(1500),
+            "USD": Decimal(1500),
+            "BTC": Decimal("0.03"),
+            "ETH": Decimal("0.45"),
+        }
+    )
+    # Venue rejects and UNKNOWN outcomes: more than this many within the window trips it.
+    max_venue_failures: PositiveInt = 5
+    venue_failure_window: PositiveFloat = 60.0
 
 
 class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -478,6 +503,9 @@ def _check_money(config: Config, path: Path | str) -> None:
         ("paper.taker_fee", config.paper.taker_fee),
         ("paper.slippage", config.paper.slippage),
     ]
+    for name in ("daily_loss_limit", "max_drawdown"):
+        limits: dict[str, Decimal] = getattr(config.risk, name)
+        amounts += [(f"risk.{name}.{currency}", v) for currency, v in limits.items()]
     for exchange, balances in config.paper.balances.items():
         if exchange not in config.exchanges:
             raise ConfigError(

@@ -14,6 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from tradingd.config import PaperConfig, RiskConfig
+from tradingd.execution.breaker import Breaker
 from tradingd.execution.desk import StrategyStatus
 from tradingd.execution.executor import ExchangeLocker, Executor
 from tradingd.execution.ledger import Ledger
@@ -181,6 +182,7 @@ async def running_executor(
     open_gaps: Callable[[], frozenset[str]] = frozenset,
     limits: RiskConfig = LIMITS,
     lock_exchange: ExchangeLocker | None = None,
+    breaker: Breaker | None = None,
 ) -> AsyncIterator[Harness]:
     clock = clock or Clock(1_800_000_000_000_000)
     ledger = Ledger(pool)
@@ -199,6 +201,7 @@ async def running_executor(
         taker_fee=PAPER.taker_fee,
         clock_us=clock,
         lock_exchange=lock_exchange,
+        breaker=breaker,
     )
     if host is not None:
         executor.attach_host(host, {"s1": ["BTCUSDT"]})

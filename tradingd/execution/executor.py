@@ -33,6 +33,7 @@ from tradingd.actors import checked_in
 from tradingd.config import RiskConfig
 from tradingd.execution import risk
 from tradingd.execution.accounting import Book, FillRecord
+from tradingd.execution.breaker import Breaker
 from tradingd.execution.desk import (
     MANUAL_STRATEGY,
     CancelReport,
@@ -158,9 +159,12 @@ class Executor:
         taker_fee: Decimal = Decimal(0),
         clock_us: Callable[[], int] = _wall_clock_us,
         lock_exchange: ExchangeLocker | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.name = f"executor:{exchange}"
         self._lock_exchange = lock_exchange
+        self.breaker = breaker
+        self._breaker_since_us = 0
         # Why this executor locked its exchange ("" when it did not); new orders are denied at
         # once, before the recorded state reaches Redis.
         self.locked_reason = ""
@@ -447,6 +451,44 @@ class Executor:
     def now_us(self) -> int:
         return self._clock_us()
 
+    # -- the circuit breaker (rules and record in tradingd.execution.breaker) --------------------
+
+    def _venue_failed(self, *, banned: str) -> None:
+        if self.breaker is not None:
+            self.breaker.note_failure(self._clock_us(), banned=banned)
+            self._wake.set()
+
+    def _equity(self) -> dict[str, Decimal] | None:
+        """Realised + unrealised - fees per currency; None while a position has no mark."""
+        marks = {n: m.last_price for n, m in self._market.items() if m.last_price is not None}
+        if self._book.unmarked(marks):
+            return None
+        realised = self._book.realised_pnl()
+        unrealised = self._book.unrealised_pnl(marks)
+        fees = self._book.fees()
+        return {
+            c: realised.get(c, Decimal(0)) + unrealised.get(c, Decimal(0)) - fees.get(c, Decimal(0))
+            for c in realised.keys() | unrealised.keys() | fees.keys()
+        }
+
+    async def _check_breaker(self) -> None:
+        if self.breaker is None or self.breaker.tripped is not None:
+            return
+        now_us = self._clock_us()
+        # Data age counts from the check's start at the earliest: none has arrived at start.
+        since = self._breaker_since_us
+        ages = {
+            row.instrument: (
+                now_us - max(since, self._market.get(row.instrument, _Market()).updated_us)
+            )
+            / 1e6
+            for row in self._orders.values()
+            if row.state in LIVE_STATES
+        }
+        trip = await self.breaker.check(now_us, self._equity(), ages)
+        if trip is not None:
+            await self.lock(trip.reason)
+
     # -- the actor -------------------------------------------------------------------------------
 
     async def run(self, ctx: ActorContext) -> None:
@@ -458,6 +500,11 @@ class Executor:
         await self._replay_fills()
         await self._reconcile()
         await self._refill_ids()
+        if self.breaker is not None:
+            self._breaker_since_us = self._clock_us()
+            status = await self.breaker.load(self._breaker_since_us)
+            if status.tripped:
+                await self.lock(status.reason)
         self.reconciled.set()
         ctx.ready()
         if self.host is not None:
@@ -477,6 +524,7 @@ class Executor:
             ctx.checkin()
             async with self._lock:
                 await self._watch_gate()
+                await self._check_breaker()
                 while self._updates:
                     await self._apply(self._updates.popleft(), "venue:stream")
                 while self._queued:
@@ -614,8 +662,11 @@ class Executor:
             self.place_latency.record((time.monotonic_ns() - sent_ns) // 1000)
         except Exception as exc:  # whatever went wrong, the order may exist: ask, never resend
             logger.opt(exception=exc).error("order {}: place failed", client_id)
+            self._venue_failed(banned="")
             await self._move(client_id, S.UNKNOWN, "executor", reason=f"place failed: {exc!r}")
             return
+        if result.outcome is not Outcome.ACK:
+            self._venue_failed(banned=result.reason if result.banned else "")
         if result.outcome is Outcome.ACK and result.order is not None:
             await self._apply(result.order, "venue:ack")
         elif result.outcome is Outcome.REJECTED:
@@ -771,6 +822,8 @@ class Executor:
             logger.bind(EXCHANGE=self.exchange).info("unlocked ({})", self.locked_reason)
             self.locked_reason = ""
             self._lock_recorded = False
+            if self.breaker is not None:
+                self.breaker.reset()
         if switch is not None and not self._halted:
             self._halted = f"kill switch: {switch.reason}"
             for problem in await self._cancel_all_locked(self._halted):

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from tradingd.config import Config
+from tradingd.execution.breaker import Breaker
 from tradingd.execution.control import ControlServer
 from tradingd.execution.executor import Executor
 from tradingd.execution.ledger import Ledger
@@ -69,6 +70,7 @@ def build_executor(
         open_gaps=gapped,
         taker_fee=config.paper.taker_fee,
         lock_exchange=exchange_locker(pool, redis, exchange),
+        breaker=Breaker(pool, exchange, config.risk),
     )
     executor.attach_host(
         StrategyHost.build(
