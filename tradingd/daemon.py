@@ -45,6 +45,7 @@ from tradingd.reconcile import Reconciler, StartupStates
 from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
 from tradingd.secrets import secret_store
 from tradingd.sequencing import Gap, SequenceTracker
+from tradingd.shared_state import SharedStateWatch
 from tradingd.status import STATUS_KEY, DaemonStatus, ExchangeStatus, encode_status, one_line
 from tradingd.storage import Storage, StorageError, StorageRejected, open_storage
 from tradingd.storage.embedded import EmbeddedStorageError
@@ -350,6 +351,8 @@ class Daemon:
             ActorSpec(ClockWatch(self.clock, self.states.lock_all), RestartPolicy.PERMANENT)
         )
         specs.append(ActorSpec(Reconciler(self.states, self), RestartPolicy.PERMANENT))
+        self.shared_state = SharedStateWatch(self.storage.pool, self.storage.redis, self.adapters)
+        specs.append(ActorSpec(self.shared_state, RestartPolicy.PERMANENT))
         specs.append(ActorSpec(StateChangeObserver(self.storage.pool, cfg.daemon.status_interval)))
         specs.append(ActorSpec(control_server(self.executors, self.storage.redis)))
         address = cfg.metrics.address()
