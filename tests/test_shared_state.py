@@ -46,7 +46,9 @@ async def test_a_flush_denies_every_order_until_the_record_is_restored(
 ) -> None:
     await _healthy_on_record(pool, rds)
     lost: list[str] = []
-    watch = SharedStateWatch(pool, rds, [EXCHANGE], interval=0.05, on_lost=lost.append)
+    watch = SharedStateWatch(
+        pool, rds, [EXCHANGE], interval=0.05, on_lost=lambda _key, text: lost.append(text)
+    )
     assert not await watch.check()  # the first check places the sentinel
     async with running_executor(pool, rds) as h:
         await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))

@@ -133,6 +133,11 @@ class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     telegram_token_secret: SecretName = ""
     telegram_chat_id: str = ""
     telegram_api_url: HttpUrl = "https://api.telegram.org"
+    # The daemon's own alerts (locks, breaker trips, kill switch, UNKNOWN orders, escalations):
+    # one message per incident within this many seconds, at most max_per_minute messages.
+    dedup_seconds: PositiveFloat = 3600.0
+    max_per_minute: PositiveInt = 10
+    queue_size: PositiveInt = 1000
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

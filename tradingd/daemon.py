@@ -29,6 +29,7 @@ from tradingd.actors.receiver import MarketDataOutlets, Receiver
 from tradingd.actors.repairer import GapRepairer
 from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
+from tradingd.alerting import Alerter, alert_queue, raise_alert
 from tradingd.clock import ClockCheck, ClockWatch, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
 from tradingd.execution.executor import Executor
@@ -98,7 +99,8 @@ class Daemon:
         self.adapters: dict[str, ExchangeAdapter] = {}
         self.receivers: dict[str, list[Receiver]] = {}
         self.repairers: dict[str, GapRepairer] = {}
-        self.supervisor = Supervisor(config.supervisor, on_escalation=lambda _e: self._stop.set())
+        self.supervisor = Supervisor(config.supervisor, on_escalation=self._on_escalation)
+        self.alerts = alert_queue(config.alerts)
         self.persister: Persister | None = None
         self.analyzer: Analyzer | None = None
         self.clock: ClockCheck | None = None
@@ -120,6 +122,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+
+    def _on_escalation(self, escalation: SupervisorEscalation) -> None:
+        raise_alert(self.alerts, f"escalation:{escalation.actor}", f"exiting: {escalation}")
+        self._stop.set()
 
     def request_stop(self, why: str = "requested") -> None:
         if not self._stop.is_set():
@@ -351,8 +357,16 @@ class Daemon:
             ActorSpec(ClockWatch(self.clock, self.states.lock_all), RestartPolicy.PERMANENT)
         )
         specs.append(ActorSpec(Reconciler(self.states, self), RestartPolicy.PERMANENT))
-        self.shared_state = SharedStateWatch(self.storage.pool, self.storage.redis, self.adapters)
+        self.shared_state = SharedStateWatch(
+            self.storage.pool,
+            self.storage.redis,
+            self.adapters,
+            on_lost=lambda key, text: raise_alert(self.alerts, key, text),
+        )
         specs.append(ActorSpec(self.shared_state, RestartPolicy.PERMANENT))
+        self.queues.append(self.alerts)  # type: ignore[arg-type]
+        alerter = Alerter(cfg.alerts, secret_store(cfg), self.alerts, self.storage.pool)
+        specs.append(ActorSpec(alerter, RestartPolicy.TRANSIENT))
         specs.append(ActorSpec(StateChangeObserver(self.storage.pool, cfg.daemon.status_interval)))
         specs.append(ActorSpec(control_server(self.executors, self.storage.redis)))
         address = cfg.metrics.address()
@@ -532,6 +546,9 @@ class Daemon:
                     queue.close()
                 writers = [a.name for a in (self.persister, self.analyzer) if a is not None]
                 await self.supervisor.stop(writers, graceful_timeout=remaining() * 0.8)
+                # What is queued (an escalation's alert) is sent before the daemon exits.
+                self.alerts.close()
+                await self.supervisor.stop([Alerter.name], graceful_timeout=remaining() * 0.5)
                 await self.supervisor.stop_all()
         except TimeoutError:
             logger.error("shutdown exceeded daemon.stop_timeout ({} s); cutting it short", timeout)

@@ -38,7 +38,7 @@ class SharedStateWatch:
         exchanges: Iterable[str],
         *,
         interval: float = CHECK_INTERVAL,
-        on_lost: Callable[[str], None] | None = None,
+        on_lost: Callable[[str, str], None] | None = None,
     ) -> None:
         self._pool = pool
         self._redis = redis
@@ -69,7 +69,7 @@ class SharedStateWatch:
         )
         logger.critical(message)
         if self._on_lost is not None:
-            self._on_lost(message)
+            self._on_lost(f"shared_state_lost:{time.time_ns()}", message)
         self.restored.set()
         return True
 
