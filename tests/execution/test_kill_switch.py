@@ -10,7 +10,21 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bench.kill_switch import PERP, running_drill
+from tests.execution._doubles import (
+    EXCHANGE,
+    INSTRUMENTS,
+    PAPER,
+    healthy,
+    running_executor,
+    ticker,
+    trade,
+)
 from tradingd.execution.orders import TERMINAL_STATES
+from tradingd.execution.paper import PaperVenue
+from tradingd.execution.venue import CancelAllResult, Outcome
+from tradingd.strategies.api import Accepted, OrderIntent, Side
+
+NOW = 1_800_000_000_000_000
 
 
 async def test_100_open_orders_on_both_venues_are_cancelled_and_verified(
@@ -67,3 +81,35 @@ async def test_flatten_closes_every_position_through_the_ledger(
             [s.value for s in TERMINAL_STATES],
         )
         assert left == 0
+
+
+class _BulkCancelLost(PaperVenue):
+    """A venue whose bulk cancel gets no answer (and does nothing)."""
+
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        return CancelAllResult(outcome=Outcome.UNKNOWN, reason="timeout (test)")
+
+
+async def test_without_a_bulk_answer_every_order_is_cancelled_one_by_one_and_verified(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    async with running_executor(pool, rds) as h:
+        venue = _BulkCancelLost(EXCHANGE, pool, PAPER, INSTRUMENTS, h.clock)
+        await venue.start()
+        h.executor._venue = venue
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        for i in range(10):
+            intent = OrderIntent(
+                instrument="BTCUSDT",
+                side=Side.BUY,
+                quantity=Decimal("0.1"),
+                price=Decimal(96 + i % 4),
+            )
+            assert isinstance(h.executor.decide("s1", intent), Accepted)
+        await h.settle()
+        report = await h.executor.cancel_everything("kill switch: drill")
+        assert (report.requested, report.cancelled, report.remaining) == (10, 10, 0)
+        assert report.venue_open == 0
+        assert report.errors == ["bulk cancel: UNKNOWN timeout (test)"]
+        assert await venue.open_orders() == []

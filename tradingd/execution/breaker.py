@@ -30,6 +30,8 @@ import msgspec
 
 from tradingd.config import RiskConfig
 
+# The day's peak is written at most this often (the check runs at every executor pass).
+SAVE_EVERY_US = 5_000_000
 Rule = Literal["daily_loss", "drawdown", "stale_data", "venue_failures", "banned"]
 Equity = dict[str, Decimal]  # PnL currency -> realised + unrealised - fees
 
@@ -212,6 +214,7 @@ class Breaker:
         self._banned = ""
         self._day: Day | None = None
         self._rebase = False
+        self._saved_us = 0
         self.tripped: Trip | None = None
         self.trips = 0  # since start, for the metrics
 
@@ -253,7 +256,13 @@ class Breaker:
             else:
                 day = roll(self._day, day_of(now_us), equity)
             if day != self._day:
-                await self._save(day)
+                # A new day (or baseline) at once; a new peak at most every SAVE_EVERY_US.
+                if self._day is None or day.day != self._day.day or day.start != self._day.start:
+                    await self._save(day, now_us)
+                elif now_us - self._saved_us >= SAVE_EVERY_US:
+                    await self._save(day, now_us)
+                else:
+                    self._day = day
         if day is None:
             day = Day(day=day_of(now_us), start={}, peak={})
         figures = Figures(
@@ -284,7 +293,7 @@ class Breaker:
         self._failures.clear()
         self._rebase = True
 
-    async def _save(self, day: Day) -> None:
+    async def _save(self, day: Day, now_us: int) -> None:
         await self._pool.execute(
             "INSERT INTO breaker_days (exchange, day, start_equity, peak_equity)"
             " VALUES ($1, $2::date, $3::jsonb, $4::jsonb)"
@@ -296,3 +305,4 @@ class Breaker:
             _equity_json(day.peak),
         )
         self._day = day
+        self._saved_us = now_us
