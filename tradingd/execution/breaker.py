@@ -257,9 +257,11 @@ class Breaker:
                 day = roll(self._day, day_of(now_us), equity)
             if day != self._day:
                 # A new day (or baseline) at once; a new peak at most every SAVE_EVERY_US.
-                if self._day is None or day.day != self._day.day or day.start != self._day.start:
-                    await self._save(day, now_us)
-                elif now_us - self._saved_us >= SAVE_EVERY_US:
+                rebased = self._day is None or (day.day, day.start) != (
+                    self._day.day,
+                    self._day.start,
+                )
+                if rebased or now_us - self._saved_us >= SAVE_EVERY_US:
                     await self._save(day, now_us)
                 else:
                     self._day = day
