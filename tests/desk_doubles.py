@@ -15,6 +15,8 @@ class FakeDesk:
         self.submitted: list[tuple[str, OrderIntent]] = []
         self.cancelled: list[str] = []
         self.cancel_everything_reasons: list[str] = []
+        self.flattened: list[bool] = []
+        self.positions_left: dict[str, str] = {}
         self.deny = ""
         self.open_orders = open_orders
         self.stuck = stuck  # orders the venue will not confirm cancelled
@@ -44,6 +46,7 @@ class FakeDesk:
 
     async def cancel_everything(self, reason: str, *, flatten: bool = False) -> CancelReport:
         self.cancel_everything_reasons.append(reason)
+        self.flattened.append(flatten)
         requested = self.open_orders
         self.open_orders = self.stuck
         return CancelReport(
@@ -51,6 +54,8 @@ class FakeDesk:
             requested=requested,
             cancelled=requested - self.stuck,
             remaining=self.stuck,
+            flattened=["sell 0.5 BTCUSDT (td09): FILLED"] if flatten else [],
+            positions=self.positions_left,
         )
 
     def strategies(self) -> list[StrategyStatus]:

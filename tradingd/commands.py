@@ -365,6 +365,9 @@ async def kill_switch(args: argparse.Namespace, config: Config, path: Path) -> i
     if args.action != "show" and not args.reason:
         print(f"tradingd: error: kill-switch {args.action} needs --reason TEXT", file=sys.stderr)
         return EX_USAGE
+    if getattr(args, "flatten", False) and args.action != "on":
+        print("tradingd: error: --flatten goes with kill-switch on", file=sys.stderr)
+        return EX_USAGE
     async with storage_for(config) as storage:
         if args.action == "show":
             try:

@@ -1,6 +1,7 @@
 """The control channel: the operator's CLI reaches the running daemon's order desks over Redis.
 
-The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control``. PUBLISH answers with
+The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control`` (``:<db>`` appended
+for a Redis database other than 0: channels are server-wide). PUBLISH answers with
 the number of subscribers that received it: 0 means no daemon listens, and nothing was asked
 or queued (``NoDaemon``, exit 69). The daemon's ``ControlServer`` hands the request to the
 ``OrderDesk`` of the exchange named and RPUSHes one ``Reply`` on
@@ -31,6 +32,15 @@ from tradingd.strategies.api import Accepted, OrderIntent
 from tradingd.supervisor import ActorContext
 
 CONTROL_CHANNEL = "tradingd:control"
+
+
+def control_channel(redis: aioredis.Redis) -> str:
+    """The channel of the daemon using this Redis database: PUBLISH reaches every database of
+    the server, so two daemons on one server (paper and live, say) must not share a channel."""
+    db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+    return CONTROL_CHANNEL if db == 0 else f"{CONTROL_CHANNEL}:{db}"
+
+
 REPLY_PREFIX = "tradingd:control:reply:"
 REPLY_TTL_S = 60
 
@@ -141,7 +151,7 @@ class ControlClient:
             deadline_us=now_us() + int(timeout_s * 1_000_000),
             request=request,
         )
-        receivers = await self._redis.publish(CONTROL_CHANNEL, _encode(envelope))
+        receivers = await self._redis.publish(control_channel(self._redis), _encode(envelope))
         if receivers == 0:
             raise NoDaemon()
         if receivers > 1:
@@ -174,7 +184,7 @@ class ControlServer:
     async def run(self, ctx: ActorContext) -> None:
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(CONTROL_CHANNEL)
+            await pubsub.subscribe(control_channel(self._redis))
             # Ready only once Redis confirms: from then on PUBLISH counts this subscriber.
             while True:
                 confirmation = await pubsub.get_message(timeout=None)

@@ -875,7 +875,7 @@ class Executor:
 
     async def _flatten(self, errors: list[str]) -> list[str]:
         """Close every net position with a reduce-only market order through the ledger (the
-        intent first); the kill switch's gate is not read for these, nothing else is skipped."""
+        intent first). Neither the gate nor pre-trade risk applies: closing is what was asked."""
         net: dict[str, Decimal] = {}
         for _strategy, position in self._book.positions():
             net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
