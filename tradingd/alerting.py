@@ -41,7 +41,7 @@ from tradingd.secrets import SecretStore
 from tradingd.supervisor import ActorContext
 
 # Recorded by the daemon itself (not an operator's command): these changes are alerted.
-AUTOMATIC_OPERATORS = frozenset({"tradingd", "executor"})
+AUTOMATIC_OPERATORS = frozenset({"tradingd", "executor", "reconcile", "reconciler", "breaker"})
 UNRESOLVED_AFTER_S = 30
 RECORDS_INTERVAL = 1.0
 _URL_USER = re.compile(r"(\w+://)[^/@\s]+@")
