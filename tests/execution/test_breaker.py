@@ -243,3 +243,48 @@ async def test_an_ip_ban_trips_and_is_recorded(pool: asyncpg.Pool) -> None:
 
 def _fields(limits: RiskConfig) -> dict[str, object]:
     return {name: getattr(limits, name) for name in limits.__struct_fields__}
+
+
+class _Flowing:
+    def flowing(self, exchange: str) -> bool:
+        return True
+
+    async def wait_flowing(self, exchange: str) -> None:
+        return None
+
+
+async def test_a_trip_during_start_up_reconciliation_keeps_the_exchange_locked(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    from typing import Any, cast
+
+    from tradingd.adapters.base import ExchangeAdapter
+    from tradingd.clock import ClockCheck
+    from tradingd.config import DaemonConfig, parse_config
+    from tradingd.reconcile import StartupStates
+    from tradingd.state import read_state
+    from tradingd.storage import Storage
+
+    await _healthy_on_record(pool, rds)
+    await pool.execute(
+        "INSERT INTO instruments (exchange, instrument_name, market_type, base_currency,"
+        " quote_currency, tick_size, min_trade_amount, is_active, raw, updated_at)"
+        " VALUES ('binance', 'BTCUSDT', 'spot', 'BTC', 'USDT', 0.01, 0.00001, true, '{}', now())"
+    )
+    config = parse_config(
+        {"exchanges": {EXCHANGE: {"ws_url": "ws://127.0.0.1:1", "rest_url": "http://127.0.0.1:1",
+                                  "symbols": ["BTCUSDT"]}}}
+    )  # fmt: skip
+    venue = cast(ExchangeAdapter, cast(Any, object()))
+    check = ClockCheck(DaemonConfig(), {EXCHANGE: venue})
+    check.verified.set()
+    states = StartupStates(
+        config, Storage(pool=pool, redis=rds, database_url="", redis_url=""), {EXCHANGE: venue},
+        check,
+    )  # fmt: skip
+    await states.on_start()
+    assert await read_state(rds, EXCHANGE) is ExchangeState.RECONCILING
+    # The executor's breaker trips while the daemon still reconciles.
+    await exchange_locker(pool, rds, EXCHANGE)("circuit breaker: market data of BTCUSDT ...")
+    await states._reconcile_one(EXCHANGE, _Flowing())  # no IllegalTransition escapes
+    assert await read_state(rds, EXCHANGE) is ExchangeState.LOCKED
