@@ -191,6 +191,8 @@ class RiskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     price_band: Decimal = Decimal("0.05")
     # Market data of the instrument older than this (seconds) denies new orders.
     max_data_age: PositiveFloat = 10.0
+    # Seconds between reconciliations of the account (open orders, balances) with the venue.
+    reconcile_interval: PositiveFloat = 60.0
 
 
 class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

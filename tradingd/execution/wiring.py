@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from tradingd.config import Config
+from tradingd.execution.auditing import Auditor
 from tradingd.execution.control import ControlServer
 from tradingd.execution.executor import Executor
 from tradingd.execution.ledger import Ledger
@@ -69,6 +70,15 @@ def build_executor(
         open_gaps=gapped,
         taker_fee=config.paper.taker_fee,
         lock_exchange=exchange_locker(pool, redis, exchange),
+    )
+    executor.audit = Auditor(
+        executor,
+        pool=pool,
+        redis=redis,
+        venue=venue,
+        instruments=instruments,
+        interval_s=config.risk.reconcile_interval,
+        clock_us=_wall_clock_us,
     )
     executor.attach_host(
         StrategyHost.build(
