@@ -138,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", metavar="HOURS", type=float, help="only those older than this"
     )
     dlq_purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    from tradingd import ordercmds
+    from tradingd import ordercmds, reconcilecmd
 
     ordercmds.add_parsers(commands)
+    reconcilecmd.add_parser(commands)
     _accept_config_anywhere(parser)
     return parser
 
@@ -200,7 +201,7 @@ async def _run_and_flush(command: Coroutine[Any, Any, int]) -> int:
 
 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Command | None:
-    from tradingd import commands, ordercmds
+    from tradingd import commands, ordercmds, reconcilecmd
 
     if args.bootstrap:
         if args.command not in (None, "run"):
@@ -231,6 +232,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
         "positions": ordercmds.positions,
         "pnl": ordercmds.pnl,
         "strategies": ordercmds.strategies,
+        "reconcile": reconcilecmd.command,
     }
     return table[args.command]
 

@@ -21,7 +21,7 @@ from tests.execution._doubles import (
 )
 from tradingd.config import PaperConfig
 from tradingd.execution.audit import Kind, Outcome, Trigger
-from tradingd.execution.auditing import recent_reports
+from tradingd.execution.audit_record import recent_reports
 from tradingd.execution.ledger import Ledger
 from tradingd.execution.orders import OrderState
 from tradingd.execution.paper import PaperVenue

@@ -21,7 +21,7 @@ from tests.execution.test_live_binance import (  # noqa: F401 (fixtures)
 )
 from tradingd.adapters.binance.execution import BinanceExecution
 from tradingd.execution.audit import Kind, Outcome, Trigger
-from tradingd.execution.auditing import recent_reports
+from tradingd.execution.audit_record import recent_reports
 from tradingd.execution.orders import OrderState
 from tradingd.execution.venue import PlaceRequest
 from tradingd.state import ExchangeState, read_state, transition

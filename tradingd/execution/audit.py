@@ -25,11 +25,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from tradingd.execution.orders import OrderState
-from tradingd.execution.risk import InstrumentInfo
+
+if TYPE_CHECKING:  # risk reads the configuration, which imports the desk, which imports this
+    from tradingd.execution.risk import InstrumentInfo
 
 S = OrderState
 # Ledger states the venue must list as open. SENDING and UNKNOWN are not compared: their

@@ -1,6 +1,6 @@
 """The control channel: the operator's CLI reaches the running daemon's order desks over Redis.
 
-The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control``. PUBLISH answers with
+The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control:<db>``. PUBLISH answers with
 the number of subscribers that received it: 0 means no daemon listens, and nothing was asked
 or queued (``NoDaemon``, exit 69). The daemon's ``ControlServer`` hands the request to the
 ``OrderDesk`` of the exchange named and RPUSHes one ``Reply`` on
@@ -20,6 +20,7 @@ import msgspec
 import redis.asyncio as aioredis
 from loguru import logger
 
+from tradingd.execution.audit import Report
 from tradingd.execution.desk import (
     MANUAL_STRATEGY,
     CancelReport,
@@ -31,6 +32,16 @@ from tradingd.strategies.api import Accepted, OrderIntent
 from tradingd.supervisor import ActorContext
 
 CONTROL_CHANNEL = "tradingd:control"
+
+
+def control_channel(redis: aioredis.Redis) -> str:
+    """``tradingd:control:<db>``: Redis pub/sub is server-wide, not per database, so the
+    database number keeps the daemons of two deployments on one Redis server apart (without
+    it, one's CLI would reach the other's executors)."""
+    db = redis.connection_pool.connection_kwargs.get("db", 0)
+    return f"{CONTROL_CHANNEL}:{db}"
+
+
 REPLY_PREFIX = "tradingd:control:reply:"
 REPLY_TTL_S = 60
 
@@ -73,7 +84,15 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):
     """The executors' part of ``tradingd status``."""
 
 
-Request = Submit | Cancel | CancelEverything | ListStrategies | Pause | Resume | Snapshot
+class Reconcile(msgspec.Struct, frozen=True, kw_only=True, tag="reconcile"):
+    """Reconcile the account of one exchange (None: every one) with its venue now."""
+
+    exchange: str | None = None
+
+
+Request = (
+    Submit | Cancel | CancelEverything | ListStrategies | Pause | Resume | Snapshot | Reconcile
+)
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +118,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     strategies: list[StrategyStatus] = []
     snapshots: list[ExecutorSnapshot] = []
     found: bool = False  # pause/resume: the strategy runs in the daemon
+    reconciliations: list[Report] = []
 
 
 _encode = msgspec.json.Encoder().encode
@@ -139,7 +159,7 @@ class ControlClient:
             deadline_us=now_us() + int(timeout_s * 1_000_000),
             request=request,
         )
-        receivers = await self._redis.publish(CONTROL_CHANNEL, _encode(envelope))
+        receivers = await self._redis.publish(control_channel(self._redis), _encode(envelope))
         if receivers == 0:
             raise NoDaemon()
         if receivers > 1:
@@ -172,7 +192,7 @@ class ControlServer:
     async def run(self, ctx: ActorContext) -> None:
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(CONTROL_CHANNEL)
+            await pubsub.subscribe(control_channel(self._redis))
             # Ready only once Redis confirms: from then on PUBLISH counts this subscriber.
             while True:
                 confirmation = await pubsub.get_message(timeout=None)
@@ -268,6 +288,19 @@ class ControlServer:
             case Resume(name=name):
                 found = [desk.resume_strategy(name) for desk in self._desks.values()]
                 return Reply(id=reply_id, found=any(found))
+            case Reconcile(exchange=exchange):
+                if exchange is not None and exchange not in self._desks:
+                    return Reply(id=reply_id, error=self._unknown(exchange))
+                chosen = [d for n, d in self._desks.items() if exchange in (None, n)]
+                results = await asyncio.gather(*(d.reconcile() for d in chosen))
+                reconciled = [r for r in results if r is not None]
+                if len(reconciled) < len(chosen):
+                    return Reply(
+                        id=reply_id,
+                        error="an executor has no reconciliation attached",
+                        reconciliations=reconciled,
+                    )
+                return Reply(id=reply_id, reconciliations=reconciled)
             case Snapshot():
                 return Reply(
                     id=reply_id, snapshots=[desk.snapshot() for desk in self._desks.values()]
