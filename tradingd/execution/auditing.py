@@ -324,17 +324,23 @@ class Auditor:
             await self._put_under_audit(report)
         elif report.outcome is Outcome.MISMATCH:
             log.warning("{}: {} (seen once; the next run decides)", self.exchange, report.summary)
+            if await self._state() is ExchangeState.AUDITING:
+                # Already under audit: an unlock past this difference accepts the venue's word.
+                self._audited = True
         elif report.outcome is Outcome.FOREIGN:
             log.warning("{}: {}", self.exchange, report.summary)
         else:
             log.log("INFO" if report.outcome is Outcome.CLEAN else "WARNING", "{}", report.summary)
 
+    async def _state(self) -> ExchangeState | None:
+        try:
+            return await read_state(self._redis, self.exchange)
+        except StateUnavailable:
+            return None
+
     async def _put_under_audit(self, report: Report) -> None:
         reason = f"reconciliation ({report.trigger.value}): {report.summary}"
-        try:
-            state = await read_state(self._redis, self.exchange)
-        except StateUnavailable:
-            state = None
+        state = await self._state()
         if state in (ExchangeState.AUDITING, ExchangeState.LOCKED) and self._audited:
             return
         if state is ExchangeState.AUDITING:
