@@ -58,19 +58,27 @@ def facts(**changes: object) -> Facts:
     venue=st.dictionaries(_ids, _venue_states, max_size=5),
     expected=st.dictionaries(st.sampled_from(["BTC", "USDT", "ETH"]), _amounts, max_size=3),
     actual=st.dictionaries(st.sampled_from(["BTC", "USDT", "ETH"]), _amounts, max_size=3),
+    held=st.dictionaries(st.sampled_from(["PERP", "FUT", "OTHER"]), _amounts, max_size=3),
+    venue_held=st.dictionaries(st.sampled_from(["PERP", "FUT", "OTHER"]), _amounts, max_size=3),
 )
 def test_every_difference_is_found_and_nothing_else(
     ledger: dict[str, OrderState],
     venue: dict[str, OrderState],
     expected: dict[str, Decimal],
     actual: dict[str, Decimal],
+    held: dict[str, Decimal],
+    venue_held: dict[str, Decimal],
 ) -> None:
+    steps = {"PERP": Decimal(10), "FUT": Decimal("0.001")}
     found = compare(
         facts(
             ledger_orders=[order(c, s) for c, s in ledger.items()],
             venue_orders=[order(c, s) for c, s in venue.items()],
             expected_balances=expected,
             venue_balances=actual,
+            expected_positions=held,
+            venue_positions=venue_held,
+            position_steps=steps,
         )
     )
     by_kind: dict[Kind, set[str]] = {kind: set() for kind in Kind}
@@ -83,6 +91,11 @@ def test_every_difference_is_found_and_nothing_else(
         c
         for c, s in ledger.items()
         if s in (S.OPEN, S.PARTIALLY_FILLED, S.CANCEL_PENDING) and c not in venue
+    }
+    assert by_kind[Kind.POSITION] == {
+        i
+        for i, step in steps.items()
+        if abs(held.get(i, Decimal(0)) - venue_held.get(i, Decimal(0))) > step
     }
     # Only the currencies given a step are compared; within one step is rounding.
     assert by_kind[Kind.BALANCE] == {
@@ -104,7 +117,7 @@ def test_the_outcome_is_the_most_serious_finding(
     result = outcome(findings, trigger=trigger, mismatch_before=before)
     if {Kind.UNKNOWN_ORDER, Kind.UNKNOWN_FILL} & set(kinds):
         assert result is Outcome.LOCKED
-    elif {Kind.MISSING_AT_VENUE, Kind.BALANCE} & set(kinds):
+    elif {Kind.MISSING_AT_VENUE, Kind.POSITION, Kind.BALANCE} & set(kinds):
         # One mismatch at start is enough (nothing trades); while running it must persist.
         expected = Outcome.AUDITING if trigger is Trigger.STARTUP or before else Outcome.MISMATCH
         assert result is expected

@@ -11,6 +11,7 @@ recording.
   ``unknown_fill``: LOCKED at once;
 * an open order of another client of the account -> ``foreign_order``: left alone, reported;
 * an order the ledger holds open that the venue does not list -> ``missing_at_venue``;
+* a derivative's position differing by more than one quantity step -> ``position``;
 * a balance differing by more than one step of the currency -> ``balance``. Only the
   currencies of spot instruments are compared: a derivatives account's balance also moves with
   funding and settlement, which no fill records.
@@ -45,11 +46,12 @@ class Kind(enum.StrEnum):
     UNKNOWN_FILL = "unknown_fill"
     FOREIGN_ORDER = "foreign_order"
     MISSING_AT_VENUE = "missing_at_venue"
+    POSITION = "position"
     BALANCE = "balance"
 
 
 LOCKING = frozenset({Kind.UNKNOWN_ORDER, Kind.UNKNOWN_FILL})
-MISMATCH = frozenset({Kind.MISSING_AT_VENUE, Kind.BALANCE})
+MISMATCH = frozenset({Kind.MISSING_AT_VENUE, Kind.POSITION, Kind.BALANCE})
 
 
 class Outcome(enum.StrEnum):
@@ -95,6 +97,11 @@ class Facts(msgspec.Struct, frozen=True, kw_only=True):
     venue_balances: dict[str, Decimal]
     # The currencies compared, each with its step (a difference up to it is rounding).
     tolerances: dict[str, Decimal] = {}
+    # Signed net position per derivative instrument (the ledger's fills; the venue's), and
+    # each instrument compared with its quantity step.
+    expected_positions: dict[str, Decimal] = {}
+    venue_positions: dict[str, Decimal] = {}
+    position_steps: dict[str, Decimal] = {}
     # Fills the venue has that the ledger could not book: (trade id, client order id).
     unbooked_fills: list[tuple[str, str]] = []
 
@@ -131,6 +138,11 @@ def tolerances(instruments: Iterable[InstrumentInfo]) -> dict[str, Decimal]:
             if step > 0:
                 steps[currency] = min(step, steps.get(currency, step))
     return steps
+
+
+def position_steps(instruments: Mapping[str, InstrumentInfo]) -> dict[str, Decimal]:
+    """The quantity step of every derivative instrument: their positions are compared."""
+    return {name: info.rules.step_size for name, info in instruments.items() if not info.spot}
 
 
 def compare(facts: Facts) -> list[Finding]:
@@ -178,6 +190,18 @@ def compare(facts: Facts) -> list[Finding]:
                 venue=f"a fill of {client_id or '(no client id)'}",
             )
         )
+    for instrument, step in sorted(facts.position_steps.items()):
+        want = facts.expected_positions.get(instrument, Decimal(0))
+        have = facts.venue_positions.get(instrument, Decimal(0))
+        if abs(want - have) > step:
+            findings.append(
+                Finding(
+                    kind=Kind.POSITION,
+                    subject=instrument,
+                    ledger=_number(want),
+                    venue=f"{_number(have)} (difference {_number(have - want)})",
+                )
+            )
     if facts.expected_balances is not None:
         expected = facts.expected_balances
         for currency, step in sorted(facts.tolerances.items()):

@@ -68,6 +68,10 @@ class Audited(Protocol):
 
     def rebase_balances(self, balances: Mapping[str, Decimal]) -> None: ...
 
+    def net_positions(self) -> dict[str, Decimal]:
+        """The signed net position per instrument, replayed from the ledger's fills."""
+        ...
+
     async def book_fill(self, fill: Fill, source: str) -> bool:
         """Record a fill the venue reports (once per trade id); False when the ledger cannot
         (an order it does not know, or a fill its state machine refuses)."""
@@ -119,6 +123,7 @@ class Auditor:
         self._venue = venue
         self._instruments = instruments
         self._tolerances = audit.tolerances(instruments.values())
+        self._position_steps = audit.position_steps(instruments)
         self._interval_us = int(interval_s * 1_000_000)
         self._clock_us = clock_us
         self._next_us = 0
@@ -203,6 +208,7 @@ class Auditor:
                 unbooked.append((fill.trade_id, fill.client_order_id))
         venue_orders = await self._venue.open_orders()
         venue_balances = await self._venue.balances()
+        venue_positions = await self._venue.positions()
         last = await self._ledger.last_fill(exchange)
         watermark = last[0] if last is not None else 0
         expected: dict[str, Decimal] | None = None
@@ -217,6 +223,7 @@ class Auditor:
         return self._report(
             Trigger.STARTUP,
             venue_orders=venue_orders,
+            venue_positions=venue_positions,
             venue_balances=venue_balances,
             expected=expected,
             unbooked=unbooked,
@@ -227,6 +234,7 @@ class Auditor:
 
     async def _running(self, trigger: Trigger) -> Report:
         venue_orders = await self._venue.open_orders()
+        venue_positions = await self._venue.positions()
         venue_balances = await self._venue.balances()
         if self._rebase:
             self._rebase = False
@@ -235,6 +243,7 @@ class Auditor:
         report = self._report(
             trigger,
             venue_orders=venue_orders,
+            venue_positions=venue_positions,
             venue_balances=venue_balances,
             expected=self._desk.session_balances(),
             unbooked=[],
@@ -249,6 +258,7 @@ class Auditor:
         trigger: Trigger,
         *,
         venue_orders: list[VenueOrder],
+        venue_positions: dict[str, Decimal],
         venue_balances: dict[str, Decimal],
         expected: dict[str, Decimal] | None,
         unbooked: list[tuple[str, str]],
@@ -277,6 +287,9 @@ class Auditor:
             expected_balances=expected,
             venue_balances=venue_balances,
             tolerances=self._tolerances,
+            expected_positions=self._desk.net_positions(),
+            venue_positions=venue_positions,
+            position_steps=self._position_steps,
             unbooked_fills=unbooked,
         )
         findings = audit.compare(facts)

@@ -277,9 +277,7 @@ class Executor:
         return self.host is not None and self.host.resume(name)
 
     def snapshot(self) -> ExecutorSnapshot:
-        net: dict[str, Decimal] = {}
-        for _strategy, position in self._book.positions():
-            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
+        net = self.net_positions()
         return ExecutorSnapshot(
             exchange=self.exchange,
             mode=self.mode,
@@ -456,6 +454,12 @@ class Executor:
 
     def ledger_orders(self) -> list[OrderRow]:
         return list(self._orders.values())
+
+    def net_positions(self) -> dict[str, Decimal]:
+        net: dict[str, Decimal] = {}
+        for _strategy, position in self._book.positions():
+            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
+        return net
 
     def session_balances(self) -> dict[str, Decimal]:
         return self._session.balances()

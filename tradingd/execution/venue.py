@@ -103,6 +103,11 @@ class ExecutionClient(Protocol):
 
     async def balances(self) -> dict[str, Decimal]: ...
 
+    async def positions(self) -> dict[str, Decimal]:
+        """The account's signed position per derivative instrument, non-zero only (a spot
+        account holds balances, and none here)."""
+        ...
+
     async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
         """Every fill of the account at or after ``since_us`` on ``instruments``, as the venue
         records them (other clients' included: their client id tells them apart). Raises when

@@ -294,6 +294,9 @@ class BinanceExecution:
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         return None
 
+    async def positions(self) -> dict[str, Decimal]:
+        return {}  # a spot account: its balances are the whole of it
+
     async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
         fills: list[Fill] = []
         for symbol in sorted(set(instruments)):

@@ -310,6 +310,18 @@ class DeribitExecution:
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         return None
 
+    async def positions(self) -> dict[str, Decimal]:
+        session = await self._ready_session()
+        if session is None:
+            raise ConnectionError("no Deribit session")
+        held: dict[str, Decimal] = {}
+        for currency in self._currencies:
+            positions = await session.positions(currency)
+            if isinstance(positions, Classified):
+                raise ConnectionError(f"Deribit positions {currency}: {positions.reason}")
+            held.update({p.instrument_name: p.size for p in positions if p.size != 0})
+        return held
+
     async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
         session = await self._ready_session()
         if session is None:
