@@ -514,6 +514,7 @@ async def prune(args: argparse.Namespace, config: Config, path: Path) -> int:
     for name, count, days in (
         ("ticker snapshots", report.tickers, config.retention.tickers_days),
         ("dead letters", report.dead_letters, config.retention.dead_letters_days),
+        ("reconciliation reports", report.reconciliations, config.retention.reconciliations_days),
     ):
         if days == 0:
             print(f"{name}: kept forever")

@@ -123,6 +123,8 @@ class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     # Days of ticker snapshots and of dead letters kept (0: keep them all).
     tickers_days: NonNegativeInt = 90
     dead_letters_days: NonNegativeInt = 30
+    # Days of account reconciliation reports kept (each exchange's latest baseline always is).
+    reconciliations_days: NonNegativeInt = 30
 
 
 class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -5,6 +5,7 @@ trading (a mismatch on two runs in a row -> AUDITING; cancels still go through).
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 import asyncpg
@@ -19,13 +20,14 @@ from tests.execution._doubles import (
     ticker,
     trade,
 )
-from tradingd.config import PaperConfig
+from tradingd.config import PaperConfig, RetentionConfig
 from tradingd.execution.audit import Kind, Outcome, Trigger
 from tradingd.execution.audit_record import recent_reports
 from tradingd.execution.ledger import Ledger
 from tradingd.execution.orders import OrderState
 from tradingd.execution.paper import PaperVenue
 from tradingd.execution.wiring import exchange_locker
+from tradingd.retention import run_prune
 from tradingd.state import ExchangeState, history, read_state, transition
 from tradingd.strategies.api import Accepted, Denied, OrderIntent, OrderType, Side
 
@@ -195,3 +197,28 @@ async def test_a_mismatch_on_two_runs_in_a_row_means_auditing_and_cancels_still_
         assert isinstance(await h.executor.cancel(decision.client_order_id), Accepted)
         row = await Ledger(pool).order(decision.client_order_id)
         assert row is not None and row.state is S.CANCELED
+
+
+async def test_prune_keeps_each_exchanges_latest_baseline(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await recorded_healthy(pool, rds)
+    async with audited(pool, rds) as h:
+        await h.executor.reconcile()  # a clean run: a baseline too
+    await pool.execute("UPDATE reconciliations SET at = now() - interval '40 days'")
+    # A newer report that is no baseline (a mismatch), and an older baseline of another venue.
+    await pool.execute(
+        "INSERT INTO reconciliations (exchange, trigger, outcome, summary, baseline, at) VALUES"
+        " ('binance', 'periodic', 'mismatch', 'x', false, now()),"
+        " ('deribit', 'startup', 'clean', 'y', true, now() - interval '90 days')"
+    )
+    policy = RetentionConfig(reconciliations_days=30)
+    dry = await run_prune(pool, policy, today=date.today(), dry_run=True)
+    done = await run_prune(pool, policy, today=date.today(), dry_run=False)
+    assert dry.reconciliations == done.reconciliations == 1  # binance's older startup report
+    kept = await pool.fetch("SELECT exchange, trigger, baseline FROM reconciliations ORDER BY id")
+    assert [tuple(r) for r in kept] == [
+        ("binance", "on_demand", True),
+        ("binance", "periodic", False),
+        ("deribit", "startup", True),
+    ]
