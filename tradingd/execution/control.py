@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import msgspec
 import redis.asyncio as aioredis
@@ -73,7 +74,31 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):
     """The executors' part of ``tradingd status``."""
 
 
-Request = Submit | Cancel | CancelEverything | ListStrategies | Pause | Resume | Snapshot
+class Subscribe(msgspec.Struct, frozen=True, kw_only=True, tag="subscribe"):
+    """Capture these symbols of one exchange from now on (and after restarts)."""
+
+    exchange: str
+    symbols: list[str]
+    operator: str
+
+
+class Unsubscribe(msgspec.Struct, frozen=True, kw_only=True, tag="unsubscribe"):
+    exchange: str
+    symbols: list[str]
+    operator: str
+
+
+Request = (
+    Submit
+    | Cancel
+    | CancelEverything
+    | ListStrategies
+    | Pause
+    | Resume
+    | Snapshot
+    | Subscribe
+    | Unsubscribe
+)
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +116,31 @@ class Decided(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
+class SubscriptionChange(msgspec.Struct, frozen=True, kw_only=True):
+    """What a subscribe or unsubscribe did (``tradingd.subscriptions`` carries it out)."""
+
+    exchange: str
+    changed: list[str] = []  # subscribed (or unsubscribed) by this request
+    unchanged: list[str] = []  # already so
+    # Not listed by the venue (subscribe) or not captured (unsubscribe): nothing was changed.
+    refused: list[str] = []
+    symbols: list[str] = []  # what the exchange captures now
+    connections: int = 0
+    problem: str = ""  # non-empty: nothing was changed, and why (e.g. the venue unreachable)
+
+
+class SubscriptionControl(Protocol):
+    """The daemon's end of live subscription changes."""
+
+    async def subscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange: ...
+
+    async def unsubscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange: ...
+
+
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     error: str = ""  # non-empty: the request was not (fully) executed, and why
@@ -99,6 +149,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     strategies: list[StrategyStatus] = []
     snapshots: list[ExecutorSnapshot] = []
     found: bool = False  # pause/resume: the strategy runs in the daemon
+    subscription: SubscriptionChange | None = None
 
 
 _encode = msgspec.json.Encoder().encode
@@ -163,9 +214,15 @@ class ControlServer:
 
     name = "control"
 
-    def __init__(self, desks: Mapping[str, OrderDesk], redis: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        desks: Mapping[str, OrderDesk],
+        redis: aioredis.Redis,
+        subscriptions: SubscriptionControl | None = None,
+    ) -> None:
         self._desks = dict(desks)
         self._redis = redis
+        self._subscriptions = subscriptions
         self.handled = 0
         self.expired = 0
 
@@ -272,6 +329,16 @@ class ControlServer:
                 return Reply(
                     id=reply_id, snapshots=[desk.snapshot() for desk in self._desks.values()]
                 )
+            case Subscribe() | Unsubscribe():
+                if self._subscriptions is None:
+                    return Reply(id=reply_id, error="this daemon takes no subscription changes")
+                change = (
+                    self._subscriptions.subscribe
+                    if isinstance(request, Subscribe)
+                    else self._subscriptions.unsubscribe
+                )
+                outcome = await change(request.exchange, request.symbols, request.operator)
+                return Reply(id=reply_id, subscription=outcome)
         raise AssertionError(f"unhandled request {request!r}")
 
     def _unknown(self, exchange: str) -> str:
