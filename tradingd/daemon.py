@@ -245,7 +245,8 @@ class Daemon:
             unlisted = [symbol for symbol in self._symbols[name] if symbol not in listed]
             if unlisted:
                 logger.bind(EXCHANGE=name).error(
-                    "{}: not listed by the venue, skipped: {} (fix exchanges.{}.symbols)",
+                    "{}: not listed by the venue, skipped: {} (fix exchanges.{}.symbols, or"
+                    " `tradingd unsubscribe` one added live)",
                     name,
                     ", ".join(unlisted),
                     name,
