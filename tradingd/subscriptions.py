@@ -97,6 +97,13 @@ class ExchangeCapture:
         self.tracker = tracker
         self._supervisor = supervisor
         self._intervals = dict(adapter.stream_intervals())
+        # Streams one connection takes: the configured limit, or the venue's if lower (as the
+        # adapter plans them).
+        probe = [
+            Subscription(Channel.TRADES, f"PROBE{n}")
+            for n in range(config.max_streams_per_connection + 1)
+        ]
+        self.per_connection = len(adapter.plan_connections(probe)[0])
         self.receivers: list[Receiver] = []
         self._next_index = 0
         # One change at a time: each one plans against what the previous one left.
@@ -146,9 +153,8 @@ class ExchangeCapture:
                 # What happened while it was not captured is not a gap: start from the next trade.
                 self.tracker.forget(symbol)
             pending = subscriptions_of(self.config, fresh)
-            limit = self.config.max_streams_per_connection
             for receiver in self.receivers:
-                room = limit - len(receiver.subscriptions)
+                room = self.per_connection - len(receiver.subscriptions)
                 if room <= 0 or not pending:
                     continue
                 taken, pending = pending[:room], pending[room:]
