@@ -11,6 +11,7 @@ import pytest
 
 from tradingd.execution.accounting import FillRecord
 from tradingd.execution.performance import TOTAL, Performance, compute, ratios
+from tradingd.execution.performance_html import thin
 from tradingd.strategies.api import Side
 
 D = Decimal
@@ -166,3 +167,15 @@ def test_ratios_need_two_days_variance_and_a_losing_day() -> None:
 def test_no_fills_gives_an_empty_report() -> None:
     report = compute([], end_us=END)
     assert report.strategies == [] and report.total == [] and report.days == 1
+
+
+def test_a_long_curve_is_thinned_for_the_page_without_losing_peaks_or_troughs() -> None:
+    times = list(range(10_000))
+    values = [float(i % 100) for i in times]
+    values[4321], values[7777] = 1e6, -1e6
+    kept_times, kept_values = thin(times, values, limit=400)
+    assert len(kept_values) <= 400
+    assert kept_times == sorted(kept_times)
+    assert (kept_times[0], kept_times[-1]) == (0, 9999)
+    assert 1e6 in kept_values and -1e6 in kept_values
+    assert thin([1, 2], [3.0, 4.0], limit=400) == ([1, 2], [3.0, 4.0])

@@ -16,6 +16,8 @@ from tradingd.execution.performance import (
 )
 
 WIDTH, HEIGHT, PAD = 720, 180, 40
+# A chart is WIDTH pixels wide: more points than this only make the page heavy.
+MAX_POINTS = 1200
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
@@ -41,10 +43,31 @@ def _when(at_us: int) -> str:
     return datetime.fromtimestamp(at_us / 1_000_000, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def thin(
+    times: Sequence[int], values: Sequence[float], limit: int = MAX_POINTS
+) -> tuple[list[int], list[float]]:
+    """At most about ``limit`` points: per bucket of consecutive points its first, lowest,
+    highest and last, in time order, so that no peak or trough is lost."""
+    if len(values) <= limit:
+        return list(times), list(values)
+    size = -(-len(values) // (limit // 4))
+    kept_times: list[int] = []
+    kept_values: list[float] = []
+    for start in range(0, len(values), size):
+        indices = range(start, min(start + size, len(values)))
+        low = min(indices, key=values.__getitem__)
+        high = max(indices, key=values.__getitem__)
+        for i in sorted({indices[0], low, high, indices[-1]}):
+            kept_times.append(times[i])
+            kept_values.append(values[i])
+    return kept_times, kept_values
+
+
 def chart(points: Sequence[EquityPoint], end_us: int, *, drawdown: bool, title: str) -> str:
     """A step line of the equity (or of the drawdown, drawn below zero) over the period."""
-    values = [float(-p.drawdown if drawdown else p.equity) for p in points]
-    times = [p.at_us for p in points]
+    times, values = thin(
+        [p.at_us for p in points], [float(-p.drawdown if drawdown else p.equity) for p in points]
+    )
     start = times[0] if times else 0
     span = max(1, end_us - start)
     low, high = min([0.0, *values]), max([0.0, *values])
