@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 
 from tests.desk_doubles import FakeDesk
 from tradingd.execution.control import (
-    CONTROL_CHANNEL,
     REPLY_PREFIX,
     Cancel,
     CancelEverything,
@@ -31,6 +30,7 @@ from tradingd.execution.control import (
     Subscribe,
     SubscriptionChange,
     Unsubscribe,
+    control_channel,
     now_us,
 )
 from tradingd.strategies.api import OrderIntent, OrderType, Side
@@ -127,7 +127,7 @@ async def test_a_request_past_its_deadline_is_not_executed(
     late = Envelope(
         id="late1", deadline_us=now_us() - 1, request=Submit(exchange="binance", intent=INTENT)
     )
-    assert await rds.publish(CONTROL_CHANNEL, msgspec.json.encode(late)) == 1
+    assert await rds.publish(control_channel(rds), msgspec.json.encode(late)) == 1
     popped = await rds.blpop([REPLY_PREFIX + "late1"], timeout=10)
     assert popped is not None and b"after its deadline" in popped[1]
     assert desks["binance"].submitted == [] and server.expired == 1
@@ -144,7 +144,7 @@ async def test_no_reply_in_time_is_reported_as_unknown_outcome(
 async def test_garbage_on_the_channel_is_ignored(
     rds: aioredis.Redis, server: ControlServer, desks: dict[str, FakeDesk]
 ) -> None:
-    await rds.publish(CONTROL_CHANNEL, b"{not json")
+    await rds.publish(control_channel(rds), b"{not json")
     reply = await ControlClient(rds).request(ListStrategies())
     assert len(reply.strategies) == 2
 
@@ -193,3 +193,11 @@ async def test_subscription_changes_go_to_the_live_subscriptions(
     # On the wire: the reply decodes with the outcome.
     wire = msgspec.json.decode(msgspec.json.encode(reply), type=Reply)
     assert wire.subscription == reply.subscription
+
+
+def test_the_channel_names_the_redis_database() -> None:
+    # Pub/sub spans a server's databases: daemons on databases 0 and 3 must not share one.
+    assert control_channel(aioredis.Redis()) == "tradingd:control:db0"
+    assert control_channel(aioredis.Redis.from_url("redis://127.0.0.1:6379/3")) == (
+        "tradingd:control:db3"
+    )

@@ -1,6 +1,7 @@
 """The control channel: the operator's CLI reaches the running daemon's order desks over Redis.
 
-The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control``. PUBLISH answers with
+The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control:db<N>`` (the Redis
+database both use: pub/sub ignores database numbers). PUBLISH answers with
 the number of subscribers that received it: 0 means no daemon listens, and nothing was asked
 or queued (``NoDaemon``, exit 69). The daemon's ``ControlServer`` hands the request to the
 ``OrderDesk`` of the exchange named and RPUSHes one ``Reply`` on
@@ -171,6 +172,14 @@ class NoReply(Exception):
     """The daemon received the request but did not answer in time: its outcome is unknown."""
 
 
+def control_channel(redis: aioredis.Redis) -> str:
+    """The channel of the daemon that uses ``redis``'s database. Redis pub/sub spans every
+    database of a server: without the number, daemons sharing a server on different databases
+    would take each other's requests (a kill switch cancelling another daemon's orders)."""
+    db = redis.connection_pool.connection_kwargs.get("db") or 0
+    return f"{CONTROL_CHANNEL}:db{db}"
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -190,7 +199,7 @@ class ControlClient:
             deadline_us=now_us() + int(timeout_s * 1_000_000),
             request=request,
         )
-        receivers = await self._redis.publish(CONTROL_CHANNEL, _encode(envelope))
+        receivers = await self._redis.publish(control_channel(self._redis), _encode(envelope))
         if receivers == 0:
             raise NoDaemon()
         if receivers > 1:
@@ -229,7 +238,7 @@ class ControlServer:
     async def run(self, ctx: ActorContext) -> None:
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(CONTROL_CHANNEL)
+            await pubsub.subscribe(control_channel(self._redis))
             # Ready only once Redis confirms: from then on PUBLISH counts this subscriber.
             while True:
                 confirmation = await pubsub.get_message(timeout=None)
