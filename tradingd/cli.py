@@ -14,7 +14,7 @@ from typing import Any
 import uvloop
 from loguru import logger
 
-from tradingd import __version__, backfill_trades, backup
+from tradingd import __version__, backfill_trades, backup, reportcmd, subscribecmds
 from tradingd.config import Config, ConfigError, load_config, resolve_config_path
 from tradingd.exitcodes import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE
 from tradingd.logs import configure_logging, flush_logs
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     backfill_trades.add_arguments(commands)
     backup.add_arguments(commands)
+    reportcmd.add_arguments(commands)
+    subscribecmds.add_parsers(commands)
 
     dlq = commands.add_parser("dlq", help="inspect and clear dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
@@ -233,6 +235,9 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
         "pnl": ordercmds.pnl,
         "strategies": ordercmds.strategies,
         "reconcile": reconcilecmd.command,
+        "report": reportcmd.command,
+        "subscribe": subscribecmds.command,
+        "unsubscribe": subscribecmds.command,
     }
     return table[args.command]
 

@@ -1,6 +1,7 @@
 """The control channel: the operator's CLI reaches the running daemon's order desks over Redis.
 
-The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control:<db>``. PUBLISH answers with
+The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control:db<N>`` (the Redis
+database both use: pub/sub ignores database numbers). PUBLISH answers with
 the number of subscribers that received it: 0 means no daemon listens, and nothing was asked
 or queued (``NoDaemon``, exit 69). The daemon's ``ControlServer`` hands the request to the
 ``OrderDesk`` of the exchange named and RPUSHes one ``Reply`` on
@@ -14,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import msgspec
 import redis.asyncio as aioredis
@@ -32,16 +34,6 @@ from tradingd.strategies.api import Accepted, OrderIntent
 from tradingd.supervisor import ActorContext
 
 CONTROL_CHANNEL = "tradingd:control"
-
-
-def control_channel(redis: aioredis.Redis) -> str:
-    """``tradingd:control:<db>``: Redis pub/sub is server-wide, not per database, so the
-    database number keeps the daemons of two deployments on one Redis server apart (without
-    it, one's CLI would reach the other's executors)."""
-    db = redis.connection_pool.connection_kwargs.get("db", 0)
-    return f"{CONTROL_CHANNEL}:{db}"
-
-
 REPLY_PREFIX = "tradingd:control:reply:"
 REPLY_TTL_S = 60
 
@@ -90,8 +82,31 @@ class Reconcile(msgspec.Struct, frozen=True, kw_only=True, tag="reconcile"):
     exchange: str | None = None
 
 
+class Subscribe(msgspec.Struct, frozen=True, kw_only=True, tag="subscribe"):
+    """Capture these symbols of one exchange from now on (and after restarts)."""
+
+    exchange: str
+    symbols: list[str]
+    operator: str
+
+
+class Unsubscribe(msgspec.Struct, frozen=True, kw_only=True, tag="unsubscribe"):
+    exchange: str
+    symbols: list[str]
+    operator: str
+
+
 Request = (
-    Submit | Cancel | CancelEverything | ListStrategies | Pause | Resume | Snapshot | Reconcile
+    Submit
+    | Cancel
+    | CancelEverything
+    | ListStrategies
+    | Pause
+    | Resume
+    | Snapshot
+    | Subscribe
+    | Unsubscribe
+    | Reconcile
 )
 
 
@@ -110,6 +125,31 @@ class Decided(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
+class SubscriptionChange(msgspec.Struct, frozen=True, kw_only=True):
+    """What a subscribe or unsubscribe did (``tradingd.subscriptions`` carries it out)."""
+
+    exchange: str
+    changed: list[str] = []  # subscribed (or unsubscribed) by this request
+    unchanged: list[str] = []  # already so
+    # Not listed by the venue (subscribe) or not captured (unsubscribe): nothing was changed.
+    refused: list[str] = []
+    symbols: list[str] = []  # what the exchange captures now
+    connections: int = 0
+    problem: str = ""  # non-empty: nothing was changed, and why (e.g. the venue unreachable)
+
+
+class SubscriptionControl(Protocol):
+    """The daemon's end of live subscription changes."""
+
+    async def subscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange: ...
+
+    async def unsubscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange: ...
+
+
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     error: str = ""  # non-empty: the request was not (fully) executed, and why
@@ -119,6 +159,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     snapshots: list[ExecutorSnapshot] = []
     found: bool = False  # pause/resume: the strategy runs in the daemon
     reconciliations: list[Report] = []
+    subscription: SubscriptionChange | None = None
 
 
 _encode = msgspec.json.Encoder().encode
@@ -138,6 +179,14 @@ class NoDaemon(Exception):
 
 class NoReply(Exception):
     """The daemon received the request but did not answer in time: its outcome is unknown."""
+
+
+def control_channel(redis: aioredis.Redis) -> str:
+    """The channel of the daemon that uses ``redis``'s database. Redis pub/sub spans every
+    database of a server: without the number, daemons sharing a server on different databases
+    would take each other's requests (a kill switch cancelling another daemon's orders)."""
+    db = redis.connection_pool.connection_kwargs.get("db") or 0
+    return f"{CONTROL_CHANNEL}:db{db}"
 
 
 def now_us() -> int:
@@ -183,9 +232,15 @@ class ControlServer:
 
     name = "control"
 
-    def __init__(self, desks: Mapping[str, OrderDesk], redis: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        desks: Mapping[str, OrderDesk],
+        redis: aioredis.Redis,
+        subscriptions: SubscriptionControl | None = None,
+    ) -> None:
         self._desks = dict(desks)
         self._redis = redis
+        self._subscriptions = subscriptions
         self.handled = 0
         self.expired = 0
 
@@ -305,6 +360,16 @@ class ControlServer:
                 return Reply(
                     id=reply_id, snapshots=[desk.snapshot() for desk in self._desks.values()]
                 )
+            case Subscribe() | Unsubscribe():
+                if self._subscriptions is None:
+                    return Reply(id=reply_id, error="this daemon takes no subscription changes")
+                change = (
+                    self._subscriptions.subscribe
+                    if isinstance(request, Subscribe)
+                    else self._subscriptions.unsubscribe
+                )
+                outcome = await change(request.exchange, request.symbols, request.operator)
+                return Reply(id=reply_id, subscription=outcome)
         raise AssertionError(f"unhandled request {request!r}")
 
     def _unknown(self, exchange: str) -> str:

@@ -15,7 +15,7 @@ from loguru import logger
 
 from tradingd.config import Config
 from tradingd.execution.auditing import Auditor
-from tradingd.execution.control import ControlServer
+from tradingd.execution.control import ControlServer, SubscriptionControl
 from tradingd.execution.executor import Executor
 from tradingd.execution.ledger import Ledger
 from tradingd.execution.paper import PaperVenue
@@ -105,9 +105,14 @@ def exchange_locker(
     return lock
 
 
-def control_server(desks: Mapping[str, Executor], redis: aioredis.Redis) -> ControlServer:
-    """The control channel's server actor: the CLI's order commands reach the executors here."""
-    return ControlServer(desks, redis)
+def control_server(
+    desks: Mapping[str, Executor],
+    redis: aioredis.Redis,
+    subscriptions: SubscriptionControl | None = None,
+) -> ControlServer:
+    """The control channel's server actor: the CLI's order commands reach the executors here
+    (and its subscription changes the receivers)."""
+    return ControlServer(desks, redis, subscriptions)
 
 
 def _wall_clock_us() -> int:
