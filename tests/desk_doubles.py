@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+from tradingd.execution.audit import Outcome, Report, Trigger
 from tradingd.execution.desk import CancelReport, ExecutorSnapshot, StrategyStatus
 from tradingd.strategies.api import Accepted, Decision, Denied, OrderIntent
 
@@ -93,4 +94,12 @@ class FakeDesk:
             unknown_orders=1,
             positions={"BTCUSDT": str(Decimal("0.5"))},
             denials={"kill switch on": 2},
+        )
+
+    async def reconcile(self) -> Report | None:
+        return Report(
+            exchange=self._exchange,
+            trigger=Trigger.ON_DEMAND,
+            outcome=Outcome.CLEAN,
+            summary="clean: ledger and venue agree",
         )

@@ -141,17 +141,22 @@ async def test_alerts_arrive_once_per_incident(
         await transition(pool, rds, "binance", ExchangeState.LOCKED, operator="olga", reason="x")
         await set_kill_switch(pool, rds, on=True, operator="olga", reason="venue hacked")
         await set_kill_switch(pool, rds, on=False, operator="olga", reason="all clear")
+        for _ in range(2):  # the same mismatch seen by two runs: one incident
+            await pool.execute(
+                "INSERT INTO reconciliations (exchange, trigger, outcome, summary)"
+                " VALUES ('binance', 'periodic', 'mismatch', 'USDT: ledger 1000, venue 990')"
+            )
         raise_alert(queue, "escalation:persister", "exiting: persister failed 6 times")
         raise_alert(
             queue, "shared_state_lost:1", "Redis lost the shared state (redis://u:pw@h:1/0)"
         )
-        texts = await webhook.until(6)
+        texts = await webhook.until(7)
         await _wait_scans(alerter, 5)  # scanned again and again: nothing new is sent
-        await webhook.until(6)
+        await webhook.until(7)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert len(webhook.texts) == 6, webhook.texts
+    assert len(webhook.texts) == 7, webhook.texts
     joined = "\n".join(texts)
     assert sum(trip in t for t in texts) == 1
     assert "binance LOCKED (executor): " + trip in joined
@@ -159,8 +164,9 @@ async def test_alerts_arrive_once_per_incident(
     assert "kill switch off by olga: all clear" in joined
     assert f"order {stuck} on BTCUSDT UNKNOWN for 60 s" in joined
     assert "exiting: persister failed 6 times" in joined
+    assert "binance: reconciliation (periodic) found a mismatch" in joined
     assert "Redis lost the shared state" in joined and "pw" not in joined
     assert "olga" not in next(t for t in texts if "LOCKED" in t)
     assert HOOK_PATH not in joined
     assert all(t.startswith("tradingd on ") for t in texts)
-    assert alerter.gate.duplicates >= 2
+    assert alerter.gate.duplicates >= 3

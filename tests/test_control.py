@@ -4,7 +4,7 @@ asked when no daemon listens, and a request past its deadline is not executed.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 
 import msgspec
@@ -23,9 +23,13 @@ from tradingd.execution.control import (
     NoDaemon,
     NoReply,
     Pause,
+    Reply,
     Resume,
     Snapshot,
     Submit,
+    Subscribe,
+    SubscriptionChange,
+    Unsubscribe,
     control_channel,
     now_us,
 )
@@ -145,11 +149,55 @@ async def test_garbage_on_the_channel_is_ignored(
     assert len(reply.strategies) == 2
 
 
-def test_each_redis_database_has_its_own_control_channel() -> None:
-    # PUBLISH reaches every database of the server: a daemon on database 4 must not execute
-    # what an operator sends to the daemon on database 0 (nor answer where nobody waits).
-    assert control_channel(aioredis.Redis()) == "tradingd:control"
-    assert control_channel(aioredis.Redis(db=4)) == "tradingd:control:4"
-    assert control_channel(aioredis.Redis.from_url("redis://127.0.0.1:6379/7")) == (
-        "tradingd:control:7"
+class _Recorder:
+    """Stands in for the daemon's live subscriptions: says what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, list[str], str]] = []
+
+    async def subscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange:
+        self.asked.append(("subscribe", exchange, list(symbols), operator))
+        return SubscriptionChange(exchange=exchange, changed=list(symbols))
+
+    async def unsubscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange:
+        self.asked.append(("unsubscribe", exchange, list(symbols), operator))
+        return SubscriptionChange(exchange=exchange, refused=list(symbols))
+
+
+async def test_subscription_changes_go_to_the_live_subscriptions(
+    rds: aioredis.Redis, desks: dict[str, FakeDesk]
+) -> None:
+    def envelope(request: Subscribe | Unsubscribe) -> Envelope:
+        return Envelope(id="s1", deadline_us=now_us() + 5_000_000, request=request)
+
+    add = Subscribe(exchange="binance", symbols=["BNBUSDT"], operator="olga")
+    remove = Unsubscribe(exchange="binance", symbols=["X"], operator="olga")
+    without = ControlServer(desks, rds)  # type: ignore[arg-type]
+    reply = await without.handle(envelope(add))
+    assert reply.error == "this daemon takes no subscription changes"
+
+    recorder = _Recorder()
+    server = ControlServer(desks, rds, recorder)  # type: ignore[arg-type]
+    reply = await server.handle(envelope(add))
+    assert reply.subscription == SubscriptionChange(exchange="binance", changed=["BNBUSDT"])
+    reply = await server.handle(envelope(remove))
+    assert reply.subscription is not None and reply.subscription.refused == ["X"]
+    assert recorder.asked == [
+        ("subscribe", "binance", ["BNBUSDT"], "olga"),
+        ("unsubscribe", "binance", ["X"], "olga"),
+    ]
+    # On the wire: the reply decodes with the outcome.
+    wire = msgspec.json.decode(msgspec.json.encode(reply), type=Reply)
+    assert wire.subscription == reply.subscription
+
+
+def test_the_channel_names_the_redis_database() -> None:
+    # Pub/sub spans a server's databases: daemons on databases 0 and 3 must not share one.
+    assert control_channel(aioredis.Redis()) == "tradingd:control:db0"
+    assert control_channel(aioredis.Redis.from_url("redis://127.0.0.1:6379/3")) == (
+        "tradingd:control:db3"
     )

@@ -13,6 +13,8 @@ What is alerted, and its incident key:
   ``<state>:<exchange>:<reason>``;
 * every kill switch change (``system_events``): ``kill_switch:<id>``;
 * an order UNKNOWN for longer than ``UNRESOLVED_AFTER_S``: ``unknown:<client order id>``;
+* a reconciliation mismatch seen once (``reconciliations``; a second one is AUDITING, above):
+  ``mismatch:<exchange>:<summary>``;
 * pushed by the daemon: an actor escalation, Redis losing the shared state.
 
 The records are read from PostgreSQL (where each is written before it takes effect), so an
@@ -118,7 +120,8 @@ class Alerter:
         self._clock = clock
         self._records_interval = records_interval
         self.gate = AlertGate(config.dedup_seconds, config.max_per_minute)
-        self._marks: tuple[int, int, int] | None = None  # transitions, events, trips
+        # The last record of each kind seen: transitions, events, trips, reconciliations.
+        self._marks: tuple[int, int, int, int] | None = None
         self.sent = 0
         self.undelivered = 0
         self.scans = 0
@@ -178,9 +181,10 @@ class Alerter:
                     await conn.fetchval("SELECT coalesce(max(id), 0) FROM state_transitions"),
                     await conn.fetchval("SELECT coalesce(max(id), 0) FROM system_events"),
                     await conn.fetchval("SELECT coalesce(max(id), 0) FROM breaker_trips"),
+                    await conn.fetchval("SELECT coalesce(max(id), 0) FROM reconciliations"),
                 )
                 return
-            transitions, events, trips = self._marks
+            transitions, events, trips, checks = self._marks
             for row in await conn.fetch(
                 "SELECT id, exchange, to_state, operator, reason FROM state_transitions"
                 " WHERE id > $1 ORDER BY id",
@@ -232,6 +236,18 @@ class Alerter:
                     f" {row['instrument_name']} UNKNOWN for {row['age_s']} s: the venue has not"
                     " said whether it exists; new orders on the instrument are blocked",
                 )
-            self._marks = (transitions, events, trips)
+            for row in await conn.fetch(
+                "SELECT id, exchange, trigger, summary FROM reconciliations"
+                " WHERE id > $1 AND outcome = 'mismatch' ORDER BY id",
+                checks,
+            ):
+                checks = row["id"]
+                raise_alert(
+                    self._queue,
+                    f"mismatch:{row['exchange']}:{row['summary']}",
+                    f"{row['exchange']}: reconciliation ({row['trigger']}) found a mismatch,"
+                    f" AUDITING if the next run sees it again: {row['summary']}",
+                )
+            self._marks = (transitions, events, trips, checks)
         self.scans += 1
         self.scanned.set()

@@ -19,7 +19,9 @@ from redis.asyncio import Redis
 from tradingd import ordercmds
 from tradingd.adapters.registry import create_adapter
 from tradingd.config import Config, redacted
-from tradingd.execution.breaker import BreakerStatus, breaker_status
+from tradingd.execution.audit_record import recent_reports
+from tradingd.execution.exchange_view import ExchangeView, exchange_views
+from tradingd.execution.exchange_view import render as render_exchange_views
 from tradingd.exitcodes import (
     EX_CONFIG,
     EX_FAILURE,
@@ -151,7 +153,8 @@ class _StatusReport(msgspec.Struct):
     kill_switch: str = "unknown: trading counts as stopped"
     running: DaemonStatus | None = None
     executor: ordercmds.ExecutorStatus | None = None
-    breakers: dict[str, BreakerStatus] = {}
+    # Per exchange: reconciliation, orders, positions, day PnL (None: PostgreSQL unread).
+    accounts: list[ExchangeView] | None = None
 
 
 async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -169,6 +172,9 @@ async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
             else:
                 await _status_from_postgres(report, storage.pool, config)
                 report.executor = await ordercmds.executor_status(storage.redis, storage.pool)
+                report.accounts = await exchange_views(
+                    storage.pool, storage.redis, list(config.enabled_exchanges())
+                )
     except StorageUnavailable as exc:
         code = EX_UNAVAILABLE
         if str(exc).startswith("Redis"):
@@ -254,7 +260,6 @@ async def _status_from_postgres(report: _StatusReport, pool: Pool, config: Confi
     )
     report.open_gaps = [{**dict(r), "detected_at": r["detected_at"].isoformat()} for r in rows]
     report.dead_letters = int(await pool.fetchval("SELECT count(*) FROM dead_letters"))
-    report.breakers = {n: await breaker_status(pool, n) for n in config.enabled_exchanges()}
 
 
 def _describe_daemon(daemon: _DaemonReport | None) -> str:
@@ -278,8 +283,6 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
     running = {e.name: e for e in report.running.exchanges} if report.running else {}
     for name, st in report.states.items():
         line = f"  {name:<12} {st['state'] or 'NEW':<14} {st['note'] or ''}".rstrip()
-        if name in report.breakers:
-            line += f"\n  {'':<12} {report.breakers[name].describe()}"
         live = running.get(name)
         if live:
             last_frame = (
@@ -332,6 +335,8 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
         )
     if report.executor is not None:
         ordercmds.print_executor_status(report.executor)
+    if report.accounts is not None:
+        print("\n".join(render_exchange_views(report.accounts)))
 
 
 # -- operator state commands ----------------------------------------------------------------
@@ -424,6 +429,7 @@ async def state_history(args: argparse.Namespace, config: Config, path: Path) ->
             " ORDER BY at DESC LIMIT $1",
             args.limit,
         )
+        reconciliations = await recent_reports(storage.pool, args.exchange, args.limit)
     lines: list[tuple[int, str]] = [
         (
             record.at_us,
@@ -440,6 +446,14 @@ async def state_history(args: argparse.Namespace, config: Config, path: Path) ->
                 row["at_us"],
                 f"{'all':<10} {'kill switch':>13} -> {action:<13}"
                 f" by {detail.get('operator', '?')}: {detail.get('reason', '')}",
+            )
+        )
+    for rec in reconciliations:
+        lines.append(
+            (
+                rec.at_us,
+                f"{rec.exchange:<10} {'reconcile':>13} -> {rec.outcome.value.upper():<13}"
+                f" ({rec.trigger.value}): {rec.summary}",
             )
         )
     if not lines:
@@ -504,6 +518,7 @@ async def prune(args: argparse.Namespace, config: Config, path: Path) -> int:
     for name, count, days in (
         ("ticker snapshots", report.tickers, config.retention.tickers_days),
         ("dead letters", report.dead_letters, config.retention.dead_letters_days),
+        ("reconciliation reports", report.reconciliations, config.retention.reconciliations_days),
     ):
         if days == 0:
             print(f"{name}: kept forever")

@@ -123,6 +123,8 @@ class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     # Days of ticker snapshots and of dead letters kept (0: keep them all).
     tickers_days: NonNegativeInt = 90
     dead_letters_days: NonNegativeInt = 30
+    # Days of account reconciliation reports kept (each exchange's latest baseline always is).
+    reconciliations_days: NonNegativeInt = 30
 
 
 class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -221,6 +223,8 @@ class RiskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # Venue rejects and UNKNOWN outcomes: more than this many within the window trips it.
     max_venue_failures: PositiveInt = 5
     venue_failure_window: PositiveFloat = 60.0
+    # Seconds between reconciliations of the account (open orders, balances) with the venue.
+    reconcile_interval: PositiveFloat = 60.0
 
 
 class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -51,6 +50,12 @@ from tradingd.status import STATUS_KEY, DaemonStatus, ExchangeStatus, encode_sta
 from tradingd.storage import Storage, StorageError, StorageRejected, open_storage
 from tradingd.storage.embedded import EmbeddedStorageError
 from tradingd.storage.migrations import migrate
+from tradingd.subscriptions import (
+    ExchangeCapture,
+    LiveSubscriptions,
+    captured_symbols,
+    subscriptions_of,
+)
 from tradingd.supervisor import ActorSpec, RestartPolicy, Supervisor, SupervisorEscalation
 
 _T = TypeVar("_T")
@@ -58,16 +63,6 @@ _T = TypeVar("_T")
 
 class Shutdown(Exception):
     """Asked to stop before start-up finished."""
-
-
-def subscriptions_for(config: Config, exchange: str) -> list[Subscription]:
-    ex = config.exchanges[exchange]
-    subs: list[Subscription] = []
-    for symbol in ex.symbols:
-        for channel in ex.channels:
-            resolution = ex.bar_resolution if channel is Channel.BARS else ""
-            subs.append(Subscription(channel, symbol, resolution))
-    return subs
 
 
 async def last_sequences(storage: Storage, exchange: str, instruments: list[str]) -> dict[str, int]:
@@ -98,6 +93,9 @@ class Daemon:
         self.http: aiohttp.ClientSession | None = None
         self.adapters: dict[str, ExchangeAdapter] = {}
         self.receivers: dict[str, list[Receiver]] = {}
+        # What each exchange captures: the configured symbols with the live changes on top.
+        self._symbols: dict[str, list[str]] = {}
+        self.captures: dict[str, ExchangeCapture] = {}
         self.repairers: dict[str, GapRepairer] = {}
         self.supervisor = Supervisor(config.supervisor, on_escalation=self._on_escalation)
         self.alerts = alert_queue(config.alerts)
@@ -207,6 +205,9 @@ class Daemon:
         self.http = aiohttp.ClientSession()
         for name in cfg.enabled_exchanges():
             self.adapters[name] = create_adapter(cfg, name, self.http, self.config_path)
+            self._symbols[name] = await captured_symbols(
+                self.storage.pool, name, cfg.exchanges[name].symbols
+            )
 
         self.notifier.status("starting: clock check")
         self.clock = ClockCheck(cfg.daemon, self.adapters)
@@ -248,10 +249,11 @@ class Daemon:
                     exc,
                 )
                 return
-            unlisted = [symbol for symbol in ex.symbols if symbol not in listed]
+            unlisted = [symbol for symbol in self._symbols[name] if symbol not in listed]
             if unlisted:
                 logger.bind(EXCHANGE=name).error(
-                    "{}: not listed by the venue, skipped: {} (fix exchanges.{}.symbols)",
+                    "{}: not listed by the venue, skipped: {} (fix exchanges.{}.symbols, or"
+                    " `tradingd unsubscribe` one added live)",
                     name,
                     ", ".join(unlisted),
                     name,
@@ -262,9 +264,8 @@ class Daemon:
 
     def _subscriptions(self, exchange: str) -> list[Subscription]:
         unlisted = self._unlisted.get(exchange, set())
-        return [
-            s for s in subscriptions_for(self.config, exchange) if s.instrument_name not in unlisted
-        ]
+        symbols = [s for s in self._symbols[exchange] if s not in unlisted]
+        return subscriptions_of(self.config.exchanges[exchange], symbols)
 
     def _build_actors(self) -> None:
         cfg = self.config
@@ -312,7 +313,6 @@ class Daemon:
                 db_backoff_max=cfg.persister.retry_backoff_max,
                 venue_backoff_max=ex.reconnect_backoff_max,
             )
-            intervals = dict(adapter.stream_intervals())
             self.repairers[name] = repairer
             executor = build_executor(
                 cfg,
@@ -329,29 +329,18 @@ class Daemon:
                     ActorSpec(executor, checkin_timeout=60.0, log_fields={"EXCHANGE": name})
                 )
             specs.append(ActorSpec(repairer, checkin_timeout=120.0, log_fields={"EXCHANGE": name}))
-            plans = adapter.plan_connections(self._subscriptions(name))
-            self.receivers[name] = []
-            for index, plan in enumerate(plans):
-                receiver = Receiver(
-                    exchange=name,
-                    index=index,
-                    adapter=adapter,
-                    subscriptions=plan,
-                    config=ex,
-                    outlets=outlets,
-                    tracker=tracker,
-                    rng=random.Random(),
-                    intervals=intervals,
-                    stale_multiple=ex.stream_stale_multiple,
-                )
-                self.receivers[name].append(receiver)
-                specs.append(
-                    ActorSpec(
-                        receiver,
-                        checkin_timeout=ex.stale_after + 30.0,
-                        log_fields={"EXCHANGE": name},
-                    )
-                )
+            capture = ExchangeCapture(
+                name,
+                adapter=adapter,
+                config=ex,
+                outlets=outlets,
+                tracker=tracker,
+                supervisor=self.supervisor,
+            )
+            self.captures[name] = capture
+            # The same list: live subscription changes add and remove receivers in it.
+            self.receivers[name] = capture.receivers
+            specs.extend(capture.specs(self._subscriptions(name)))
         assert self.clock is not None and self.states is not None
         specs.append(
             ActorSpec(ClockWatch(self.clock, self.states.lock_all), RestartPolicy.PERMANENT)
@@ -368,7 +357,8 @@ class Daemon:
         alerter = Alerter(cfg.alerts, secret_store(cfg), self.alerts, self.storage.pool)
         specs.append(ActorSpec(alerter, RestartPolicy.TRANSIENT))
         specs.append(ActorSpec(StateChangeObserver(self.storage.pool, cfg.daemon.status_interval)))
-        specs.append(ActorSpec(control_server(self.executors, self.storage.redis)))
+        subscriptions = LiveSubscriptions(self.storage.pool, self.captures)
+        specs.append(ActorSpec(control_server(self.executors, self.storage.redis, subscriptions)))
         address = cfg.metrics.address()
         if address is not None:
             self.metrics_server = MetricsServer(*address, self, self.storage.redis)

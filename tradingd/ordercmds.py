@@ -120,6 +120,10 @@ async def _ask(redis: aioredis.Redis, request: Request, timeout_s: float) -> Rep
         return EX_TEMPFAIL
 
 
+# The other commands that go through the daemon (``tradingd.subscribecmds``) answer the same way.
+ask_daemon = _ask
+
+
 def _redis_for(storage: Any) -> aioredis.Redis:
     redis: aioredis.Redis = storage.redis
     return redis

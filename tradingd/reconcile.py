@@ -167,8 +167,8 @@ class StartupStates:
                 only_from=frozenset({ExchangeState.RECONCILING}),
             )
         except IllegalTransition as exc:
-            # Locked meanwhile (an executor's doubt, a circuit breaker trip): it stays so.
-            logger.bind(EXCHANGE=name).warning("{} not marked HEALTHY: {}", name, exc)
+            # The executor's account reconciliation locked it or put it under audit meanwhile.
+            logger.bind(EXCHANGE=name).warning("{} not made HEALTHY: {}", name, exc)
             return
         self._cache[name] = (ExchangeState.HEALTHY.value, "reconciled")
 

@@ -40,7 +40,8 @@ LEGAL_TRANSITIONS: dict[ExchangeState | None, frozenset[ExchangeState]] = {
     S.BOOTSTRAPPING: frozenset({S.BOOTSTRAPPING, S.LOCKED}),
     S.LOCKED: frozenset({S.BOOTSTRAPPING, S.HEALTHY, S.AUDITING, S.LOCKED}),
     S.HEALTHY: frozenset({S.RECONCILING, S.LOCKED, S.AUDITING, S.BOOTSTRAPPING}),
-    S.RECONCILING: frozenset({S.HEALTHY, S.LOCKED, S.BOOTSTRAPPING}),
+    # AUDITING: the account's reconciliation found a difference (tradingd.execution.audit).
+    S.RECONCILING: frozenset({S.HEALTHY, S.LOCKED, S.BOOTSTRAPPING, S.AUDITING}),
     S.AUDITING: frozenset({S.LOCKED, S.HEALTHY}),
 }
 

@@ -14,6 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from tradingd.config import PaperConfig, RiskConfig
+from tradingd.execution.auditing import Auditor
 from tradingd.execution.breaker import Breaker
 from tradingd.execution.desk import StrategyStatus
 from tradingd.execution.executor import ExchangeLocker, Executor
@@ -183,10 +184,12 @@ async def running_executor(
     limits: RiskConfig = LIMITS,
     lock_exchange: ExchangeLocker | None = None,
     breaker: Breaker | None = None,
+    audited: bool = False,
+    paper: PaperConfig = PAPER,
 ) -> AsyncIterator[Harness]:
     clock = clock or Clock(1_800_000_000_000_000)
     ledger = Ledger(pool)
-    venue = PaperVenue(EXCHANGE, pool, PAPER, INSTRUMENTS, clock, faults)
+    venue = PaperVenue(EXCHANGE, pool, paper, INSTRUMENTS, clock, faults)
     market: BoundedQueue[MarketEvent] = BoundedQueue("market", 10_000, OverflowPolicy.BLOCK)
     executor = Executor(
         EXCHANGE,
@@ -205,6 +208,16 @@ async def running_executor(
     )
     if host is not None:
         executor.attach_host(host, {"s1": ["BTCUSDT"]})
+    if audited:
+        executor.audit = Auditor(
+            executor,
+            pool=pool,
+            redis=redis,
+            venue=venue,
+            instruments=INSTRUMENTS,
+            interval_s=60.0,
+            clock_us=clock,
+        )
     task = asyncio.create_task(executor.run(ActorContext(executor.name, {})))
     try:
         await asyncio.wait_for(executor.reconciled.wait(), 10)

@@ -173,11 +173,13 @@ class BreakerStatus(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     at_us: int = 0
 
-    def describe(self) -> str:
+    def as_dict(self) -> dict[str, str]:
+        """For ``tradingd status`` (its per-exchange view) and ``--json``."""
         if not self.tripped:
-            return "breaker ok"
+            return {"state": "ok"}
         at = dt.datetime.fromtimestamp(self.at_us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-        return f"breaker TRIPPED {at}: {self.reason} (reset: `tradingd unlock`)"
+        return {"state": "TRIPPED", "since": at, "rule": self.rule, "reason": self.reason,
+                "reset": "tradingd unlock"}  # fmt: skip
 
 
 async def breaker_status(pool: asyncpg.Pool, exchange: str) -> BreakerStatus:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import msgspec
 
+from tradingd.execution.audit import Report
 from tradingd.strategies.api import Decision, OrderIntent
 
 MANUAL_STRATEGY = "manual"
@@ -77,3 +78,7 @@ class OrderDesk(Protocol):
     def resume_strategy(self, name: str) -> bool: ...
 
     def snapshot(self) -> ExecutorSnapshot: ...
+
+    async def reconcile(self) -> Report | None:
+        """Reconcile the account with the venue now; None when it cannot be reconciled."""
+        ...

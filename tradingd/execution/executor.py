@@ -32,7 +32,9 @@ from loguru import logger
 from tradingd.actors import checked_in
 from tradingd.config import RiskConfig
 from tradingd.execution import risk
-from tradingd.execution.accounting import Book, FillRecord
+from tradingd.execution.accounting import Book
+from tradingd.execution.audit import Report, Trigger
+from tradingd.execution.auditing import Auditor, fill_record
 from tradingd.execution.breaker import Breaker
 from tradingd.execution.desk import (
     MANUAL_STRATEGY,
@@ -207,6 +209,9 @@ class Executor:
         self.fills: Counter[str] = Counter()
         self.place_latency = LatencyHistogram(f"executor.{exchange}.place_us")
         self.reconciled = asyncio.Event()
+        # The account's reconciliation with the venue (the wiring attaches it): at start before
+        # any order is decided, then periodically, after reconnects and on demand.
+        self.audit: Auditor | None = None
         # Set whenever no order is UNKNOWN and nothing is queued (tests and the bench await it).
         self.settled = asyncio.Event()
         # Set whenever every market event queued so far has been processed.
@@ -286,9 +291,7 @@ class Executor:
         return self.host is not None and self.host.resume(name)
 
     def snapshot(self) -> ExecutorSnapshot:
-        net: dict[str, Decimal] = {}
-        for _strategy, position in self._book.positions():
-            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
+        net = self.net_positions()
         return ExecutorSnapshot(
             exchange=self.exchange,
             mode=self.mode,
@@ -489,6 +492,43 @@ class Executor:
         if trip is not None:
             await self.lock(trip.reason)
 
+    # -- the account's reconciliation (tradingd.execution.auditing) --------------------------
+
+    async def reconcile(self) -> Report | None:
+        """Reconcile the account with the venue now (``tradingd reconcile``); None when no
+        auditor is attached."""
+        if self.audit is None:
+            return None
+        async with self._lock:
+            while self._updates:
+                await self._apply(self._updates.popleft(), "venue:stream")
+            return await self.audit.run(Trigger.ON_DEMAND)
+
+    def ledger_orders(self) -> list[OrderRow]:
+        return list(self._orders.values())
+
+    def net_positions(self) -> dict[str, Decimal]:
+        net: dict[str, Decimal] = {}
+        for _strategy, position in self._book.positions():
+            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
+        return net
+
+    def session_balances(self) -> dict[str, Decimal]:
+        return self._session.balances()
+
+    def rebase_balances(self, balances: Mapping[str, Decimal]) -> None:
+        """The venue's balances as the new start; fills booked from now on add to them."""
+        self._session = Book(balances)
+
+    async def book_fill(self, fill: Fill, source: str) -> bool:
+        recorded = await self._ledger.record_fill(fill, source)
+        if recorded is not None:
+            fill_row, moved = recorded
+            self._on_fill(fill_row)
+            self._note(moved)
+            return True
+        return await self._ledger.has_fill(self.exchange, fill.trade_id)
+
     # -- the actor -------------------------------------------------------------------------------
 
     async def run(self, ctx: ActorContext) -> None:
@@ -499,6 +539,8 @@ class Executor:
         self._session = Book(await self._venue.balances())
         await self._replay_fills()
         await self._reconcile()
+        if self.audit is not None:
+            await self.audit.startup()
         await self._refill_ids()
         if self.breaker is not None:
             self._breaker_since_us = self._clock_us()
@@ -527,6 +569,10 @@ class Executor:
                 await self._check_breaker()
                 while self._updates:
                     await self._apply(self._updates.popleft(), "venue:stream")
+                if self.audit is not None:
+                    self.audit.on_gate(self._gate_seen)
+                    if (trigger := self.audit.due()) is not None:
+                        await self.audit.run(trigger)
                 while self._queued:
                     await self._send_burst()
                 while self._cancels:
@@ -977,22 +1023,7 @@ class Executor:
         )
 
     def _account_fill(self, fill: FillRow, *, balances: bool = True) -> None:
-        info = self._instruments.get(fill.instrument)
-        record = FillRecord(
-            strategy=fill.strategy,
-            exchange=fill.exchange,
-            instrument=fill.instrument,
-            base=info.rules.base if info is not None else "",
-            quote=info.rules.quote if info is not None else "",
-            side=fill.side,
-            quantity=fill.quantity,
-            price=fill.price,
-            fee=fill.fee,
-            fee_currency=fill.fee_currency,
-            trade_id=fill.trade_id,
-            at_us=fill.at_us,
-            inverse=info is not None and info.inverse,
-        )
+        record = fill_record(fill, self._instruments)
         self._book.apply(record)
         if balances:
             self._session.apply(record)

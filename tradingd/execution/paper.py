@@ -293,6 +293,34 @@ class PaperVenue:
             balances[currency] = balances.get(currency, Decimal(0)) - record["fee"]
         return balances
 
+    async def positions(self) -> dict[str, Decimal]:
+        derivatives = [name for name, info in self._instruments.items() if not info.spot]
+        records = await self._pool.fetch(
+            """SELECT o.instrument_name,
+                      sum(CASE WHEN o.side = 'buy' THEN f.quantity ELSE -f.quantity END) AS net
+               FROM paper_fills f JOIN paper_orders o ON o.id = f.paper_order_id
+               WHERE o.exchange = $1 AND o.instrument_name = ANY($2::text[])
+               GROUP BY o.instrument_name""",
+            self._exchange,
+            derivatives,
+        )
+        return {r["instrument_name"]: r["net"] for r in records if r["net"] != 0}
+
+    async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
+        records = await self._pool.fetch(
+            """SELECT f.*, o.client_order_id FROM paper_fills f
+               JOIN paper_orders o ON o.id = f.paper_order_id
+               WHERE o.exchange = $1 AND o.instrument_name = ANY($2::text[]) AND f.at >= $3
+               ORDER BY f.id""",
+            self._exchange,
+            list(instruments),
+            us_to_datetime(since_us),
+        )
+        return [_fill_of(record["client_order_id"], record) for record in records]
+
+    def connection_epoch(self) -> int:
+        return 0  # a simulated account has no stream to lose
+
     # -- market data -----------------------------------------------------------------------------
 
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:

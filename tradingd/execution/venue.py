@@ -118,6 +118,22 @@ class ExecutionClient(Protocol):
 
     async def balances(self) -> dict[str, Decimal]: ...
 
+    async def positions(self) -> dict[str, Decimal]:
+        """The account's signed position per derivative instrument, non-zero only (a spot
+        account holds balances, and none here)."""
+        ...
+
+    async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
+        """Every fill of the account at or after ``since_us`` on ``instruments``, as the venue
+        records them (other clients' included: their client id tells them apart). Raises when
+        the venue does not answer: a partial list would hide a fill."""
+        ...
+
+    def connection_epoch(self) -> int:
+        """How many times the account's update stream has (re)connected: a change means
+        updates may have been missed, and the account is reconciled."""
+        ...
+
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         """Public market data as the executor receives it: a simulated venue matches against
         it; a live venue ignores it."""

@@ -172,6 +172,7 @@ class BinanceExecution:
         self._live: dict[str, str] = {}
         self._trade_cursor: dict[str, int] = {}
         self._fills_by_order: dict[int, list[AccountTrade]] = {}
+        self._client_ids: dict[int, str] = {}  # venue order id -> client id (fills_since)
         self.stream_connected = asyncio.Event()
         self.stream_connections = 0
         self.caught_up = asyncio.Event()
@@ -328,10 +329,48 @@ class BinanceExecution:
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         return None
 
+    async def positions(self) -> dict[str, Decimal]:
+        return {}  # a spot account: its balances are the whole of it
+
+    async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
+        fills: list[Fill] = []
+        for symbol in sorted(set(instruments)):
+            while True:
+                page = await self.private.my_trades(symbol, self._trade_cursor.get(symbol, 0))
+                if isinstance(page, Classified):
+                    raise ConnectionError(f"Binance trades {symbol}: {page.reason}")
+                if not page:
+                    break
+                for trade in page:
+                    self._fills_by_order.setdefault(trade.order_id, []).append(trade)
+                self._trade_cursor[symbol] = max(t.trade_id for t in page) + 1
+            for order_id, trades in list(self._fills_by_order.items()):
+                recent = [t for t in trades if t.symbol == symbol and t.at_us >= since_us]
+                if recent:
+                    client_id = await self._client_id_of(symbol, order_id)
+                    fills.extend(account_fill(client_id, t) for t in recent)
+        return sorted(fills, key=lambda f: f.at_us)
+
+    async def _client_id_of(self, symbol: str, order_id: int) -> str:
+        """``myTrades`` names the venue's order id only: the order tells our client id."""
+        known = self._client_ids.get(order_id)
+        if known is not None:
+            return known
+        answer = await self.private.query_by_order_id(symbol=symbol, order_id=order_id)
+        if answer.order is None:
+            reason = answer.failure.reason if answer.failure is not None else "no answer"
+            raise ConnectionError(f"Binance order {order_id}: {reason}")
+        self._client_ids[order_id] = answer.order.client_order_id
+        return answer.order.client_order_id
+
+    def connection_epoch(self) -> int:
+        return self.stream_connections
+
     # --- fills by query ---------------------------------------------------------------------
 
     async def _fills_of(self, order: Order) -> list[Fill] | None:
         """Every fill of ``order`` from ``myTrades`` (None: the venue did not answer)."""
+        self._client_ids[order.order_id] = order.client_order_id
         if order.executed_quantity == 0:
             return []
         symbol = order.symbol

@@ -326,6 +326,47 @@ class DeribitExecution:
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         return None
 
+    async def positions(self) -> dict[str, Decimal]:
+        session = await self._ready_session()
+        if session is None:
+            raise ConnectionError("no Deribit session")
+        held: dict[str, Decimal] = {}
+        for currency in self._currencies:
+            positions = await session.positions(currency)
+            if isinstance(positions, Classified):
+                raise ConnectionError(f"Deribit positions {currency}: {positions.reason}")
+            held.update({p.instrument_name: p.size for p in positions if p.size != 0})
+        return held
+
+    async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
+        session = await self._ready_session()
+        if session is None:
+            raise ConnectionError("no Deribit session")
+        wanted = set(instruments)
+        fills: list[Fill] = []
+        for currency in sorted({currency_of(name) for name in wanted}):
+            known = self._trades.setdefault(currency, {})
+            while True:
+                page = await session.user_trades(currency, self._trade_cursor.get(currency))
+                if isinstance(page, Classified):
+                    raise ConnectionError(f"Deribit trades {currency}: {page.reason}")
+                fresh = [t for t in page.trades if t.trade_id not in known]
+                for trade in page.trades:
+                    known[trade.trade_id] = trade
+                if page.trades:
+                    self._trade_cursor[currency] = page.trades[-1].trade_id
+                if not fresh and not page.has_more:
+                    break
+            fills.extend(
+                trade_fill(t)
+                for t in known.values()
+                if t.instrument_name in wanted and t.at_us >= since_us
+            )
+        return sorted(fills, key=lambda f: f.at_us)
+
+    def connection_epoch(self) -> int:
+        return self.connections
+
     # --- fills by query ---------------------------------------------------------------------
 
     async def _with_fills(
