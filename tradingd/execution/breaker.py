@@ -27,6 +27,7 @@ from typing import Literal
 
 import asyncpg
 import msgspec
+from loguru import logger
 
 from tradingd.config import RiskConfig
 
@@ -263,10 +264,15 @@ class Breaker:
                     self._day.day,
                     self._day.start,
                 )
+                self._day = day
                 if rebased or now_us - self._saved_us >= SAVE_EVERY_US:
-                    await self._save(day, now_us)
-                else:
-                    self._day = day
+                    try:
+                        await self._save(day, now_us)
+                    except (asyncpg.PostgresError, OSError) as exc:
+                        # Checked in memory meanwhile; a restart would start the day afresh.
+                        logger.bind(EXCHANGE=self.exchange).warning(
+                            "breaker baseline not saved: {!r}", exc
+                        )
         if day is None:
             day = Day(day=day_of(now_us), start={}, peak={})
         figures = Figures(
@@ -280,13 +286,18 @@ class Breaker:
             return None
         self.tripped = trip
         self.trips += 1
-        await self._pool.execute(
-            "INSERT INTO breaker_trips (exchange, rule, reason, figures) VALUES ($1, $2, $3, $4)",
-            self.exchange,
-            trip.rule,
-            trip.reason,
-            _encode(trip.figures).decode(),
-        )
+        try:
+            await self._pool.execute(
+                "INSERT INTO breaker_trips (exchange, rule, reason, figures)"
+                " VALUES ($1, $2, $3, $4)",
+                self.exchange,
+                trip.rule,
+                trip.reason,
+                _encode(trip.figures).decode(),
+            )
+        except (asyncpg.PostgresError, OSError) as exc:
+            # The lock that follows still denies; its own record says why.
+            logger.bind(EXCHANGE=self.exchange).error("breaker trip not recorded: {!r}", exc)
         return trip
 
     def reset(self) -> None:
