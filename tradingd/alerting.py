@@ -133,6 +133,11 @@ class Alerter:
         return bool(self._config.webhook_url_secret or self._config.telegram_token_secret)
 
     async def run(self, ctx: ActorContext) -> None:
+        # Ready once the records are marked: whatever is recorded after READY=1 is alerted.
+        try:
+            await self.scan_records()
+        except (asyncpg.PostgresError, OSError) as exc:
+            ctx.log.warning("records not marked for alerts yet: {}", exc)
         ctx.ready()
         async with aiohttp.ClientSession() as http:
             watcher = asyncio.ensure_future(self._watch_records(ctx))

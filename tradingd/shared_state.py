@@ -74,13 +74,17 @@ class SharedStateWatch:
         return True
 
     async def run(self, ctx: ActorContext) -> None:
-        ctx.ready()
+        first = True
         while True:
             try:
                 await self.check()
             except (RedisError, OSError, asyncpg.PostgresError) as exc:
                 # Redis down: every read fails closed meanwhile; checked again next time.
                 ctx.log.warning("shared state not checked: {}", exc)
+            if first:
+                # Ready once the sentinel is placed: a loss after READY=1 is noticed.
+                ctx.ready()
+                first = False
             ctx.checkin()
             # A schedule: Redis announces no flush (keyspace events are off by default).
             await asyncio.sleep(self._interval)
