@@ -76,6 +76,12 @@ BROKEN_CONFIGS = [
     ("[exchanges.Binance-Spot]\n", "exchanges.Binance-Spot: expected an exchange name"),
     ('[metrics]\nlisten = "9464"\n', 'metrics.listen: expected HOST:PORT ("" to disable)'),
     ('[metrics]\nlisten = "localhost:70000"\n', "metrics.listen: expected HOST:PORT with a port"),
+    (
+        "[risk]\ndaily_loss_limit = { USDT = -5 }\n",
+        "risk.daily_loss_limit.USDT: expected a number >= 0, found -5",
+    ),
+    ("[risk]\nmax_venue_failures = 0\n", "risk.max_venue_failures: expected int >= 1"),
+    ("[alerts]\nmax_per_minute = 0\n", "alerts.max_per_minute: expected int >= 1"),
 ]
 
 

@@ -426,6 +426,28 @@ class Ledger:
         )
         return [_fill_row(record) for record in records]
 
+    async def has_fill(self, exchange: str, trade_id: str) -> bool:
+        found: bool = await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM fills WHERE exchange = $1 AND trade_id = $2)",
+            exchange,
+            trade_id,
+        )
+        return found
+
+    async def last_fill(self, exchange: str) -> tuple[int, int] | None:
+        """(id, time in microseconds) of the exchange's newest fill; None when it has none."""
+        record = await self._pool.fetchrow(
+            "SELECT id, at FROM fills WHERE exchange = $1 ORDER BY id DESC LIMIT 1", exchange
+        )
+        return (record["id"], datetime_to_us(record["at"])) if record is not None else None
+
+    async def fills_after(self, exchange: str, fill_id: int) -> list[FillRow]:
+        """The exchange's fills recorded after fill ``fill_id``, in the order recorded."""
+        records = await self._pool.fetch(
+            "SELECT * FROM fills WHERE exchange = $1 AND id > $2 ORDER BY id", exchange, fill_id
+        )
+        return [_fill_row(record) for record in records]
+
     async def events(self, client_id: str) -> list[tuple[str | None, str, str]]:
         """(from, to, source) of every event of one order, in order."""
         records = await self._pool.fetch(
