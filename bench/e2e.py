@@ -94,6 +94,7 @@ async def _measure(
         rates.append((_committed(after) - _committed(before)) / elapsed)
         receive_rates.append((_received(after) - _received(before)) / elapsed)
     span = (samples[-1].updated_at_us - samples[0].updated_at_us) / 1e6
+    sustained = (_committed(samples[-1]) - _committed(samples[0])) / span
     rows = await storage.trade_rows()
     return {
         "published": published,
@@ -102,18 +103,29 @@ async def _measure(
         "window_seconds": window,
         "windows": windows,
         "committed_per_s": summarize(rates),
-        "sustained_committed_per_s": (_committed(samples[-1]) - _committed(samples[0])) / span,
+        "sustained_committed_per_s": sustained,
         "received_per_s": summarize(receive_rates),
         "latency_ms": _latency_ms(final),
         "drain_seconds_after_feed": round(drain_seconds, 2),
         "queues_at_end_of_feed": _queues(samples[-1]),
         "cpu_percent_of_one_core": cpu,
+        "cpu_us_per_committed_trade": _cpu_per_trade(cpu, sustained),
         "load_average": {"before": load_before, "after": load_average()},
         "persister": {
             k: final.persister.get(k, 0)
             for k in ("batches", "retries", "flush_p50_us", "flush_p99_us", "duplicates_skipped")
         },
     }
+
+
+def _cpu_per_trade(cpu_percent: dict[str, float], committed_per_s: float) -> dict[str, float]:
+    """CPU microseconds per committed trade, per process and for the daemon with PostgreSQL
+    (the feeder stands in for the venue)."""
+    if committed_per_s <= 0:
+        return {}
+    per = {name: pct / 100 * 1e6 / committed_per_s for name, pct in cpu_percent.items()}
+    per["daemon+postgres"] = per.get("daemon", 0.0) + per.get("postgres", 0.0)
+    return {name: round(us, 2) for name, us in per.items()}
 
 
 def _describe(result: dict[str, Any]) -> str:
@@ -123,7 +135,9 @@ def _describe(result: dict[str, Any]) -> str:
         f"{result['sustained_committed_per_s']:>9,.0f} trades/s committed (windows: median "
         f"{windows['median']:,.0f}, min {windows['min']:,.0f}, max {windows['max']:,.0f}); "
         f"frame to commit p50 {latency['p50']:,.0f} ms, p99 {latency['p99']:,.0f} ms, "
-        f"max {latency['max']:,.0f} ms; all committed: {result['all_committed']}"
+        f"max {latency['max']:,.0f} ms; all committed: {result['all_committed']}; CPU per "
+        f"trade (daemon + PostgreSQL) "
+        f"{result['cpu_us_per_committed_trade'].get('daemon+postgres', float('nan')):.1f} us"
     )
 
 

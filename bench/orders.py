@@ -157,6 +157,15 @@ class _TimedLedger(Ledger):
             self.committed[row.client_order_id] = now
         return rows
 
+    async def record_sending(
+        self, intents: Sequence[tuple[str, str, str, OrderIntent]], deadline_us: int
+    ) -> list[OrderRow]:
+        rows = await super().record_sending(intents, deadline_us)
+        now = _us()
+        for row in rows:
+            self.committed[row.client_order_id] = now
+        return rows
+
 
 class _TimedVenue(PaperVenue):
     handed: dict[str, int]

@@ -116,6 +116,21 @@ def render(results: dict[str, Any]) -> str:
                 ]
             )
         )
+        cpu = flood.get("cpu_us_per_committed_trade", {})
+        if cpu:
+            lines.append(
+                _row(
+                    [
+                        name,
+                        "CPU µs per committed trade, daemon + PostgreSQL "
+                        f"({_n(cpu.get('daemon', 0.0), 1)} + {_n(cpu.get('postgres', 0.0), 1)})",
+                        _n(cpu["daemon+postgres"], 1),
+                        "",
+                        "",
+                        "≤ 8",
+                    ]
+                )
+            )
         for fixed in e2e.get("fixed_rates", {}).values():
             name = f"End to end, {_n(fixed['offered_per_s'])}/s offered"
             lines.append(
@@ -149,6 +164,12 @@ def render(results: dict[str, Any]) -> str:
             target = "p99 < 1 ms" if float(rate) <= 10_000 else ""
             lines.append(_row([name, "p50 ms", *_summary_cells(data["p50_us"], 3, 1e-3), ""]))
             lines.append(_row([name, "p99 ms", *_summary_cells(data["p99_us"], 3, 1e-3), target]))
+            if "loop_lag_max_us" in data:
+                for label, key in (("p99", "loop_lag_p99_us"), ("max", "loop_lag_max_us")):
+                    cells = _summary_cells(data[key], 2, 1e-3)
+                    lines.append(
+                        _row([name, f"loop stall (1 ms timer late) {label} ms", *cells, ""])
+                    )
     orders = results.get("orders")
     if orders:
         for path in orders["order_path"]:

@@ -5,7 +5,9 @@ The daemon runs in this process (the whole composition root, ``tradingd.daemon.D
 its persister writing to PostgreSQL as in production) so that the analyzer's own histogram,
 ``now - received_us`` taken when its queue hands it a batch, can be read directly; the fake
 exchange runs in its own process and offers a fixed rate. The histogram is reset after a
-warm-up at each rate.
+warm-up at each rate. A ``bench.looplag`` probe in the same process measures the event loop's
+stalls over the same windows (the lateness of a 1 ms timer; uvloop's timers have millisecond
+resolution, so about 1 ms of it is the timer itself).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.looplag import LoopLagProbe
 from bench.pipeline import INSTRUMENTS, daemon_sections
 from bench.procs import FeederProcess, write_config
 from bench.stats import load_average, summarize
 from bench.storage import BenchStorage
 from tradingd.config import load_config
 from tradingd.daemon import Daemon
+from tradingd.metrics import LatencyHistogram
 from tradingd.sdnotify import Notifier
 
 
@@ -47,6 +51,53 @@ async def _wait_ready(notifier: _ReadyNotifier, running: asyncio.Task[int]) -> N
         raise RuntimeError(f"the in-process daemon stopped before READY: {running.result()}")
     if not notifier.is_ready.is_set():
         raise TimeoutError("the in-process daemon was not READY within 180 s")
+
+
+async def _at_rate(
+    feeder: FeederProcess,
+    latency: LatencyHistogram,
+    probe: LoopLagProbe,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    repeats: int,
+) -> dict[str, Any]:
+    runs: list[dict[str, float]] = []
+    load_before = load_average()
+    await feeder.command("rate", per_second=rate, seconds=warmup)
+    for _ in range(repeats):
+        latency.reset()
+        probe.reset()
+        published = (await feeder.command("rate", per_second=rate, seconds=seconds))["published"]
+        runs.append(
+            {
+                "offered": published,
+                "observed": latency.count,
+                "p50_us": latency.p50,
+                "p99_us": latency.p99,
+                "max_us": latency.max,
+                "loop_lag_p99_us": probe.lag.p99,
+                "loop_lag_max_us": probe.lag.max,
+                **{f"gc{n}_pauses": h.count for n, h in enumerate(probe.gc_pauses)},
+                **{f"gc{n}_pause_max_us": h.max for n, h in enumerate(probe.gc_pauses)},
+            }
+        )
+    return {
+        **{key: summarize([r[key] for r in runs]) for key in _SUMMARIZED},
+        "runs": runs,
+        "load_average": {"before": load_before, "after": load_average()},
+    }
+
+
+_SUMMARIZED = (
+    "p50_us",
+    "p99_us",
+    "max_us",
+    "loop_lag_p99_us",
+    "loop_lag_max_us",
+    "gc2_pause_max_us",
+    "gc1_pause_max_us",
+)
 
 
 async def bench_tick(
@@ -83,38 +134,22 @@ async def bench_tick(
             analyzer = daemon.analyzer
             if analyzer is None:
                 raise RuntimeError("the analyzer is disabled in the configuration")
-            for rate in rates:
-                runs: list[dict[str, float]] = []
-                load_before = load_average()
-                await feeder.command("rate", per_second=rate, seconds=warmup)
-                for _ in range(repeats):
-                    analyzer.latency.reset()
-                    published = (await feeder.command("rate", per_second=rate, seconds=seconds))[
-                        "published"
-                    ]
-                    latency = analyzer.latency
-                    runs.append(
-                        {
-                            "offered": published,
-                            "observed": latency.count,
-                            "p50_us": latency.p50,
-                            "p99_us": latency.p99,
-                            "max_us": latency.max,
-                        }
+            async with LoopLagProbe() as probe:
+                for rate in rates:
+                    results["rates"][str(int(rate))] = await _at_rate(
+                        feeder, analyzer.latency, probe, rate, seconds, warmup, repeats
                     )
-                results["rates"][str(int(rate))] = {
-                    "p50_us": summarize([r["p50_us"] for r in runs]),
-                    "p99_us": summarize([r["p99_us"] for r in runs]),
-                    "max_us": summarize([r["max_us"] for r in runs]),
-                    "runs": runs,
-                    "load_average": {"before": load_before, "after": load_average()},
-                }
-                p50 = results["rates"][str(int(rate))]["p50_us"]["median"]
-                p99 = results["rates"][str(int(rate))]["p99_us"]["median"]
-                progress(
-                    f"  tick to strategy at {rate:>7,.0f} msgs/s: p50 {p50 / 1000:.3f} ms, "
-                    f"p99 {p99 / 1000:.3f} ms (median of {repeats} runs of {seconds:g} s)"
-                )
+                    data = results["rates"][str(int(rate))]
+                    progress(
+                        f"  tick to strategy at {rate:>7,.0f} msgs/s: "
+                        f"p50 {data['p50_us']['median'] / 1000:.3f} ms, "
+                        f"p99 {data['p99_us']['median'] / 1000:.3f} ms; loop stall (probe "
+                        f"lateness) p99 {data['loop_lag_p99_us']['median'] / 1000:.2f} ms, "
+                        f"max {data['loop_lag_max_us']['median'] / 1000:.2f} ms; longest GC pause "
+                        f"gen1 {data['gc1_pause_max_us']['median'] / 1000:.2f} ms, "
+                        f"gen2 {data['gc2_pause_max_us']['median'] / 1000:.2f} ms "
+                        f"(median of {repeats} runs of {seconds:g} s)"
+                    )
         finally:
             daemon.request_stop("benchmark finished")
             exit_code = await running

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+from tradingd.execution.audit import Outcome, Report, Trigger
 from tradingd.execution.desk import CancelReport, ExecutorSnapshot, StrategyStatus
 from tradingd.strategies.api import Accepted, Decision, Denied, OrderIntent
 
@@ -15,6 +16,8 @@ class FakeDesk:
         self.submitted: list[tuple[str, OrderIntent]] = []
         self.cancelled: list[str] = []
         self.cancel_everything_reasons: list[str] = []
+        self.flattened: list[bool] = []
+        self.positions_left: dict[str, str] = {}
         self.deny = ""
         self.open_orders = open_orders
         self.stuck = stuck  # orders the venue will not confirm cancelled
@@ -42,8 +45,9 @@ class FakeDesk:
             return Denied(f"no open order {client_order_id}")
         return Accepted(client_order_id)
 
-    async def cancel_everything(self, reason: str) -> CancelReport:
+    async def cancel_everything(self, reason: str, *, flatten: bool = False) -> CancelReport:
         self.cancel_everything_reasons.append(reason)
+        self.flattened.append(flatten)
         requested = self.open_orders
         self.open_orders = self.stuck
         return CancelReport(
@@ -51,6 +55,8 @@ class FakeDesk:
             requested=requested,
             cancelled=requested - self.stuck,
             remaining=self.stuck,
+            flattened=["sell 0.5 BTCUSDT (td09): FILLED"] if flatten else [],
+            positions=self.positions_left,
         )
 
     def strategies(self) -> list[StrategyStatus]:
@@ -88,4 +94,12 @@ class FakeDesk:
             unknown_orders=1,
             positions={"BTCUSDT": str(Decimal("0.5"))},
             denials={"kill switch on": 2},
+        )
+
+    async def reconcile(self) -> Report | None:
+        return Report(
+            exchange=self._exchange,
+            trigger=Trigger.ON_DEMAND,
+            outcome=Outcome.CLEAN,
+            summary="clean: ledger and venue agree",
         )

@@ -130,7 +130,12 @@ async def test_a_failure_during_reconciliation_restarts_the_reconciler_which_fin
         async with asyncio.timeout(10):
             while True:
                 recorded.clear()
-                if await read_state(rds, "binance") is ExchangeState.HEALTHY:
+                # PostgreSQL's record, which the notification follows (Redis is written after).
+                last = await pool.fetchval(
+                    "SELECT to_state FROM state_transitions WHERE exchange = 'binance'"
+                    " ORDER BY id DESC LIMIT 1"
+                )
+                if last == ExchangeState.HEALTHY.value:
                     break
                 await recorded.wait()
         (status,) = supervisor.snapshot()

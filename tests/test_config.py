@@ -90,6 +90,12 @@ BROKEN_CONFIGS = [
         'exchanges.binance.ws_api_url: expected a ws:// or wss:// URL ("" for the default)',
     ),
     ("[risk]\nunknown_order_limit = 0\n", "risk.unknown_order_limit: expected float > 0.0"),
+    (
+        "[risk]\ndaily_loss_limit = { USDT = -5 }\n",
+        "risk.daily_loss_limit.USDT: expected a number >= 0, found -5",
+    ),
+    ("[risk]\nmax_venue_failures = 0\n", "risk.max_venue_failures: expected int >= 1"),
+    ("[alerts]\nmax_per_minute = 0\n", "alerts.max_per_minute: expected int >= 1"),
 ]
 
 

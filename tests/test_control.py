@@ -4,7 +4,7 @@ asked when no daemon listens, and a request past its deadline is not executed.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 
 import msgspec
@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 
 from tests.desk_doubles import FakeDesk
 from tradingd.execution.control import (
-    CONTROL_CHANNEL,
     REPLY_PREFIX,
     Cancel,
     CancelEverything,
@@ -24,9 +23,14 @@ from tradingd.execution.control import (
     NoDaemon,
     NoReply,
     Pause,
+    Reply,
     Resume,
     Snapshot,
     Submit,
+    Subscribe,
+    SubscriptionChange,
+    Unsubscribe,
+    control_channel,
     now_us,
 )
 from tradingd.strategies.api import OrderIntent, OrderType, Side
@@ -123,7 +127,7 @@ async def test_a_request_past_its_deadline_is_not_executed(
     late = Envelope(
         id="late1", deadline_us=now_us() - 1, request=Submit(exchange="binance", intent=INTENT)
     )
-    assert await rds.publish(CONTROL_CHANNEL, msgspec.json.encode(late)) == 1
+    assert await rds.publish(control_channel(rds), msgspec.json.encode(late)) == 1
     popped = await rds.blpop([REPLY_PREFIX + "late1"], timeout=10)
     assert popped is not None and b"after its deadline" in popped[1]
     assert desks["binance"].submitted == [] and server.expired == 1
@@ -140,6 +144,60 @@ async def test_no_reply_in_time_is_reported_as_unknown_outcome(
 async def test_garbage_on_the_channel_is_ignored(
     rds: aioredis.Redis, server: ControlServer, desks: dict[str, FakeDesk]
 ) -> None:
-    await rds.publish(CONTROL_CHANNEL, b"{not json")
+    await rds.publish(control_channel(rds), b"{not json")
     reply = await ControlClient(rds).request(ListStrategies())
     assert len(reply.strategies) == 2
+
+
+class _Recorder:
+    """Stands in for the daemon's live subscriptions: says what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, list[str], str]] = []
+
+    async def subscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange:
+        self.asked.append(("subscribe", exchange, list(symbols), operator))
+        return SubscriptionChange(exchange=exchange, changed=list(symbols))
+
+    async def unsubscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange:
+        self.asked.append(("unsubscribe", exchange, list(symbols), operator))
+        return SubscriptionChange(exchange=exchange, refused=list(symbols))
+
+
+async def test_subscription_changes_go_to_the_live_subscriptions(
+    rds: aioredis.Redis, desks: dict[str, FakeDesk]
+) -> None:
+    def envelope(request: Subscribe | Unsubscribe) -> Envelope:
+        return Envelope(id="s1", deadline_us=now_us() + 5_000_000, request=request)
+
+    add = Subscribe(exchange="binance", symbols=["BNBUSDT"], operator="olga")
+    remove = Unsubscribe(exchange="binance", symbols=["X"], operator="olga")
+    without = ControlServer(desks, rds)  # type: ignore[arg-type]
+    reply = await without.handle(envelope(add))
+    assert reply.error == "this daemon takes no subscription changes"
+
+    recorder = _Recorder()
+    server = ControlServer(desks, rds, recorder)  # type: ignore[arg-type]
+    reply = await server.handle(envelope(add))
+    assert reply.subscription == SubscriptionChange(exchange="binance", changed=["BNBUSDT"])
+    reply = await server.handle(envelope(remove))
+    assert reply.subscription is not None and reply.subscription.refused == ["X"]
+    assert recorder.asked == [
+        ("subscribe", "binance", ["BNBUSDT"], "olga"),
+        ("unsubscribe", "binance", ["X"], "olga"),
+    ]
+    # On the wire: the reply decodes with the outcome.
+    wire = msgspec.json.decode(msgspec.json.encode(reply), type=Reply)
+    assert wire.subscription == reply.subscription
+
+
+def test_the_channel_names_the_redis_database() -> None:
+    # Pub/sub spans a server's databases: daemons on databases 0 and 3 must not share one.
+    assert control_channel(aioredis.Redis()) == "tradingd:control:db0"
+    assert control_channel(aioredis.Redis.from_url("redis://127.0.0.1:6379/3")) == (
+        "tradingd:control:db3"
+    )

@@ -184,6 +184,12 @@ async def test_cancels(venue, client) -> None:
     assert (
         t.parse_cancel_count(await client.call(lambda i: t.cancel_by_label(i, "C-2", "BTC"))) == 1
     )
+    assert (
+        t.parse_cancel_count(
+            await client.call(lambda i: t.cancel_all_by_instrument(i, "ETH-PERPETUAL"))
+        )
+        == 0
+    )
     assert t.parse_cancel_count(await client.call(lambda i: t.cancel_all(i))) == 1
     assert (
         t.parse_orders(await client.call(lambda i: t.get_open_orders_by_currency(i, "BTC"))) == []

@@ -159,6 +159,20 @@ async def test_kill_switch_on_waits_for_the_cancellations(
     assert code == 1 and "remaining 1" in out and "NOT all cancelled" in out
 
 
+async def test_kill_switch_on_flatten_reports_the_closing_orders_and_what_is_left(
+    config_path: Path, desk: FakeDesk
+) -> None:
+    code, out, err = await tradingd(config_path, "kill-switch", "off", "--flatten", "--reason", "x")
+    assert code == 64 and "--flatten goes with kill-switch on" in err
+    code, out, err = await tradingd(config_path, "kill-switch", "on", "--flatten", "--reason", "x")
+    assert code == 0, err
+    assert desk.flattened == [True]
+    assert "  flatten: sell 0.5 BTCUSDT (td09): FILLED" in out
+    desk.open_orders, desk.positions_left = 0, {"BTCUSDT": "0.0004"}
+    code, out, _ = await tradingd(config_path, "kill-switch", "on", "--flatten", "--reason", "y")
+    assert code == 1 and "  position left: BTCUSDT 0.0004" in out
+
+
 # -- the ledger's view ------------------------------------------------------------------------
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

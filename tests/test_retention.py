@@ -192,6 +192,7 @@ async def test_the_cli_command_reports_and_prunes(
         " (about 10 trades)",
         "ticker snapshots: would delete 1 older than 90 days",
         "dead letters: kept forever",
+        "reconciliation reports: would delete 0 older than 30 days",
     ]
     done = await asyncio.to_thread(tradingd)
     assert done.returncode == 0, done.stderr

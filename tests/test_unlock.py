@@ -290,7 +290,6 @@ async def test_force_needs_a_reason(
     [
         (),
         (ExchangeState.BOOTSTRAPPING,),
-        (ExchangeState.BOOTSTRAPPING, ExchangeState.LOCKED, ExchangeState.AUDITING),
         (
             ExchangeState.BOOTSTRAPPING,
             ExchangeState.LOCKED,
@@ -298,9 +297,10 @@ async def test_force_needs_a_reason(
             ExchangeState.RECONCILING,
         ),
     ],
-    ids=["never-bootstrapped", "bootstrapping", "auditing", "reconciling"],
+    # AUDITING: tests/test_unlock_auditing.py.
+    ids=["never-bootstrapped", "bootstrapping", "reconciling"],
 )
-async def test_unlock_from_anything_but_locked_is_rejected_even_when_forced(
+async def test_unlock_from_anything_but_locked_or_auditing_is_rejected_even_when_forced(
     states: tuple[ExchangeState, ...],
     migrated_database_url: str,
     redis_url: str,
@@ -318,7 +318,9 @@ async def test_unlock_from_anything_but_locked_is_rejected_even_when_forced(
     args = unlock_args("--exchange", "binance", "--force", "--reason", "try anyway", "--yes")
     assert await run_unlock(args, config) == 1
     assert await read_state(rds, "binance") == (states[-1] if states else None)
-    assert "unlock moves LOCKED -> HEALTHY only" in capsys.readouterr().err
+    assert (
+        "unlock moves LOCKED (or AUDITING, reconciled) -> HEALTHY only" in capsys.readouterr().err
+    )
 
 
 async def test_the_state_table_rejects_illegal_transitions_with_a_clear_message(

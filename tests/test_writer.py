@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -15,12 +17,14 @@ from hypothesis import strategies as st
 
 from tradingd.model import Bar, DeadLetter, MarketType, Ticker, Trade, datetime_to_us
 from tradingd.storage.writer import (
+    STAGING_CHUNK,
     SystemEvent,
     TradePartitions,
     final_bars,
     insert_dead_letters,
     insert_system_events,
     insert_ticker_snapshots,
+    insert_trades,
     months_spanned,
     upsert_bars,
     write_trades,
@@ -138,6 +142,40 @@ async def test_duplicates_never_cost_the_rest_of_their_batch(conn: asyncpg.Conne
         "SELECT count(*), min(trade_seq), max(trade_seq) FROM public_trades"
     )
     assert (count, low, high) == (150, 0, 149)
+
+
+async def test_a_large_batch_is_staged_in_chunks_that_give_up_the_loop(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = 4 * STAGING_CHUNK + 7
+    trades = [trade(i, price=f"{97000 + i}.{i:08d}") for i in range(count)]
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)  # one step per event-loop turn: it counts them
+
+    copies: list[tuple[int, int]] = []  # (turns counted when a COPY starts, its rows)
+    copy = asyncpg.Connection.copy_records_to_table
+
+    async def observed_copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> str:
+        copies.append((turns, len(kwargs["records"])))
+        return await copy(self, table, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", observed_copy)
+    await TradePartitions().ensure(conn, trades)
+    async with asyncio.TaskGroup() as group:
+        counter = group.create_task(count_turns())
+        assert await insert_trades(conn, trades) == count
+        counter.cancel()
+    assert [rows for _, rows in copies] == [STAGING_CHUNK] * 4 + [7]
+    # Other work ran between every two chunks.
+    assert all(a < b for (a, _), (b, _) in itertools.pairwise(copies)), copies
+    rows = await stored_trades(conn)
+    assert [r["trade_seq"] for r in rows] == list(range(count))
+    assert [r["price"] for r in rows] == [f"{97000 + i}.{i:08d}" for i in range(count)]
 
 
 async def test_partitions_created_per_month_and_cached(conn: asyncpg.Connection) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import uvloop
 from loguru import logger
 
-from tradingd import __version__, backfill_trades, backup
+from tradingd import __version__, backfill_trades, backup, reportcmd, subscribecmds
 from tradingd.config import Config, ConfigError, load_config, resolve_config_path
 from tradingd.exitcodes import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE
 from tradingd.logs import configure_logging, flush_logs
@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on: how long to wait for every executor to cancel its open orders",
     )
+    kill.add_argument(
+        "--flatten",
+        action="store_true",
+        help="on: also close every position with reduce-only market orders (through the ledger)",
+    )
 
     state = commands.add_parser("state", help="state transition records")
     state_sub = state.add_subparsers(dest="state_command", metavar="ACTION", required=True)
@@ -124,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     backfill_trades.add_arguments(commands)
     backup.add_arguments(commands)
+    reportcmd.add_arguments(commands)
+    subscribecmds.add_parsers(commands)
 
     dlq = commands.add_parser("dlq", help="inspect and clear dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
@@ -138,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", metavar="HOURS", type=float, help="only those older than this"
     )
     dlq_purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    from tradingd import ordercmds
+    from tradingd import ordercmds, reconcilecmd
 
     ordercmds.add_parsers(commands)
+    reconcilecmd.add_parser(commands)
     _accept_config_anywhere(parser)
     return parser
 
@@ -200,7 +208,7 @@ async def _run_and_flush(command: Coroutine[Any, Any, int]) -> int:
 
 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Command | None:
-    from tradingd import commands, ordercmds
+    from tradingd import commands, ordercmds, reconcilecmd
 
     if args.bootstrap:
         if args.command not in (None, "run"):
@@ -231,6 +239,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Comm
         "positions": ordercmds.positions,
         "pnl": ordercmds.pnl,
         "strategies": ordercmds.strategies,
+        "reconcile": reconcilecmd.command,
+        "report": reportcmd.command,
+        "subscribe": subscribecmds.command,
+        "unsubscribe": subscribecmds.command,
     }
     return table[args.command]
 

@@ -19,6 +19,9 @@ from redis.asyncio import Redis
 from tradingd import ordercmds
 from tradingd.adapters.registry import create_adapter
 from tradingd.config import Config, redacted
+from tradingd.execution.audit_record import recent_reports
+from tradingd.execution.exchange_view import ExchangeView, exchange_views
+from tradingd.execution.exchange_view import render as render_exchange_views
 from tradingd.exitcodes import (
     EX_CONFIG,
     EX_FAILURE,
@@ -150,6 +153,8 @@ class _StatusReport(msgspec.Struct):
     kill_switch: str = "unknown: trading counts as stopped"
     running: DaemonStatus | None = None
     executor: ordercmds.ExecutorStatus | None = None
+    # Per exchange: reconciliation, orders, positions, day PnL (None: PostgreSQL unread).
+    accounts: list[ExchangeView] | None = None
 
 
 async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
@@ -167,6 +172,9 @@ async def status(args: argparse.Namespace, config: Config, path: Path) -> int:
             else:
                 await _status_from_postgres(report, storage.pool, config)
                 report.executor = await ordercmds.executor_status(storage.redis, storage.pool)
+                report.accounts = await exchange_views(
+                    storage.pool, storage.redis, list(config.enabled_exchanges())
+                )
     except StorageUnavailable as exc:
         code = EX_UNAVAILABLE
         if str(exc).startswith("Redis"):
@@ -327,6 +335,8 @@ def _print_status(report: _StatusReport, as_json: bool) -> None:
         )
     if report.executor is not None:
         ordercmds.print_executor_status(report.executor)
+    if report.accounts is not None:
+        print("\n".join(render_exchange_views(report.accounts)))
 
 
 # -- operator state commands ----------------------------------------------------------------
@@ -360,6 +370,9 @@ async def kill_switch(args: argparse.Namespace, config: Config, path: Path) -> i
     if args.action != "show" and not args.reason:
         print(f"tradingd: error: kill-switch {args.action} needs --reason TEXT", file=sys.stderr)
         return EX_USAGE
+    if getattr(args, "flatten", False) and args.action != "on":
+        print("tradingd: error: --flatten goes with kill-switch on", file=sys.stderr)
+        return EX_USAGE
     async with storage_for(config) as storage:
         if args.action == "show":
             try:
@@ -383,6 +396,7 @@ async def kill_switch(args: argparse.Namespace, config: Config, path: Path) -> i
                     storage.pool,
                     f"kill switch on by {current_operator()}: {args.reason}",
                     args.timeout,
+                    flatten=getattr(args, "flatten", False),
                 )
     print(f"kill switch: {describe_kill_switch(switch)}")
     return EX_OK
@@ -415,6 +429,7 @@ async def state_history(args: argparse.Namespace, config: Config, path: Path) ->
             " ORDER BY at DESC LIMIT $1",
             args.limit,
         )
+        reconciliations = await recent_reports(storage.pool, args.exchange, args.limit)
     lines: list[tuple[int, str]] = [
         (
             record.at_us,
@@ -431,6 +446,14 @@ async def state_history(args: argparse.Namespace, config: Config, path: Path) ->
                 row["at_us"],
                 f"{'all':<10} {'kill switch':>13} -> {action:<13}"
                 f" by {detail.get('operator', '?')}: {detail.get('reason', '')}",
+            )
+        )
+    for rec in reconciliations:
+        lines.append(
+            (
+                rec.at_us,
+                f"{rec.exchange:<10} {'reconcile':>13} -> {rec.outcome.value.upper():<13}"
+                f" ({rec.trigger.value}): {rec.summary}",
             )
         )
     if not lines:
@@ -495,6 +518,7 @@ async def prune(args: argparse.Namespace, config: Config, path: Path) -> int:
     for name, count, days in (
         ("ticker snapshots", report.tickers, config.retention.tickers_days),
         ("dead letters", report.dead_letters, config.retention.dead_letters_days),
+        ("reconciliation reports", report.reconciliations, config.retention.reconciliations_days),
     ):
         if days == 0:
             print(f"{name}: kept forever")

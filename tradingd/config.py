@@ -124,6 +124,8 @@ class RetentionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     # Days of ticker snapshots and of dead letters kept (0: keep them all).
     tickers_days: NonNegativeInt = 90
     dead_letters_days: NonNegativeInt = 30
+    # Days of account reconciliation reports kept (each exchange's latest baseline always is).
+    reconciliations_days: NonNegativeInt = 30
 
 
 class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -134,6 +136,11 @@ class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     telegram_token_secret: SecretName = ""
     telegram_chat_id: str = ""
     telegram_api_url: HttpUrl = "https://api.telegram.org"
+    # The daemon's own alerts (locks, breaker trips, kill switch, UNKNOWN orders, escalations):
+    # one message per incident within this many seconds, at most max_per_minute messages.
+    dedup_seconds: PositiveFloat = 3600.0
+    max_per_minute: PositiveInt = 10
+    queue_size: PositiveInt = 1000
 
 
 class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -194,10 +201,37 @@ class RiskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     max_orders_per_second: PositiveInt = 10
     # A limit price further than this fraction from the last trade is denied (fat finger).
     price_band: Decimal = Decimal("0.05")
-    # Market data of the instrument older than this (seconds) denies new orders.
+    # Market data of the instrument older than this (seconds) denies new orders, and trips the
+    # circuit breaker while orders are open on it.
     max_data_age: PositiveFloat = 10.0
     # An order whose outcome stays UNKNOWN this long (seconds) locks the exchange.
     unknown_order_limit: PositiveFloat = 30.0
+    # Circuit breaker (per exchange; each trip locks it until `tradingd unlock`). Per PnL
+    # currency (USDT, USD, BTC for inverse contracts, ...): the day's (UTC) realised+unrealised
+    # loss net of fees, and the fall from the day's peak; a currency not listed has no limit.
+    daily_loss_limit: dict[str, Decimal] = msgspec.field(
+        default_factory=lambda: {
+            "USDT": Decimal(1000),
+            "USDC": Decimal(1000),
+            "USD": Decimal(1000),
+            "BTC": Decimal("0.02"),
+            "ETH": Decimal("0.3"),
+        }
+    )
+    max_drawdown: dict[str, Decimal] = msgspec.field(
+        default_factory=lambda: {
+            "USDT": Decimal(1500),
+            "USDC": Decimal(1500),
+            "USD": Decimal(1500),
+            "BTC": Decimal("0.03"),
+            "ETH": Decimal("0.45"),
+        }
+    )
+    # Venue rejects and UNKNOWN outcomes: more than this many within the window trips it.
+    max_venue_failures: PositiveInt = 5
+    venue_failure_window: PositiveFloat = 60.0
+    # Seconds between reconciliations of the account (open orders, balances) with the venue.
+    reconcile_interval: PositiveFloat = 60.0
 
 
 class PaperConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -487,6 +521,9 @@ def _check_money(config: Config, path: Path | str) -> None:
         ("paper.taker_fee", config.paper.taker_fee),
         ("paper.slippage", config.paper.slippage),
     ]
+    for name in ("daily_loss_limit", "max_drawdown"):
+        limits: dict[str, Decimal] = getattr(config.risk, name)
+        amounts += [(f"risk.{name}.{currency}", v) for currency, v in limits.items()]
     for exchange, balances in config.paper.balances.items():
         if exchange not in config.exchanges:
             raise ConfigError(

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -29,6 +29,7 @@ from tradingd.actors.receiver import MarketDataOutlets, Receiver
 from tradingd.actors.repairer import GapRepairer
 from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
+from tradingd.alerting import Alerter, alert_queue, raise_alert
 from tradingd.clock import ClockCheck, ClockWatch, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
 from tradingd.execution.executor import Executor
@@ -45,10 +46,17 @@ from tradingd.reconcile import Reconciler, StartupStates
 from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
 from tradingd.secrets import secret_store
 from tradingd.sequencing import Gap, SequenceTracker
+from tradingd.shared_state import SharedStateWatch
 from tradingd.status import STATUS_KEY, DaemonStatus, ExchangeStatus, encode_status, one_line
 from tradingd.storage import Storage, StorageError, StorageRejected, open_storage
 from tradingd.storage.embedded import EmbeddedStorageError
 from tradingd.storage.migrations import migrate
+from tradingd.subscriptions import (
+    ExchangeCapture,
+    LiveSubscriptions,
+    captured_symbols,
+    subscriptions_of,
+)
 from tradingd.supervisor import ActorSpec, RestartPolicy, Supervisor, SupervisorEscalation
 
 _T = TypeVar("_T")
@@ -56,16 +64,6 @@ _T = TypeVar("_T")
 
 class Shutdown(Exception):
     """Asked to stop before start-up finished."""
-
-
-def subscriptions_for(config: Config, exchange: str) -> list[Subscription]:
-    ex = config.exchanges[exchange]
-    subs: list[Subscription] = []
-    for symbol in ex.symbols:
-        for channel in ex.channels:
-            resolution = ex.bar_resolution if channel is Channel.BARS else ""
-            subs.append(Subscription(channel, symbol, resolution))
-    return subs
 
 
 async def last_sequences(storage: Storage, exchange: str, instruments: list[str]) -> dict[str, int]:
@@ -96,8 +94,12 @@ class Daemon:
         self.http: aiohttp.ClientSession | None = None
         self.adapters: dict[str, ExchangeAdapter] = {}
         self.receivers: dict[str, list[Receiver]] = {}
+        # What each exchange captures: the configured symbols with the live changes on top.
+        self._symbols: dict[str, list[str]] = {}
+        self.captures: dict[str, ExchangeCapture] = {}
         self.repairers: dict[str, GapRepairer] = {}
-        self.supervisor = Supervisor(config.supervisor, on_escalation=lambda _e: self._stop.set())
+        self.supervisor = Supervisor(config.supervisor, on_escalation=self._on_escalation)
+        self.alerts = alert_queue(config.alerts)
         self.persister: Persister | None = None
         self.analyzer: Analyzer | None = None
         self.clock: ClockCheck | None = None
@@ -119,6 +121,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+
+    def _on_escalation(self, escalation: SupervisorEscalation) -> None:
+        raise_alert(self.alerts, f"escalation:{escalation.actor}", f"exiting: {escalation}")
+        self._stop.set()
 
     def request_stop(self, why: str = "requested") -> None:
         if not self._stop.is_set():
@@ -200,6 +206,9 @@ class Daemon:
         self.http = aiohttp.ClientSession()
         for name in cfg.enabled_exchanges():
             self.adapters[name] = create_adapter(cfg, name, self.http, self.config_path)
+            self._symbols[name] = await captured_symbols(
+                self.storage.pool, name, cfg.exchanges[name].symbols
+            )
 
         self.notifier.status("starting: clock check")
         self.clock = ClockCheck(cfg.daemon, self.adapters)
@@ -241,10 +250,11 @@ class Daemon:
                     exc,
                 )
                 return
-            unlisted = [symbol for symbol in ex.symbols if symbol not in listed]
+            unlisted = [symbol for symbol in self._symbols[name] if symbol not in listed]
             if unlisted:
                 logger.bind(EXCHANGE=name).error(
-                    "{}: not listed by the venue, skipped: {} (fix exchanges.{}.symbols)",
+                    "{}: not listed by the venue, skipped: {} (fix exchanges.{}.symbols, or"
+                    " `tradingd unsubscribe` one added live)",
                     name,
                     ", ".join(unlisted),
                     name,
@@ -255,9 +265,8 @@ class Daemon:
 
     def _subscriptions(self, exchange: str) -> list[Subscription]:
         unlisted = self._unlisted.get(exchange, set())
-        return [
-            s for s in subscriptions_for(self.config, exchange) if s.instrument_name not in unlisted
-        ]
+        symbols = [s for s in self._symbols[exchange] if s not in unlisted]
+        return subscriptions_of(self.config.exchanges[exchange], symbols)
 
     def _build_actors(self) -> None:
         cfg = self.config
@@ -305,7 +314,6 @@ class Daemon:
                 db_backoff_max=cfg.persister.retry_backoff_max,
                 venue_backoff_max=ex.reconnect_backoff_max,
             )
-            intervals = dict(adapter.stream_intervals())
             self.repairers[name] = repairer
             executor = build_executor(
                 cfg,
@@ -321,36 +329,36 @@ class Daemon:
             self.executors[name] = executor
             specs.append(ActorSpec(executor, checkin_timeout=60.0, log_fields={"EXCHANGE": name}))
             specs.append(ActorSpec(repairer, checkin_timeout=120.0, log_fields={"EXCHANGE": name}))
-            plans = adapter.plan_connections(self._subscriptions(name))
-            self.receivers[name] = []
-            for index, plan in enumerate(plans):
-                receiver = Receiver(
-                    exchange=name,
-                    index=index,
-                    adapter=adapter,
-                    subscriptions=plan,
-                    config=ex,
-                    outlets=outlets,
-                    tracker=tracker,
-                    rng=random.Random(),
-                    intervals=intervals,
-                    stale_multiple=ex.stream_stale_multiple,
-                )
-                self.receivers[name].append(receiver)
-                specs.append(
-                    ActorSpec(
-                        receiver,
-                        checkin_timeout=ex.stale_after + 30.0,
-                        log_fields={"EXCHANGE": name},
-                    )
-                )
+            capture = ExchangeCapture(
+                name,
+                adapter=adapter,
+                config=ex,
+                outlets=outlets,
+                tracker=tracker,
+                supervisor=self.supervisor,
+            )
+            self.captures[name] = capture
+            # The same list: live subscription changes add and remove receivers in it.
+            self.receivers[name] = capture.receivers
+            specs.extend(capture.specs(self._subscriptions(name)))
         assert self.clock is not None and self.states is not None
         specs.append(
             ActorSpec(ClockWatch(self.clock, self.states.lock_all), RestartPolicy.PERMANENT)
         )
         specs.append(ActorSpec(Reconciler(self.states, self), RestartPolicy.PERMANENT))
+        self.shared_state = SharedStateWatch(
+            self.storage.pool,
+            self.storage.redis,
+            self.adapters,
+            on_lost=lambda key, text: raise_alert(self.alerts, key, text),
+        )
+        specs.append(ActorSpec(self.shared_state, RestartPolicy.PERMANENT))
+        self.queues.append(self.alerts)  # type: ignore[arg-type]
+        alerter = Alerter(cfg.alerts, secret_store(cfg), self.alerts, self.storage.pool)
+        specs.append(ActorSpec(alerter, RestartPolicy.TRANSIENT))
         specs.append(ActorSpec(StateChangeObserver(self.storage.pool, cfg.daemon.status_interval)))
-        specs.append(ActorSpec(control_server(self.executors, self.storage.redis)))
+        subscriptions = LiveSubscriptions(self.storage.pool, self.captures)
+        specs.append(ActorSpec(control_server(self.executors, self.storage.redis, subscriptions)))
         address = cfg.metrics.address()
         if address is not None:
             self.metrics_server = MetricsServer(*address, self, self.storage.redis)
@@ -370,6 +378,9 @@ class Daemon:
     async def _serve(self) -> int:
         cfg = self.config
         self._serving = True
+        # What start-up built lives as long as the process: kept out of the cyclic collector's
+        # full passes, which would otherwise walk all of it and stall the event loop.
+        gc.freeze()
         self.notifier.ready(f"running: {len(self.supervisor.names())} actors")
         logger.success(
             "tradingd {} running (pid {}): {}",
@@ -527,6 +538,9 @@ class Daemon:
                     queue.close()
                 writers = [a.name for a in (self.persister, self.analyzer) if a is not None]
                 await self.supervisor.stop(writers, graceful_timeout=remaining() * 0.8)
+                # What is queued (an escalation's alert) is sent before the daemon exits.
+                self.alerts.close()
+                await self.supervisor.stop([Alerter.name], graceful_timeout=remaining() * 0.5)
                 await self.supervisor.stop_all()
         except TimeoutError:
             logger.error("shutdown exceeded daemon.stop_timeout ({} s); cutting it short", timeout)

@@ -120,6 +120,10 @@ async def _ask(redis: aioredis.Redis, request: Request, timeout_s: float) -> Rep
         return EX_TEMPFAIL
 
 
+# The other commands that go through the daemon (``tradingd.subscribecmds``) answer the same way.
+ask_daemon = _ask
+
+
 def _redis_for(storage: Any) -> aioredis.Redis:
     redis: aioredis.Redis = storage.redis
     return redis
@@ -238,13 +242,19 @@ async def strategies(args: argparse.Namespace, config: Config, path: Path) -> in
 
 
 async def cancel_everything(
-    redis: aioredis.Redis, pool: asyncpg.Pool, reason: str, timeout_s: float
+    redis: aioredis.Redis,
+    pool: asyncpg.Pool,
+    reason: str,
+    timeout_s: float,
+    *,
+    flatten: bool = False,
 ) -> int:
-    """After the kill switch is set: every executor cancels what it owns; print the count.
-    Exit 0 only when every exchange confirms none remain."""
+    """After the kill switch is set: every executor cancels every open order (in bulk, then
+    verified with the venue), ``flatten``: then closes its positions; print the result.
+    Exit 0 only when every exchange confirms none remain (and, flattening, no position)."""
     try:
         reply = await ControlClient(redis).request(
-            CancelEverything(reason=reason), timeout_s=timeout_s
+            CancelEverything(reason=reason, flatten=flatten), timeout_s=timeout_s
         )
     except NoDaemon:
         still_open = await reports.open_order_count(pool)
@@ -260,21 +270,30 @@ async def cancel_everything(
     except NoReply as exc:
         print(f"tradingd: {exc}", file=sys.stderr)
         return EX_FAILURE
-    return report_cancellations(reply.reports, reply.error)
+    return report_cancellations(reply.reports, reply.error, flatten=flatten)
 
 
-def report_cancellations(reports: Sequence[CancelReport], error: str = "") -> int:
+def report_cancellations(
+    reports: Sequence[CancelReport], error: str = "", *, flatten: bool = False
+) -> int:
     code = EX_OK if not error else EX_FAILURE
     if error:
         print(f"tradingd: {error}", file=sys.stderr)
     for report in reports:
+        venue = "unreadable" if report.venue_open < 0 else str(report.venue_open)
         print(
             f"{report.exchange}: cancelled {report.cancelled} of {report.requested},"
-            f" remaining {report.remaining}"
+            f" remaining {report.remaining}; the venue lists {venue} open"
         )
+        for line in report.flattened:
+            print(f"  flatten: {line}")
+        for instrument, quantity in sorted(report.positions.items()):
+            print(f"  position left: {instrument} {quantity}")
         for problem in report.errors:
             print(f"  {problem}")
-        if report.remaining or report.errors:
+        if report.remaining or report.errors or report.venue_open != 0:
+            code = EX_FAILURE
+        if flatten and report.positions:
             code = EX_FAILURE
     total = sum(r.remaining for r in reports)
     print(f"open orders remaining: {total}" + ("" if code == EX_OK else " (NOT all cancelled)"))

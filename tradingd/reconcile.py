@@ -156,15 +156,20 @@ class StartupStates:
         if failures:
             await self._lock(name, "reconciliation failed: " + "; ".join(failures))
             return
-        await transition(
-            self._storage.pool,
-            self._storage.redis,
-            name,
-            ExchangeState.HEALTHY,
-            operator=DAEMON_OPERATOR,
-            reason="reconciliation passed: clock verified, instruments fresh, data flowing",
-            only_from=frozenset({ExchangeState.RECONCILING}),
-        )
+        try:
+            await transition(
+                self._storage.pool,
+                self._storage.redis,
+                name,
+                ExchangeState.HEALTHY,
+                operator=DAEMON_OPERATOR,
+                reason="reconciliation passed: clock verified, instruments fresh, data flowing",
+                only_from=frozenset({ExchangeState.RECONCILING}),
+            )
+        except IllegalTransition as exc:
+            # The executor's account reconciliation locked it or put it under audit meanwhile.
+            logger.bind(EXCHANGE=name).warning("{} not made HEALTHY: {}", name, exc)
+            return
         self._cache[name] = (ExchangeState.HEALTHY.value, "reconciled")
 
     async def _reconcile_and_forget(self, name: str, flow: MarketDataFlow) -> None:

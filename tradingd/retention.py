@@ -7,6 +7,8 @@
   late repair cannot bring a dropped month back.
 - ``tickers`` snapshots and ``dead_letters`` older than their number of days are deleted, then
   the tables are vacuumed.
+- ``reconciliations`` older than their number of days are deleted, except each exchange's
+  latest baseline (the next start compares the venue's balances with it).
 
 The daemon keeps capturing meanwhile: each step is its own transaction under a lock timeout, so
 a step that cannot get its lock promptly gives up (and is retried) instead of stalling the
@@ -45,6 +47,7 @@ class PruneReport(msgspec.Struct, kw_only=True):
     gaps_closed: int
     tickers: int
     dead_letters: int
+    reconciliations: int = 0
 
 
 class PruneDeferred(Exception):
@@ -102,7 +105,27 @@ async def run_prune(
         setattr(report, field, count)
         if count and not dry_run:
             await pool.execute(f"VACUUM (ANALYZE) {table}")
+    if retention.reconciliations_days:
+        report.reconciliations = await _with_lock_retries(
+            functools.partial(
+                _delete_old_reconciliations, pool, retention.reconciliations_days, dry_run
+            )
+        )
     return report
+
+
+async def _delete_old_reconciliations(pool: asyncpg.Pool, days: int, dry_run: bool) -> int:
+    where = (
+        "at < now() - make_interval(days => $1) AND id NOT IN"
+        " (SELECT max(id) FROM reconciliations WHERE baseline GROUP BY exchange)"
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        if dry_run:
+            count = await conn.fetchval(f"SELECT count(*) FROM reconciliations WHERE {where}", days)
+            return int(count)
+        status = await conn.execute(f"DELETE FROM reconciliations WHERE {where}", days)
+        return int(status.split()[-1])
 
 
 async def _drop_old_months(pool: asyncpg.Pool, kept_from: date, report: PruneReport) -> None:

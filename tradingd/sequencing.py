@@ -73,6 +73,12 @@ class SequenceTracker:
             self._last[instrument] = last_seq
             self._resume[instrument] = reason
 
+    def forget(self, instrument: str) -> None:
+        """Track ``instrument`` afresh: its next trade is accepted as the first one (a live
+        subscription added: what happened while it was not captured is not a gap)."""
+        self._last.pop(instrument, None)
+        self._resume.pop(instrument, None)
+
     def resumed(self, instruments: Iterable[str], reason: str = RECONNECT) -> None:
         """A stream starts again after a break: name the next gap of these instruments."""
         for instrument in instruments:

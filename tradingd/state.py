@@ -40,7 +40,8 @@ LEGAL_TRANSITIONS: dict[ExchangeState | None, frozenset[ExchangeState]] = {
     S.BOOTSTRAPPING: frozenset({S.BOOTSTRAPPING, S.LOCKED}),
     S.LOCKED: frozenset({S.BOOTSTRAPPING, S.HEALTHY, S.AUDITING, S.LOCKED}),
     S.HEALTHY: frozenset({S.RECONCILING, S.LOCKED, S.AUDITING, S.BOOTSTRAPPING}),
-    S.RECONCILING: frozenset({S.HEALTHY, S.LOCKED, S.BOOTSTRAPPING}),
+    # AUDITING: the account's reconciliation found a difference (tradingd.execution.audit).
+    S.RECONCILING: frozenset({S.HEALTHY, S.LOCKED, S.BOOTSTRAPPING, S.AUDITING}),
     S.AUDITING: frozenset({S.LOCKED, S.HEALTHY}),
 }
 
@@ -263,10 +264,27 @@ async def _copy_state(redis: aioredis.Redis, record: Transition) -> None:
 async def restore_redis_from_record(
     pool: asyncpg.Pool, redis: aioredis.Redis, exchanges: Iterable[str]
 ) -> list[str]:
-    """Rewrite Redis's copy of each exchange's state and of the kill switch wherever it lacks
-    or disagrees with PostgreSQL's record; returns what was rewritten (for the log)."""
+    """Rewrite Redis's copy of the kill switch and of each exchange's state wherever it lacks
+    or disagrees with PostgreSQL's record; returns what was rewritten (for the log).
+
+    The kill switch first: a state restored before it would open the gate for a moment."""
     rewritten: list[str] = []
     async with pool.acquire() as conn:
+        event = await conn.fetchrow(
+            "SELECT kind, detail, (extract(epoch FROM at) * 1e6)::bigint AS at_us"
+            " FROM system_events WHERE kind IN ($1, $2) ORDER BY id DESC LIMIT 1",
+            KILL_SWITCH_ON,
+            KILL_SWITCH_OFF,
+        )
+        if event is not None and event["kind"] == KILL_SWITCH_ON:
+            detail = msgspec.json.decode(event["detail"])
+            recorded = KillSwitch(
+                reason=detail["reason"], operator=detail["operator"], at_us=event["at_us"]
+            )
+            # Only ever turned on here: a switch set in Redis by hand stays an emergency stop.
+            if await read_kill_switch(redis) is None:
+                await _copy_kill_switch(redis, recorded)
+                rewritten.append(KILL_SWITCH_KEY)
         for exchange in exchanges:
             rows = await conn.fetch(
                 "SELECT exchange, from_state, to_state, operator, reason,"
@@ -287,23 +305,6 @@ async def restore_redis_from_record(
                 pipe.rpush(history_key(exchange), *(msgspec.json.encode(r) for r in records))
                 await pipe.execute()
             rewritten.append(state_key(exchange))
-        event = await conn.fetchrow(
-            "SELECT kind, detail, (extract(epoch FROM at) * 1e6)::bigint AS at_us"
-            " FROM system_events WHERE kind IN ($1, $2) ORDER BY id DESC LIMIT 1",
-            KILL_SWITCH_ON,
-            KILL_SWITCH_OFF,
-        )
-    if event is not None:
-        recorded: KillSwitch | None = None
-        if event["kind"] == KILL_SWITCH_ON:
-            detail = msgspec.json.decode(event["detail"])
-            recorded = KillSwitch(
-                reason=detail["reason"], operator=detail["operator"], at_us=event["at_us"]
-            )
-        # Only ever turned on here: a switch set in Redis by hand stays an emergency stop.
-        if recorded is not None and await read_kill_switch(redis) is None:
-            await _copy_kill_switch(redis, recorded)
-            rewritten.append(KILL_SWITCH_KEY)
     for key in rewritten:
         logger.warning("{} restored in Redis from PostgreSQL's record", key)
     return rewritten

@@ -293,5 +293,12 @@ class Supervisor:
             if isinstance(result, Exception):
                 logger.error("actor {} raised while stopping: {!r}", task.get_name(), result)
 
+    async def remove(self, names: Iterable[str]) -> None:
+        """Stop the named actors (cancelled at once) and forget them: no longer reported."""
+        names = list(names)
+        await self.stop(names)
+        for name in names:
+            self._children.pop(name, None)
+
     async def stop_all(self) -> None:
         await self.stop(list(self._children))

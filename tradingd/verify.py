@@ -5,8 +5,11 @@ last one per configured instrument, OHLC rows of the last day, open gaps, dead l
 clock skew measured now. The checks (a failed one refuses the unlock; ``--force --reason``
 overrides those marked forceable, and the reason records what was overridden):
 
-- ``state``: the exchange is LOCKED. Not forceable: the only way to HEALTHY from elsewhere is
-  through the state machine (an exchange already HEALTHY is left alone and is no failure).
+- ``state``: the exchange is LOCKED or AUDITING. Not forceable: the only way to HEALTHY from
+  elsewhere is through the state machine (an exchange already HEALTHY is left alone and is no
+  failure).
+- ``reconciliation`` (AUDITING only): the running daemon reconciles the account with the venue
+  now (``tradingd reconcile``) and finds nothing differing.
 - ``instruments``: every configured symbol has an active instrument.
 - ``ohlc``: every configured symbol has bars that opened within the last day.
 - ``trades``: every configured symbol has captured public trades (when the trades channel is
@@ -40,6 +43,7 @@ from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
 from tradingd.clock import ClockReading, measure_skew
 from tradingd.config import Config, resolve_config_path
+from tradingd.execution.control import ControlClient, NoDaemon, NoReply, Reconcile
 from tradingd.exitcodes import EX_FAILURE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from tradingd.model import Channel
 from tradingd.secrets import secret_store
@@ -96,6 +100,9 @@ class ExchangeFacts:
     clock: ClockReading | None = None
     clock_error: str = ""
     kill_switch: bool = False
+    # AUDITING only: whether a reconciliation run for this unlock was clean, and its summary.
+    reconciliation_clean: bool | None = None
+    reconciliation: str = ""
 
 
 # -- the checks (pure) ----------------------------------------------------------------------
@@ -109,6 +116,17 @@ def evaluate(facts: ExchangeFacts, max_skew: float, warn_skew: float) -> list[Ch
         checks.append(Check("state", "ok", "LOCKED"))
     elif facts.state is ExchangeState.HEALTHY:
         checks.append(Check("state", "ok", "already HEALTHY: nothing to unlock"))
+    elif facts.state is ExchangeState.AUDITING:
+        checks.append(
+            Check("state", "ok", "AUDITING: unlocked once a fresh reconciliation is clean")
+        )
+        checks.append(
+            Check(
+                "reconciliation",
+                "ok" if facts.reconciliation_clean else "fail",
+                facts.reconciliation or "not reconciled",
+            )
+        )
     else:
         shown = facts.state.value if facts.state else "never bootstrapped"
         hint = {
@@ -116,13 +134,12 @@ def evaluate(facts: ExchangeFacts, max_skew: float, warn_skew: float) -> list[Ch
             ExchangeState.BOOTSTRAPPING: "the bootstrap has not finished: run it again",
             ExchangeState.RECONCILING: "the daemon is reconciling it; it returns to HEALTHY "
             "or LOCKED by itself",
-            ExchangeState.AUDITING: "under audit: `tradingd lock` it when the audit is done",
         }.get(facts.state, "")
         checks.append(
             Check(
                 "state",
                 "fail",
-                f"{shown}: unlock moves LOCKED -> HEALTHY only; {hint}",
+                f"{shown}: unlock moves LOCKED (or AUDITING, reconciled) -> HEALTHY only; {hint}",
                 forceable=False,
             )
         )
@@ -291,6 +308,10 @@ async def gather_facts(
     except StateUnavailable as exc:
         facts = ExchangeFacts(exchange, None, state_error=str(exc))
     facts.trades_configured = Channel.TRADES in settings.channels
+    if facts.state is ExchangeState.AUDITING:
+        facts.reconciliation_clean, facts.reconciliation = await fresh_reconciliation(
+            redis, exchange
+        )
     rows = await pool.fetch(
         "SELECT market_type, count(*) FILTER (WHERE is_active) AS active, count(*) AS total"
         " FROM instruments WHERE exchange = $1 GROUP BY market_type",
@@ -332,6 +353,23 @@ async def gather_facts(
     return facts
 
 
+async def fresh_reconciliation(redis: aioredis.Redis, exchange: str) -> tuple[bool, str]:
+    """Whether the running daemon, reconciling ``exchange`` now, finds nothing differing."""
+    try:
+        reply = await ControlClient(redis).request(Reconcile(exchange=exchange), timeout_s=30.0)
+    except NoDaemon:
+        return False, (
+            "no running daemon to reconcile with: start it (an exchange under AUDITING does "
+            "not trade), then unlock"
+        )
+    except NoReply as exc:
+        return False, f"no reconciliation: {exc}"
+    if reply.error or not reply.reconciliations:
+        return False, f"no reconciliation: {reply.error or 'no report'}"
+    report = reply.reconciliations[0]
+    return report.clean, f"fresh reconciliation: {report.summary}"
+
+
 # -- the command ----------------------------------------------------------------------------
 
 
@@ -343,7 +381,7 @@ class UnlockPlan:
         return [
             name
             for name, (facts, _checks) in self.reports.items()
-            if facts.state is ExchangeState.LOCKED
+            if facts.state in (ExchangeState.LOCKED, ExchangeState.AUDITING)
         ]
 
     def failures(self, *, forceable: bool | None = None) -> dict[str, list[Check]]:
@@ -520,7 +558,7 @@ async def _unlock(
                 ExchangeState.HEALTHY,
                 operator=operator,
                 reason=reason,
-                only_from=frozenset({ExchangeState.LOCKED}),
+                only_from=frozenset({ExchangeState.LOCKED, ExchangeState.AUDITING}),
             )
         except IllegalTransition as exc:
             print(f"tradingd: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ from tradingd.adapters.binance import BinanceAdapter, BinanceMarketDataSession
 from tradingd.adapters.binance.http import BinanceRestClient, RequestRejected
 from tradingd.adapters.binance.websocket import OutgoingMessageBudget
 from tradingd.adapters.registry import load_adapter
-from tradingd.adapters.transport import buffered_frames
+from tradingd.adapters.transport import BURST_LIMIT, buffered_frames
 from tradingd.config import ExchangeConfig
 from tradingd.model import (
     Bar,
@@ -250,9 +250,38 @@ async def test_frames_already_received_are_handed_over_in_one_list(
     # Published in one go, they arrive in few socket reads: far fewer lists than frames.
     print(f"300 frames in {lists} lists")
     assert lists <= 30
-    # Each frame keeps the time it was read, in order.
+    # Each frame keeps the time its burst was read, in order.
     received = [t.received_us for t in of_type(records, Trade)]
     assert received == sorted(received)
+    await session.close()
+
+
+async def test_the_reader_gives_up_the_loop_between_bursts(
+    fake: FakeBinance, adapter: BinanceAdapter
+) -> None:
+    session = await adapter.connect(ALL_CHANNELS[:1])
+    await fake.wait_subscribed("BTCUSDT", "trades")
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)  # one step per event-loop turn: it counts them
+
+    marks: list[tuple[int, int]] = []  # (turns counted when a burst is handed over, its size)
+    async with asyncio.TaskGroup() as group:
+        counter = group.create_task(count_turns())
+        fake.publish_trades("BTCUSDT", 2000)
+        batches = session.batches()
+        while sum(size for _, size in marks) < 2000:
+            batch = await anext(batches)
+            if batch:
+                marks.append((turns, len(batch)))
+        counter.cancel()
+    assert max(size for _, size in marks) <= BURST_LIMIT
+    # Other work ran between every two bursts, even those read from one socket read.
+    assert len({turn for turn, _ in marks}) == len(marks), marks
     await session.close()
 
 

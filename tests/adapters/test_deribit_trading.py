@@ -127,6 +127,8 @@ def test_every_other_private_request() -> None:
     cases = [
         (t.cancel(1, "ETH-1"), "private/cancel", {"order_id": "ETH-1"}),
         (t.cancel_all(1), "private/cancel_all", {}),
+        (t.cancel_all_by_instrument(1, "BTC-PERPETUAL"), "private/cancel_all_by_instrument",
+         {"instrument_name": "BTC-PERPETUAL"}),
         (t.cancel_by_label(1, "l1", "BTC"), "private/cancel_by_label",
          {"label": "l1", "currency": "BTC"}),
         (t.get_open_orders_by_currency(1, "BTC"), "private/get_open_orders_by_currency",

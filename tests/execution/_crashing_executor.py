@@ -3,8 +3,8 @@ point of the order path (the parent test then restarts an executor on the same s
 
     python -m tests.execution._crashing_executor DB_URL REDIS_URL POINT ORDERS
 
-POINT: ``before_claim`` (the intent is committed, nothing sent) or ``after_send`` (the venue
-has the order, the reply is not recorded).
+POINT: ``before_send`` (the intent is committed, claimed for sending, nothing sent) or
+``after_send`` (the venue has the order, the reply is not recorded).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 
 import asyncpg
@@ -38,14 +39,17 @@ def _die() -> None:
 class CrashingLedger(Ledger):
     def __init__(self, pool: asyncpg.Pool, crash_at: int) -> None:
         super().__init__(pool)
-        self._claims = 0
+        self._bursts = 0
         self._crash_at = crash_at
 
-    async def claim_send(self, client_id: str, deadline_us: int | None = None) -> OrderRow | None:
-        self._claims += 1
-        if self._claims == self._crash_at:
+    async def record_sending(
+        self, intents: Sequence[tuple[str, str, str, OrderIntent]], deadline_us: int
+    ) -> list[OrderRow]:
+        rows = await super().record_sending(intents, deadline_us)
+        self._bursts += 1
+        if self._bursts == self._crash_at:
             _die()
-        return await super().claim_send(client_id, deadline_us)
+        return rows
 
 
 class CrashingVenue(PaperVenue):
@@ -64,7 +68,7 @@ async def main(db_url: str, redis_url: str, point: str, orders: int) -> None:
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     redis = aioredis.Redis.from_url(redis_url)
     now = time.time_ns() // 1000
-    ledger = CrashingLedger(pool, orders if point == "before_claim" else 0)
+    ledger = CrashingLedger(pool, orders if point == "before_send" else 0)
     venue = CrashingVenue(EXCHANGE, pool, PAPER, INSTRUMENTS, lambda: time.time_ns() // 1000)
     venue.crash_at = orders if point == "after_send" else 0
     feed: BoundedQueue[MarketEvent] = BoundedQueue("market", 100, OverflowPolicy.BLOCK)

@@ -14,6 +14,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from tradingd.config import PaperConfig, RiskConfig
+from tradingd.execution.auditing import Auditor
+from tradingd.execution.breaker import Breaker
 from tradingd.execution.desk import StrategyStatus
 from tradingd.execution.executor import ExchangeLocker, Executor
 from tradingd.execution.ledger import Ledger
@@ -181,10 +183,13 @@ async def running_executor(
     open_gaps: Callable[[], frozenset[str]] = frozenset,
     limits: RiskConfig = LIMITS,
     lock_exchange: ExchangeLocker | None = None,
+    breaker: Breaker | None = None,
+    audited: bool = False,
+    paper: PaperConfig = PAPER,
 ) -> AsyncIterator[Harness]:
     clock = clock or Clock(1_800_000_000_000_000)
     ledger = Ledger(pool)
-    venue = PaperVenue(EXCHANGE, pool, PAPER, INSTRUMENTS, clock, faults)
+    venue = PaperVenue(EXCHANGE, pool, paper, INSTRUMENTS, clock, faults)
     market: BoundedQueue[MarketEvent] = BoundedQueue("market", 10_000, OverflowPolicy.BLOCK)
     executor = Executor(
         EXCHANGE,
@@ -199,9 +204,20 @@ async def running_executor(
         taker_fee=PAPER.taker_fee,
         clock_us=clock,
         lock_exchange=lock_exchange,
+        breaker=breaker,
     )
     if host is not None:
         executor.attach_host(host, {"s1": ["BTCUSDT"]})
+    if audited:
+        executor.audit = Auditor(
+            executor,
+            pool=pool,
+            redis=redis,
+            venue=venue,
+            instruments=INSTRUMENTS,
+            interval_s=60.0,
+            clock_us=clock,
+        )
     task = asyncio.create_task(executor.run(ActorContext(executor.name, {})))
     try:
         await asyncio.wait_for(executor.reconciled.wait(), 10)

@@ -14,11 +14,13 @@ import redis.asyncio as aioredis
 
 from tests.execution._doubles import LIMITS
 from tradingd.config import RiskConfig
+from tradingd.execution.auditing import Auditor
 from tradingd.execution.executor import ExchangeLocker, Executor
 from tradingd.execution.ledger import Ledger, OrderRow
 from tradingd.execution.orders import TERMINAL_STATES, OrderState
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import ExecutionClient
+from tradingd.execution.wiring import exchange_locker
 from tradingd.model import MarketEvent, Ticker
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.state import state_key
@@ -87,8 +89,11 @@ async def live_executor(
     *,
     limits: RiskConfig = LIMITS,
     lock_exchange: ExchangeLocker | None = None,
+    audited: bool = False,
 ) -> AsyncIterator[LiveHarness]:
-    await redis.set(state_key(exchange), "HEALTHY")
+    """With ``audited`` the account is reconciled (the exchange's state must be recorded)."""
+    if not audited:
+        await redis.set(state_key(exchange), "HEALTHY")
     ledger = Ledger(pool)
     market: BoundedQueue[MarketEvent] = BoundedQueue("market", 10_000, OverflowPolicy.BLOCK)
     executor = Executor(
@@ -101,8 +106,19 @@ async def live_executor(
         instruments=instruments,
         market=market,
         clock_us=wall_clock_us,
-        lock_exchange=lock_exchange,
+        lock_exchange=lock_exchange
+        or (exchange_locker(pool, redis, exchange) if audited else None),
     )
+    if audited:
+        executor.audit = Auditor(
+            executor,
+            pool=pool,
+            redis=redis,
+            venue=venue,
+            instruments=instruments,
+            interval_s=60.0,
+            clock_us=wall_clock_us,
+        )
     task = asyncio.create_task(executor.run(ActorContext(executor.name, {})))
     try:
         await asyncio.wait_for(executor.reconciled.wait(), GUARD)

@@ -7,6 +7,7 @@ import asyncio
 from decimal import Decimal
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 
 from tests.execution._doubles import (
@@ -21,6 +22,7 @@ from tests.execution._doubles import (
 from tradingd.execution.ledger import Ledger
 from tradingd.execution.orders import OrderState
 from tradingd.execution.paper import PaperFaults
+from tradingd.execution.venue import PlaceRequest, PlaceResult
 from tradingd.execution.wiring import exchange_locker
 from tradingd.state import KILL_SWITCH_KEY, ExchangeState, state_key, transition
 from tradingd.strategies.api import Accepted, Denied, OrderIntent, OrderType, Side
@@ -70,6 +72,38 @@ async def test_nothing_is_sent_unless_healthy_and_the_kill_switch_off(
         assert order is not None and order.state is S.DENIED
         assert order.reason.startswith("gate:")
     assert await paper_requests(pool) == {}
+
+
+@pytest.mark.parametrize("meanwhile", ["gate closes", "send window passes"])
+async def test_a_burst_sends_nothing_once_the_gate_closes_or_its_window_passes(
+    meanwhile: str, pool: asyncpg.Pool, rds: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await healthy(rds)
+    clock = Clock(NOW)
+    async with running_executor(pool, rds, clock=clock) as h:
+        await h.feed(trade("100", "1", 1, NOW), ticker("99.9", "100.1", NOW))
+        place = h.venue.place
+
+        async def place_then_interfere(request: PlaceRequest) -> PlaceResult:
+            result = await place(request)
+            if meanwhile == "gate closes":
+                await rds.set(state_key(EXCHANGE), "LOCKED")
+            else:
+                clock.now += 6_000_000
+            return result
+
+        monkeypatch.setattr(h.venue, "place", place_then_interfere)
+        # Decided in one go: one burst, committed claimed in one transaction.
+        decisions = [h.executor.decide("s1", limit(Side.BUY, "0.1", "99")) for _ in range(3)]
+        ids = [d.client_order_id for d in decisions if isinstance(d, Accepted)]
+        assert len(ids) == 3
+        await h.settle()
+        first, *rest = [await h.ledger.order(c) for c in ids]
+        assert first is not None and first.state is S.OPEN
+        for order in rest:
+            assert order is not None and order.state is S.NEVER_PLACED
+            assert order.reason.startswith("not sent: ")
+    assert await paper_requests(pool) == {ids[0]: 1}
 
 
 async def test_a_market_order_fills_through_the_ledger(
@@ -240,7 +274,8 @@ async def test_the_executor_acts_on_the_kill_switch_by_itself(
         # Set by `tradingd kill-switch on` (or by hand): no command reaches the executor.
         await rds.set(KILL_SWITCH_KEY, "drill")
         h.executor._wake.set()
-        while await h.venue.open_orders():
+        # The venue's bulk cancel empties its book before the ledger has every order's answer.
+        while await h.venue.open_orders() or any(c in h.executor._orders for c in ids):
             h.executor.changed.clear()
             await asyncio.wait_for(h.executor.changed.wait(), 5)
         for client_id in ids:

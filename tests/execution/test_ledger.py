@@ -7,6 +7,7 @@ import re
 from decimal import Decimal
 
 import asyncpg
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -64,6 +65,39 @@ async def test_the_intent_is_durable_and_exactly_one_sender_claims_it(pool: asyn
         (None, "INTENT", "executor"),
         ("INTENT", "SENDING", "executor"),
     ]
+
+
+async def test_a_burst_is_committed_claimed_in_one_statement(pool: asyncpg.Pool) -> None:
+    ledger = Ledger(pool)
+    ids = [await ledger.mint_client_id() for _ in range(5)]
+    market = OrderIntent(
+        instrument="ETHUSDT", side=Side.SELL, quantity=Decimal("2.5"), type=OrderType.MARKET
+    )
+    intents = [(c, f"s{i}", "binance", INTENT if i % 2 else market) for i, c in enumerate(ids)]
+    deadline_us = 1_800_000_005_000_000
+    rows = await ledger.record_sending(intents, deadline_us)
+    assert [r.client_order_id for r in rows] == ids
+    for row, (_c, strategy, _e, intent) in zip(rows, intents, strict=True):
+        assert row.state is S.SENDING and row.deadline_us == deadline_us
+        assert (row.strategy, row.instrument, row.side, row.quantity) == (
+            strategy,
+            intent.instrument,
+            intent.side,
+            intent.quantity,
+        )
+        assert row.price == (intent.price if intent.type is OrderType.LIMIT else None)
+        assert await ledger.events(row.client_order_id) == [
+            (None, "INTENT", "executor"),
+            ("INTENT", "SENDING", "executor"),
+        ]
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE sent_at IS NOT NULL") == 5
+    # Born claimed: no second claim, and a second burst reusing one id writes nothing at all.
+    assert await ledger.claim_send(ids[0]) is None
+    fresh = await ledger.mint_client_id()
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await ledger.record_sending([(fresh, "s", "binance", INTENT), intents[0]], deadline_us)
+    assert await ledger.order(fresh) is None
+    assert await pool.fetchval("SELECT count(*) FROM order_events") == 10
 
 
 async def test_an_illegal_transition_is_refused_and_writes_nothing(

@@ -158,19 +158,19 @@ class Receiver:
         self._last_frame = 0.0
         self._rotate_now = asyncio.Event()
         self._tracked = [s.instrument_name for s in subscriptions if s.channel is Channel.TRADES]
+        self._intervals = dict(intervals or {})
+        self._stale_multiple = stale_multiple
         # Streams with a cadence: their silence limit, and when each last delivered.
         self._stream_limits: dict[Subscription, float] = {}
-        for subscription in self._subscriptions:
-            interval = (intervals or {}).get(subscription.channel)
-            if interval:
-                self._stream_limits[subscription] = max(
-                    config.stale_after, stale_multiple * interval
-                )
-        self._seen: dict[Channel, dict[str, float]] = {
-            channel: {} for channel in {s.channel for s in self._stream_limits}
-        }
+        self._seen: dict[Channel, dict[str, float]] = {}
+        # When a live subscription was added (loop time): its silence counts from then.
+        self._added_at: dict[Subscription, float] = {}
+        self._limit_streams(self._subscriptions)
         self._current: _Link | None = None
         self._rotating = False
+        # Held while connecting, rotating or changing subscriptions: a change made meanwhile
+        # would miss the connection being opened.
+        self._changing = asyncio.Lock()
         # Set once the first connection attempt finished, whatever its outcome.
         self.first_attempt_done = asyncio.Event()
         self._failures = FailureSummary()
@@ -181,6 +181,52 @@ class Receiver:
         self._letters_logged = 0
         self._data_at: float | None = None
 
+    def _limit_streams(self, subscriptions: Sequence[Subscription]) -> None:
+        for subscription in subscriptions:
+            interval = self._intervals.get(subscription.channel)
+            if interval:
+                self._stream_limits[subscription] = max(
+                    self._config.stale_after, self._stale_multiple * interval
+                )
+                self._seen.setdefault(subscription.channel, {})
+
+    # -- live subscription changes ----------------------------------------------------------
+
+    @property
+    def subscriptions(self) -> list[Subscription]:
+        return list(self._subscriptions)
+
+    async def change(
+        self, add: Sequence[Subscription], remove: Sequence[Subscription]
+    ) -> list[Subscription]:
+        """Subscribe ``add`` and unsubscribe ``remove`` on the live connection (a connection
+        opened later subscribes the new set); returns the subscriptions now held. A failed
+        send means the connection is going away: its replacement gets the new set."""
+        async with self._changing:
+            gone = [s for s in dict.fromkeys(remove) if s in self._subscriptions]
+            kept = [s for s in self._subscriptions if s not in set(gone)]
+            new = [s for s in dict.fromkeys(add) if s not in set(kept)]
+            self._subscriptions = kept + new
+            self._tracked = [
+                s.instrument_name for s in self._subscriptions if s.channel is Channel.TRADES
+            ]
+            for subscription in gone:
+                self._stream_limits.pop(subscription, None)
+                self._added_at.pop(subscription, None)
+            now = asyncio.get_running_loop().time()
+            self._added_at.update(dict.fromkeys(new, now))
+            self._limit_streams(new)
+            link = self._current
+            if link is not None:
+                try:
+                    if gone:
+                        await link.session.unsubscribe(gone)
+                    if new:
+                        await link.session.subscribe(new)
+                except _CONNECT_ERRORS as exc:
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            return list(self._subscriptions)
+
     # -- the connection loop --------------------------------------------------------------
 
     async def run(self, ctx: ActorContext) -> None:
@@ -188,7 +234,9 @@ class Receiver:
         attempt = 0
         while True:
             try:
-                session = await self._adapter.connect(self._subscriptions)
+                async with self._changing:
+                    session = await self._adapter.connect(self._subscriptions)
+                    link = self._current = _Link(session, holding=False, now=loop.time())
             except _CONNECT_ERRORS as exc:
                 attempt += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -219,7 +267,7 @@ class Receiver:
             ctx.log.info("connected, {} subscriptions", len(self._subscriptions))
             connected_at = loop.time()
             try:
-                await self._serve(ctx, session)
+                await self._serve(ctx, link)
             finally:
                 self.stats.connected = False
                 self._current = None
@@ -240,11 +288,9 @@ class Receiver:
     def request_rotation(self) -> None:
         self._rotate_now.set()
 
-    async def _serve(self, ctx: ActorContext, session: MarketDataSession) -> None:
-        """Read ``session`` until it dies, rotating to fresh connections when it is time."""
+    async def _serve(self, ctx: ActorContext, current: _Link) -> None:
+        """Read ``current`` until it dies, rotating to fresh connections when it is time."""
         loop = asyncio.get_running_loop()
-        current = _Link(session, holding=False, now=loop.time())
-        self._current = current
         links = [current]
         try:
             async with asyncio.TaskGroup() as group:
@@ -268,11 +314,12 @@ class Receiver:
                         if reader in done:
                             return
                         self._rotate_now.clear()
-                        self._rotating = True
-                        try:
-                            switched = await self._rotate(ctx, group, current, reader, links)
-                        finally:
-                            self._rotating = False
+                        async with self._changing:
+                            self._rotating = True
+                            try:
+                                switched = await self._rotate(ctx, group, current, reader, links)
+                            finally:
+                                self._rotating = False
                         if switched is None:
                             failures += 1
                             self.stats.rotation_failures += 1
@@ -418,9 +465,14 @@ class Receiver:
         attempts: dict[Subscription, int] = {}
         while True:
             now = loop.time()
-            next_check = now + min(self._stream_limits.values())
-            for subscription, limit in self._stream_limits.items():
-                seen = self._seen[subscription.channel].get(subscription.instrument_name, since)
+            # Subscriptions change while this awaits: iterate over a copy.
+            limits = list(self._stream_limits.items())
+            next_check = now + min((limit for _, limit in limits), default=self._config.stale_after)
+            for subscription, limit in limits:
+                start = max(since, self._added_at.get(subscription, since))
+                seen = max(
+                    start, self._seen[subscription.channel].get(subscription.instrument_name, 0)
+                )
                 asked = resubscribed_at.get(subscription, since)
                 if subscription in attempts and seen > asked:
                     ctx.log.info("{} flows again", _describe(subscription))

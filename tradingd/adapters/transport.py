@@ -4,10 +4,12 @@ A busy stream delivers many frames per event-loop wake-up. Handing them to the r
 at a time costs a generator step, a sequence check and two queue puts per frame; handing over
 everything that has already arrived as one list costs that once per burst. Nothing waits to
 fill a burst: a burst is only what was already received when the first of its frames was read.
+A burst is at most one event-loop turn: the reader yields the loop between bursts.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
@@ -30,7 +32,7 @@ _STAYS_OPEN: Final = frozenset(
 )
 
 # Bounds the event-loop time one burst takes (parsing ~2 µs a frame) and the size of the lists.
-BURST_LIMIT: Final = 500
+BURST_LIMIT: Final = 100
 
 
 def buffered_frames(ws: aiohttp.ClientWebSocketResponse[Literal[False]]) -> int:
@@ -52,7 +54,7 @@ async def bursts(
     nothing follows it."""
     while True:
         message = await ws.receive()
-        more = buffered_frames(ws)
+        more = min(buffered_frames(ws), BURST_LIMIT - 1)
         burst = [message]
         while more and message.type in _STAYS_OPEN:
             message = await ws.receive()  # already received: returns without waiting
@@ -61,3 +63,9 @@ async def bursts(
         yield burst
         if message.type not in _STAYS_OPEN:
             return
+        if buffered_frames(ws):
+            # The next receive() would return without suspending, so the reader would keep
+            # the event loop for as long as frames are buffered (a 256 kB socket read holds
+            # over a thousand). Giving up the turn here bounds it to one burst: strategies'
+            # ticks, the persister and timers run in between.
+            await asyncio.sleep(0)

@@ -1,6 +1,7 @@
 """The control channel: the operator's CLI reaches the running daemon's order desks over Redis.
 
-The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control``. PUBLISH answers with
+The CLI PUBLISHes one msgspec-JSON ``Envelope`` on ``tradingd:control:db<N>`` (the Redis
+database both use: pub/sub ignores database numbers). PUBLISH answers with
 the number of subscribers that received it: 0 means no daemon listens, and nothing was asked
 or queued (``NoDaemon``, exit 69). The daemon's ``ControlServer`` hands the request to the
 ``OrderDesk`` of the exchange named and RPUSHes one ``Reply`` on
@@ -14,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import msgspec
 import redis.asyncio as aioredis
 from loguru import logger
 
+from tradingd.execution.audit import Report
 from tradingd.execution.desk import (
     MANUAL_STRATEGY,
     CancelReport,
@@ -51,9 +54,11 @@ class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
 
 
 class CancelEverything(msgspec.Struct, frozen=True, kw_only=True, tag="cancel_everything"):
-    """Every exchange: deny new orders, cancel every open order, report (the kill switch)."""
+    """Every exchange: deny new orders, cancel every open order, report (the kill switch);
+    ``flatten``: then close every position."""
 
     reason: str
+    flatten: bool = False
 
 
 class ListStrategies(msgspec.Struct, frozen=True, tag="strategies"):
@@ -73,7 +78,38 @@ class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):
     """The executors' part of ``tradingd status``."""
 
 
-Request = Submit | Cancel | CancelEverything | ListStrategies | Pause | Resume | Snapshot
+class Reconcile(msgspec.Struct, frozen=True, kw_only=True, tag="reconcile"):
+    """Reconcile the account of one exchange (None: every one) with its venue now."""
+
+    exchange: str | None = None
+
+
+class Subscribe(msgspec.Struct, frozen=True, kw_only=True, tag="subscribe"):
+    """Capture these symbols of one exchange from now on (and after restarts)."""
+
+    exchange: str
+    symbols: list[str]
+    operator: str
+
+
+class Unsubscribe(msgspec.Struct, frozen=True, kw_only=True, tag="unsubscribe"):
+    exchange: str
+    symbols: list[str]
+    operator: str
+
+
+Request = (
+    Submit
+    | Cancel
+    | CancelEverything
+    | ListStrategies
+    | Pause
+    | Resume
+    | Snapshot
+    | Subscribe
+    | Unsubscribe
+    | Reconcile
+)
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +127,31 @@ class Decided(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
 
 
+class SubscriptionChange(msgspec.Struct, frozen=True, kw_only=True):
+    """What a subscribe or unsubscribe did (``tradingd.subscriptions`` carries it out)."""
+
+    exchange: str
+    changed: list[str] = []  # subscribed (or unsubscribed) by this request
+    unchanged: list[str] = []  # already so
+    # Not listed by the venue (subscribe) or not captured (unsubscribe): nothing was changed.
+    refused: list[str] = []
+    symbols: list[str] = []  # what the exchange captures now
+    connections: int = 0
+    problem: str = ""  # non-empty: nothing was changed, and why (e.g. the venue unreachable)
+
+
+class SubscriptionControl(Protocol):
+    """The daemon's end of live subscription changes."""
+
+    async def subscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange: ...
+
+    async def unsubscribe(
+        self, exchange: str, symbols: Sequence[str], operator: str
+    ) -> SubscriptionChange: ...
+
+
 class Reply(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     error: str = ""  # non-empty: the request was not (fully) executed, and why
@@ -99,6 +160,8 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     strategies: list[StrategyStatus] = []
     snapshots: list[ExecutorSnapshot] = []
     found: bool = False  # pause/resume: the strategy runs in the daemon
+    reconciliations: list[Report] = []
+    subscription: SubscriptionChange | None = None
 
 
 _encode = msgspec.json.Encoder().encode
@@ -120,6 +183,14 @@ class NoReply(Exception):
     """The daemon received the request but did not answer in time: its outcome is unknown."""
 
 
+def control_channel(redis: aioredis.Redis) -> str:
+    """The channel of the daemon that uses ``redis``'s database. Redis pub/sub spans every
+    database of a server: without the number, daemons sharing a server on different databases
+    would take each other's requests (a kill switch cancelling another daemon's orders)."""
+    db = redis.connection_pool.connection_kwargs.get("db") or 0
+    return f"{CONTROL_CHANNEL}:db{db}"
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -139,7 +210,7 @@ class ControlClient:
             deadline_us=now_us() + int(timeout_s * 1_000_000),
             request=request,
         )
-        receivers = await self._redis.publish(CONTROL_CHANNEL, _encode(envelope))
+        receivers = await self._redis.publish(control_channel(self._redis), _encode(envelope))
         if receivers == 0:
             raise NoDaemon()
         if receivers > 1:
@@ -163,16 +234,22 @@ class ControlServer:
 
     name = "control"
 
-    def __init__(self, desks: Mapping[str, OrderDesk], redis: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        desks: Mapping[str, OrderDesk],
+        redis: aioredis.Redis,
+        subscriptions: SubscriptionControl | None = None,
+    ) -> None:
         self._desks = dict(desks)
         self._redis = redis
+        self._subscriptions = subscriptions
         self.handled = 0
         self.expired = 0
 
     async def run(self, ctx: ActorContext) -> None:
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(CONTROL_CHANNEL)
+            await pubsub.subscribe(control_channel(self._redis))
             # Ready only once Redis confirms: from then on PUBLISH counts this subscriber.
             while True:
                 confirmation = await pubsub.get_message(timeout=None)
@@ -239,9 +316,12 @@ class ControlServer:
                         accepted=False, client_order_id=client_order_id, reason=decision.reason
                     )
                 return Reply(id=reply_id, decision=decided)
-            case CancelEverything(reason=reason):
+            case CancelEverything(reason=reason, flatten=flatten):
                 reports = await asyncio.gather(
-                    *(desk.cancel_everything(reason) for desk in self._desks.values()),
+                    *(
+                        desk.cancel_everything(reason, flatten=flatten)
+                        for desk in self._desks.values()
+                    ),
                     return_exceptions=True,
                 )
                 done: list[CancelReport] = []
@@ -268,10 +348,33 @@ class ControlServer:
             case Resume(name=name):
                 found = [desk.resume_strategy(name) for desk in self._desks.values()]
                 return Reply(id=reply_id, found=any(found))
+            case Reconcile(exchange=exchange):
+                if exchange is not None and exchange not in self._desks:
+                    return Reply(id=reply_id, error=self._unknown(exchange))
+                chosen = [d for n, d in self._desks.items() if exchange in (None, n)]
+                results = await asyncio.gather(*(d.reconcile() for d in chosen))
+                reconciled = [r for r in results if r is not None]
+                if len(reconciled) < len(chosen):
+                    return Reply(
+                        id=reply_id,
+                        error="an executor has no reconciliation attached",
+                        reconciliations=reconciled,
+                    )
+                return Reply(id=reply_id, reconciliations=reconciled)
             case Snapshot():
                 return Reply(
                     id=reply_id, snapshots=[desk.snapshot() for desk in self._desks.values()]
                 )
+            case Subscribe() | Unsubscribe():
+                if self._subscriptions is None:
+                    return Reply(id=reply_id, error="this daemon takes no subscription changes")
+                change = (
+                    self._subscriptions.subscribe
+                    if isinstance(request, Subscribe)
+                    else self._subscriptions.unsubscribe
+                )
+                outcome = await change(request.exchange, request.symbols, request.operator)
+                return Reply(id=reply_id, subscription=outcome)
         raise AssertionError(f"unhandled request {request!r}")
 
     def _unknown(self, exchange: str) -> str:

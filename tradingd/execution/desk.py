@@ -11,6 +11,7 @@ from typing import Protocol
 
 import msgspec
 
+from tradingd.execution.audit import Report
 from tradingd.strategies.api import Decision, OrderIntent
 
 MANUAL_STRATEGY = "manual"
@@ -33,6 +34,9 @@ class CancelReport(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: int  # confirmed cancelled (or found already terminal)
     remaining: int  # still open, or not confirmed either way
     errors: list[str] = []
+    venue_open: int = 0  # open orders the venue lists afterwards (-1: it did not answer)
+    flattened: list[str] = []  # with --flatten: the closing orders and their outcome
+    positions: dict[str, str] = {}  # instrument -> net quantity left (non-zero only)
 
 
 class ExecutorSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,8 +64,9 @@ class OrderDesk(Protocol):
         """Ask the venue to cancel one order of this exchange (any strategy's)."""
         ...
 
-    async def cancel_everything(self, reason: str) -> CancelReport:
-        """Deny new orders, cancel every open order, verify with the venue, report."""
+    async def cancel_everything(self, reason: str, *, flatten: bool = False) -> CancelReport:
+        """Deny new orders, cancel every open order, verify with the venue, report;
+        ``flatten``: then close every position (reduce-only market orders)."""
         ...
 
     def strategies(self) -> list[StrategyStatus]: ...
@@ -73,3 +78,7 @@ class OrderDesk(Protocol):
     def resume_strategy(self, name: str) -> bool: ...
 
     def snapshot(self) -> ExecutorSnapshot: ...
+
+    async def reconcile(self) -> Report | None:
+        """Reconcile the account with the venue now; None when it cannot be reconciled."""
+        ...

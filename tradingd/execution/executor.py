@@ -1,12 +1,13 @@
 """The executor: one actor per exchange account, the only holder of a venue's execution client.
 
 Order path: a decision (a strategy's ``submit`` or the operator's) passes the local checks and
-pre-trade risk, gets a client id, and is queued; the executor's loop commits the INTENT row,
-reads the gate (``may_trade``: HEALTHY and kill switch off) fresh, claims the send atomically,
-sends once, and classifies the reply: ACK -> the venue's state and fills, REJECTED -> REJECTED,
-anything else -> UNKNOWN. An UNKNOWN order blocks new orders on its instrument and is resolved
-only by the venue's word (a pushed update, or a query by client id), never by resending; not
-found after the order's deadline proves it was never placed.
+pre-trade risk, gets a client id, and is queued; the executor's loop reads the gate
+(``may_trade``: HEALTHY and kill switch off) fresh, commits the queued intents already claimed
+(SENDING: one statement, one commit per burst), sends each once (re-reading the gate before
+every later one of the burst), and classifies the reply: ACK -> the venue's state and fills,
+REJECTED -> REJECTED, anything else -> UNKNOWN. An UNKNOWN order blocks new orders on its
+instrument and is resolved only by the venue's word (a pushed update, or a query by client id),
+never by resending; not found after the order's deadline proves it was never placed.
 
 On start, before trading, the ledger's non-terminal orders are reconciled with the venue: an
 INTENT row was never claimed, hence never sent (NEVER_PLACED); SENDING, UNKNOWN and open orders
@@ -19,10 +20,11 @@ every open order it owns, verified with the venue.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -32,7 +34,10 @@ from loguru import logger
 from tradingd.actors import checked_in
 from tradingd.config import RiskConfig
 from tradingd.execution import risk
-from tradingd.execution.accounting import Book, FillRecord
+from tradingd.execution.accounting import Book
+from tradingd.execution.audit import Report, Trigger
+from tradingd.execution.auditing import Auditor, fill_record
+from tradingd.execution.breaker import Breaker
 from tradingd.execution.desk import (
     MANUAL_STRATEGY,
     CancelReport,
@@ -43,7 +48,13 @@ from tradingd.execution.ledger import FillRow, Ledger, OrderRow, Transitioned
 from tradingd.execution.orders import LIVE_STATES, OrderState
 from tradingd.execution.records import Fill
 from tradingd.execution.unknown_watch import UnknownWatch
-from tradingd.execution.venue import ExecutionClient, Outcome, PlaceRequest, VenueOrder
+from tradingd.execution.venue import (
+    CancelAllResult,
+    ExecutionClient,
+    Outcome,
+    PlaceRequest,
+    VenueOrder,
+)
 from tradingd.metrics import LatencyHistogram
 from tradingd.model import Bar, MarketEvent, Ticker, Trade
 from tradingd.queues import BoundedQueue
@@ -56,11 +67,14 @@ from tradingd.strategies.api import (
     FillView,
     InstrumentRules,
     OrderIntent,
+    OrderType,
     OrderUpdate,
     OrderView,
     PositionView,
+    Side,
     StrategyContext,
     SystemEvent,
+    TimeInForce,
 )
 from tradingd.supervisor import ActorContext
 
@@ -69,6 +83,9 @@ _T = TypeVar("_T")
 # How long the venue may take to act on a request (Binance recvWindow, Deribit valid_until):
 # an order not found after it was never placed.
 SEND_WINDOW_US = 5_000_000
+# Intents committed (and claimed) per transaction: the later ones of a burst must still be
+# sent well inside the send window.
+SEND_BURST = 100
 # How often UNKNOWN orders are asked about, and the kill switch looked at, when nothing else
 # wakes the loop (a schedule, not a wait for a condition).
 POLL_INTERVAL = 0.5
@@ -150,9 +167,12 @@ class Executor:
         taker_fee: Decimal = Decimal(0),
         clock_us: Callable[[], int] = _wall_clock_us,
         lock_exchange: ExchangeLocker | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.name = f"executor:{exchange}"
         self._lock_exchange = lock_exchange
+        self.breaker = breaker
+        self._breaker_since_us = 0
         # Why this executor locked its exchange ("" when it did not); new orders are denied at
         # once, before the recorded state reaches Redis.
         self.locked_reason = ""
@@ -197,6 +217,9 @@ class Executor:
         self.fills: Counter[str] = Counter()
         self.place_latency = LatencyHistogram(f"executor.{exchange}.place_us")
         self.reconciled = asyncio.Event()
+        # The account's reconciliation with the venue (the wiring attaches it): at start before
+        # any order is decided, then periodically, after reconnects and on demand.
+        self.audit: Auditor | None = None
         # Set whenever no order is UNKNOWN and nothing is queued (tests and the bench await it).
         self.settled = asyncio.Event()
         # Set whenever every market event queued so far has been processed.
@@ -230,29 +253,30 @@ class Executor:
             await self._cancel_one(client_order_id)
         return Accepted(client_order_id)
 
-    async def cancel_everything(self, reason: str) -> CancelReport:
+    async def cancel_everything(self, reason: str, *, flatten: bool = False) -> CancelReport:
+        """Deny new orders, cancel every open order in bulk, verify with the venue's open
+        orders; ``flatten``: then close every position with reduce-only market orders."""
         self._halted = reason or "cancel everything"
         async with self._lock:
-            await self._deny_queued(f"halted: {self._halted}")
-            targets = [
-                row.client_order_id for row in self._orders.values() if row.state in LIVE_STATES
-            ]
-            errors: list[str] = []
-            for client_id in targets:
-                try:
-                    await self._cancel_one(client_id)
-                except Exception as exc:  # one failure must not stop the others
-                    errors.append(f"{client_id}: {exc}")
-            # Verify: ask the venue about every order still not terminal.
-            for client_id in [c for c in targets if c in self._orders]:
-                await self._resolve(self._orders[client_id], "venue:query")
+            targets = [c for c, r in self._orders.items() if r.state in LIVE_STATES]
+            errors = await self._cancel_all_locked(self._halted)
+            flattened = await self._flatten(errors) if flatten else []
+            try:
+                venue_open = len(await self._venue.open_orders())
+            except Exception as exc:
+                venue_open = -1
+                errors.append(f"venue open orders unreadable: {exc!r}")
         remaining = sum(1 for c in targets if c in self._orders)
+        net = self.snapshot().positions
         report = CancelReport(
             exchange=self.exchange,
             requested=len(targets),
             cancelled=len(targets) - remaining,
             remaining=remaining,
             errors=errors,
+            venue_open=venue_open,
+            flattened=flattened,
+            positions=net,
         )
         logger.bind(EXCHANGE=self.exchange).warning("cancel everything ({}): {}", reason, report)
         return report
@@ -275,9 +299,7 @@ class Executor:
         return self.host is not None and self.host.resume(name)
 
     def snapshot(self) -> ExecutorSnapshot:
-        net: dict[str, Decimal] = {}
-        for _strategy, position in self._book.positions():
-            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
+        net = self.net_positions()
         return ExecutorSnapshot(
             exchange=self.exchange,
             mode=self.mode,
@@ -441,6 +463,81 @@ class Executor:
     def now_us(self) -> int:
         return self._clock_us()
 
+    # -- the circuit breaker (rules and record in tradingd.execution.breaker) --------------------
+
+    def _venue_failed(self, *, banned: str) -> None:
+        if self.breaker is not None:
+            self.breaker.note_failure(self._clock_us(), banned=banned)
+            self._wake.set()
+
+    def _equity(self) -> dict[str, Decimal] | None:
+        """Realised + unrealised - fees per currency; None while a position has no mark."""
+        marks = {n: m.last_price for n, m in self._market.items() if m.last_price is not None}
+        if self._book.unmarked(marks):
+            return None
+        realised = self._book.realised_pnl()
+        unrealised = self._book.unrealised_pnl(marks)
+        fees = self._book.fees()
+        return {
+            c: realised.get(c, Decimal(0)) + unrealised.get(c, Decimal(0)) - fees.get(c, Decimal(0))
+            for c in realised.keys() | unrealised.keys() | fees.keys()
+        }
+
+    async def _check_breaker(self) -> None:
+        if self.breaker is None or self.breaker.tripped is not None:
+            return
+        now_us = self._clock_us()
+        # Data age counts from the check's start at the earliest: none has arrived at start.
+        since = self._breaker_since_us
+        ages = {
+            row.instrument: (
+                now_us - max(since, self._market.get(row.instrument, _Market()).updated_us)
+            )
+            / 1e6
+            for row in self._orders.values()
+            if row.state in LIVE_STATES
+        }
+        trip = await self.breaker.check(now_us, self._equity(), ages)
+        if trip is not None:
+            await self.lock(trip.reason)
+
+    # -- the account's reconciliation (tradingd.execution.auditing) --------------------------
+
+    async def reconcile(self) -> Report | None:
+        """Reconcile the account with the venue now (``tradingd reconcile``); None when no
+        auditor is attached."""
+        if self.audit is None:
+            return None
+        async with self._lock:
+            while self._updates:
+                await self._apply(self._updates.popleft(), "venue:stream")
+            return await self.audit.run(Trigger.ON_DEMAND)
+
+    def ledger_orders(self) -> list[OrderRow]:
+        return list(self._orders.values())
+
+    def net_positions(self) -> dict[str, Decimal]:
+        net: dict[str, Decimal] = {}
+        for _strategy, position in self._book.positions():
+            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
+        return net
+
+    def session_balances(self) -> dict[str, Decimal]:
+        return self._session.balances()
+
+    def rebase_balances(self, balances: Mapping[str, Decimal]) -> None:
+        """The venue's balances as the new start; fills booked from now on add to them."""
+        self._session = Book(balances)
+
+    async def book_fill(self, fill: Fill, source: str) -> bool:
+        recorded = await self._ledger.record_fill(fill, source)
+        if recorded is not None:
+            fill_row, moved = recorded
+            self._on_fill(fill_row)
+            self._note(moved)
+            return True
+        return await self._ledger.has_fill(self.exchange, fill.trade_id)
+
     # -- the actor -------------------------------------------------------------------------------
 
     async def run(self, ctx: ActorContext) -> None:
@@ -451,7 +548,14 @@ class Executor:
         self._session = Book(await self._venue.balances())
         await self._replay_fills()
         await self._reconcile()
+        if self.audit is not None:
+            await self.audit.startup()
         await self._refill_ids()
+        if self.breaker is not None:
+            self._breaker_since_us = self._clock_us()
+            status = await self.breaker.load(self._breaker_since_us)
+            if status.tripped:
+                await self.lock(status.reason)
         self.reconciled.set()
         ctx.ready()
         if self.host is not None:
@@ -471,8 +575,13 @@ class Executor:
             ctx.checkin()
             async with self._lock:
                 await self._watch_gate()
+                await self._check_breaker()
                 while self._updates:
                     await self._apply(self._updates.popleft(), "venue:stream")
+                if self.audit is not None:
+                    self.audit.on_gate(self._gate_seen)
+                    if (trigger := self.audit.due()) is not None:
+                        await self.audit.run(trigger)
                 while self._queued:
                     await self._send_burst()
                 while self._cancels:
@@ -565,51 +674,66 @@ class Executor:
     # -- sending ---------------------------------------------------------------------------------
 
     async def _send_burst(self) -> None:
-        """Commit every queued intent in one transaction, then send them one by one."""
+        """Commit up to ``SEND_BURST`` queued intents, claimed for sending, in one statement and
+        one transaction, then send them one by one; every send reads the gate again first."""
         # Left queued until recorded: decisions taken meanwhile still count them (open orders,
         # reserved balance).
-        burst = list(self._queued)
-        rows = await self._ledger.record_intents(
-            [(q.client_order_id, q.strategy, self.exchange, q.intent) for q in burst]
-        )
+        burst = list(itertools.islice(self._queued, SEND_BURST))
+        entries = [(q.client_order_id, q.strategy, self.exchange, q.intent) for q in burst]
+        refused = await self._send_refused()
+        if refused:
+            rows = await self._ledger.record_intents(entries)
+        else:
+            deadline_us = self._clock_us() + SEND_WINDOW_US
+            rows = await self._ledger.record_sending(entries, deadline_us)
         for _ in burst:
             self._queued.popleft()
         for row in rows:
             self._orders[row.client_order_id] = row
             self._intent_recorded(row.client_order_id)
-        for queued in burst:
-            await self._send(queued)
+            if row.state is S.SENDING:
+                self._note(Transitioned(row, S.INTENT))
+        for row in rows:
+            if refused:
+                self.denials[refused.split(":")[0]] += 1
+                await self._move(row.client_order_id, S.DENIED, "executor", reason=refused)
+            else:
+                await self._send(row, gate_just_read=row is rows[0])
 
-    async def _send(self, queued: _Queued) -> None:
-        client_id, intent = queued.client_order_id, queued.intent
+    async def _send_refused(self) -> str:
+        """Why nothing may be sent now ("" when it may): halted, locked, or the gate closed."""
         gate = await _cancellable(may_trade(self._redis, self.exchange))
         self._gate_seen = gate
-        if not gate or self._halted or self.locked_reason:
-            why = (
-                f"halted: {self._halted}"
-                if self._halted
-                else f"locked: {self.locked_reason}"
-                if self.locked_reason
-                else "gate: trading not allowed"
-            )
-            self.denials[why.split(":")[0]] += 1
-            await self._move(client_id, S.DENIED, "executor", reason=why)
+        if self._halted:
+            return f"halted: {self._halted}"
+        if self.locked_reason:
+            return f"locked: {self.locked_reason}"
+        return "" if gate else "gate: trading not allowed"
+
+    async def _send(self, row: OrderRow, *, gate_just_read: bool, gate: bool = True) -> None:
+        """Send one order claimed for sending (SENDING, with its deadline). ``gate`` False only
+        for the kill switch's flatten orders: closing is what was asked."""
+        client_id = row.client_order_id
+        # The first order of a burst goes right after the burst's own gate read and commit; a
+        # later one re-reads the gate, since the sends before it took time.
+        refused = "" if gate_just_read or not gate else await self._send_refused()
+        if not refused and row.deadline_us is not None and self._clock_us() >= row.deadline_us:
+            refused = "window: the send window passed before the send"
+        if refused:
+            # Claimed but provably never on the wire: this executor is its only sender.
+            self.denials[refused.split(":")[0]] += 1
+            await self._move(client_id, S.NEVER_PLACED, "executor", reason=f"not sent: {refused}")
             return
-        deadline_us = self._clock_us() + SEND_WINDOW_US
-        claimed = await self._ledger.claim_send(client_id, deadline_us)
-        if claimed is None:
-            return  # someone else holds it (cannot happen within one executor; kept safe)
-        self._note(Transitioned(claimed, S.INTENT))
         request = PlaceRequest(
             client_order_id=client_id,
-            instrument=intent.instrument,
-            side=intent.side,
-            type=intent.type,
-            tif=intent.tif,
-            quantity=intent.quantity,
-            price=intent.price,
-            reduce_only=intent.reduce_only,
-            deadline_us=deadline_us,
+            instrument=row.instrument,
+            side=row.side,
+            type=row.type,
+            tif=row.tif,
+            quantity=row.quantity,
+            price=row.price,
+            reduce_only=row.reduce_only,
+            deadline_us=row.deadline_us,
         )
         sent_ns = time.monotonic_ns()
         try:
@@ -617,8 +741,11 @@ class Executor:
             self.place_latency.record((time.monotonic_ns() - sent_ns) // 1000)
         except Exception as exc:  # whatever went wrong, the order may exist: ask, never resend
             logger.opt(exception=exc).error("order {}: place failed", client_id)
+            self._venue_failed(banned="")
             await self._move(client_id, S.UNKNOWN, "executor", reason=f"place failed: {exc!r}")
             return
+        if result.outcome is not Outcome.ACK:
+            self._venue_failed(banned=result.reason if result.banned else "")
         if result.outcome is Outcome.ACK and result.order is not None:
             await self._apply(result.order, "venue:ack")
         elif result.outcome is Outcome.REJECTED:
@@ -775,19 +902,98 @@ class Executor:
             self.locked_reason = ""
             self.locked.clear()
             self._lock_recorded = False
+            if self.breaker is not None:
+                self.breaker.reset()
         if switch is not None and not self._halted:
             self._halted = f"kill switch: {switch.reason}"
-            await self._cancel_all_locked(self._halted)
+            for problem in await self._cancel_all_locked(self._halted):
+                logger.bind(EXCHANGE=self.exchange).error("kill switch cancel: {}", problem)
         elif switch is None and self._halted:
             # The kill switch is the lasting stop; once it is off, orders may be decided again
             # (each send still reads the gate).
             logger.bind(EXCHANGE=self.exchange).info("no longer halted ({})", self._halted)
             self._halted = ""
 
-    async def _cancel_all_locked(self, reason: str) -> None:
+    async def _cancel_all_locked(self, reason: str) -> list[str]:
+        """The venue's bulk cancel, then its word on every order still live here: an order it
+        still lists is cancelled one by one, any other is asked about (never assumed gone)."""
         await self._deny_queued(f"halted: {reason}")
-        for client_id in [c for c, r in self._orders.items() if r.state in LIVE_STATES]:
-            await self._cancel_one(client_id)
+        errors: list[str] = []
+        try:
+            bulk = await self._venue.cancel_all(None)
+        except Exception as exc:  # the per-order path below still runs
+            bulk = CancelAllResult(outcome=Outcome.UNKNOWN, reason=repr(exc))
+        if bulk.outcome is not Outcome.ACK:
+            errors.append(f"bulk cancel: {bulk.outcome.value} {bulk.reason}")
+        for order in bulk.orders:
+            await self._apply(order, "venue:ack")
+        while self._updates:
+            await self._apply(self._updates.popleft(), "venue:stream")
+        try:
+            listed: set[str] | None = {o.client_order_id for o in await self._venue.open_orders()}
+        except Exception as exc:
+            listed = None
+            errors.append(f"venue open orders unreadable: {exc!r}")
+
+        async def settle(client_id: str) -> None:
+            row = self._orders.get(client_id)
+            if row is None:
+                return
+            try:
+                if listed is None or client_id in listed:
+                    await self._cancel_one(client_id)
+                else:
+                    await self._resolve(row, "venue:query")
+            except Exception as exc:  # one failure must not stop the others
+                errors.append(f"{client_id}: {exc!r}")
+
+        live = [c for c, r in self._orders.items() if r.state in LIVE_STATES]
+        async with asyncio.TaskGroup() as group:
+            for client_id in live:
+                group.create_task(settle(client_id))
+        return errors
+
+    async def _flatten(self, errors: list[str]) -> list[str]:
+        """Close every net position with a reduce-only market order through the ledger (the
+        intent first). Neither the gate nor pre-trade risk applies: closing is what was asked."""
+        net: dict[str, Decimal] = {}
+        for _strategy, position in self._book.positions():
+            net[position.instrument] = net.get(position.instrument, Decimal(0)) + position.quantity
+        done: list[str] = []
+        for instrument, quantity in sorted(net.items()):
+            info = self._instruments.get(instrument)
+            if quantity == 0 or info is None:
+                if info is None and quantity != 0:
+                    errors.append(f"flatten {instrument}: no instrument rules")
+                continue
+            size = (abs(quantity) / info.rules.step_size).to_integral_value(ROUND_FLOOR)
+            size *= info.rules.step_size
+            if size < info.rules.min_quantity:
+                errors.append(f"flatten {instrument}: {quantity} is below the minimum quantity")
+                continue
+            intent = OrderIntent(
+                instrument=instrument,
+                side=Side.SELL if quantity > 0 else Side.BUY,
+                quantity=size,
+                type=OrderType.MARKET,
+                tif=TimeInForce.IOC,
+                reduce_only=True,
+                tag="kill switch: flatten",
+            )
+            if not self._ids:
+                await self._refill_ids()
+            client_id = self._ids.popleft()
+            (row,) = await self._ledger.record_sending(
+                [(client_id, MANUAL_STRATEGY, self.exchange, intent)],
+                self._clock_us() + SEND_WINDOW_US,
+            )
+            self._orders[client_id] = row
+            self._note(Transitioned(row, S.INTENT))
+            await self._send(row, gate_just_read=False, gate=False)
+            final = self._orders.get(client_id) or await self._ledger.order(client_id)
+            state = final.state.value if final is not None else "?"
+            done.append(f"{intent.side.value} {size} {instrument} ({client_id}): {state}")
+        return done
 
     async def _deny_queued(self, reason: str) -> None:
         while self._queued:
@@ -853,22 +1059,7 @@ class Executor:
         )
 
     def _account_fill(self, fill: FillRow, *, balances: bool = True) -> None:
-        info = self._instruments.get(fill.instrument)
-        record = FillRecord(
-            strategy=fill.strategy,
-            exchange=fill.exchange,
-            instrument=fill.instrument,
-            base=info.rules.base if info is not None else "",
-            quote=info.rules.quote if info is not None else "",
-            side=fill.side,
-            quantity=fill.quantity,
-            price=fill.price,
-            fee=fill.fee,
-            fee_currency=fill.fee_currency,
-            trade_id=fill.trade_id,
-            at_us=fill.at_us,
-            inverse=info is not None and info.inverse,
-        )
+        record = fill_record(fill, self._instruments)
         self._book.apply(record)
         if balances:
             self._session.apply(record)

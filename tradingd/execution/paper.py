@@ -30,6 +30,7 @@ from tradingd.execution.orders import OrderState
 from tradingd.execution.records import Fill
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import (
+    CancelAllResult,
     CancelResult,
     Outcome,
     PlaceRequest,
@@ -208,6 +209,30 @@ class PaperVenue:
         )
         return CancelResult(outcome=Outcome.ACK, order=order)
 
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        targets = [
+            r
+            for r in self._resting.values()
+            if instrument is None or r.request.instrument == instrument
+        ]
+        await self._pool.execute(
+            "UPDATE paper_orders SET state = 'CANCELED' WHERE id = ANY($1::bigint[])",
+            [r.paper_id for r in targets],
+        )
+        orders = []
+        for resting in targets:
+            del self._resting[resting.request.client_order_id]
+            orders.append(
+                VenueOrder(
+                    client_order_id=resting.request.client_order_id,
+                    venue_order_id=str(resting.paper_id),
+                    state=S.CANCELED,
+                    filled_quantity=resting.filled,
+                    fills=resting.fills,
+                )
+            )
+        return CancelAllResult(outcome=Outcome.ACK, orders=orders)
+
     async def query(self, client_order_id: str, instrument: str) -> QueryResult:
         record = await self._pool.fetchrow(
             "SELECT * FROM paper_orders WHERE exchange = $1 AND client_order_id = $2"
@@ -267,6 +292,34 @@ class PaperVenue:
             currency = record["fee_currency"]
             balances[currency] = balances.get(currency, Decimal(0)) - record["fee"]
         return balances
+
+    async def positions(self) -> dict[str, Decimal]:
+        derivatives = [name for name, info in self._instruments.items() if not info.spot]
+        records = await self._pool.fetch(
+            """SELECT o.instrument_name,
+                      sum(CASE WHEN o.side = 'buy' THEN f.quantity ELSE -f.quantity END) AS net
+               FROM paper_fills f JOIN paper_orders o ON o.id = f.paper_order_id
+               WHERE o.exchange = $1 AND o.instrument_name = ANY($2::text[])
+               GROUP BY o.instrument_name""",
+            self._exchange,
+            derivatives,
+        )
+        return {r["instrument_name"]: r["net"] for r in records if r["net"] != 0}
+
+    async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
+        records = await self._pool.fetch(
+            """SELECT f.*, o.client_order_id FROM paper_fills f
+               JOIN paper_orders o ON o.id = f.paper_order_id
+               WHERE o.exchange = $1 AND o.instrument_name = ANY($2::text[]) AND f.at >= $3
+               ORDER BY f.id""",
+            self._exchange,
+            list(instruments),
+            us_to_datetime(since_us),
+        )
+        return [_fill_of(record["client_order_id"], record) for record in records]
+
+    def connection_epoch(self) -> int:
+        return 0  # a simulated account has no stream to lose
 
     # -- market data -----------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class PlaceResult(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Outcome
     order: VenueOrder | None = None  # with ACK
     reason: str = ""  # with REJECTED / UNKNOWN
+    banned: bool = False  # the venue refused us as a client (IP or account ban)
 
 
 class CancelResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,6 +87,16 @@ class QueryResult(msgspec.Struct, frozen=True, kw_only=True):
 
     outcome: Outcome
     order: VenueOrder | None = None
+    reason: str = ""
+
+
+class CancelAllResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A bulk cancel. ``ACK``: the venue did it; ``orders`` are those it named as cancelled
+    (a venue that answers with a count names none: the executor verifies by open orders and
+    queries). ``UNKNOWN``: some or all requests had no definitive answer."""
+
+    outcome: Outcome
+    orders: list[VenueOrder] = []
     reason: str = ""
 
 
@@ -113,9 +124,29 @@ class ExecutionClient(Protocol):
 
     async def query(self, client_order_id: str, instrument: str) -> QueryResult: ...
 
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        """Cancel every open order of the account (of one instrument), in bulk."""
+        ...
+
     async def open_orders(self) -> list[VenueOrder]: ...
 
     async def balances(self) -> dict[str, Decimal]: ...
+
+    async def positions(self) -> dict[str, Decimal]:
+        """The account's signed position per derivative instrument, non-zero only (a spot
+        account holds balances, and none here)."""
+        ...
+
+    async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
+        """Every fill of the account at or after ``since_us`` on ``instruments``, as the venue
+        records them (other clients' included: their client id tells them apart). Raises when
+        the venue does not answer: a partial list would hide a fill."""
+        ...
+
+    def connection_epoch(self) -> int:
+        """How many times the account's update stream has (re)connected: a change means
+        updates may have been missed, and the account is reconciled."""
+        ...
 
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         """Public market data as the executor receives it: a simulated venue matches against

@@ -16,7 +16,9 @@ import redis.asyncio as aioredis
 
 from tradingd.adapters.registry import execution_client_factory
 from tradingd.config import Config, ConfigError
-from tradingd.execution.control import ControlServer
+from tradingd.execution.auditing import Auditor
+from tradingd.execution.breaker import Breaker
+from tradingd.execution.control import ControlServer, SubscriptionControl
 from tradingd.execution.executor import Executor
 from tradingd.execution.ledger import Ledger
 from tradingd.execution.paper import PaperVenue
@@ -74,6 +76,16 @@ def build_executor(
         open_gaps=gapped,
         taker_fee=config.paper.taker_fee,
         lock_exchange=exchange_locker(pool, redis, exchange),
+        breaker=Breaker(pool, exchange, config.risk),
+    )
+    executor.audit = Auditor(
+        executor,
+        pool=pool,
+        redis=redis,
+        venue=venue,
+        instruments=instruments,
+        interval_s=config.risk.reconcile_interval,
+        clock_us=_wall_clock_us,
     )
     executor.attach_host(
         StrategyHost.build(
@@ -126,9 +138,14 @@ def exchange_locker(
     return lock
 
 
-def control_server(desks: Mapping[str, Executor], redis: aioredis.Redis) -> ControlServer:
-    """The control channel's server actor: the CLI's order commands reach the executors here."""
-    return ControlServer(desks, redis)
+def control_server(
+    desks: Mapping[str, Executor],
+    redis: aioredis.Redis,
+    subscriptions: SubscriptionControl | None = None,
+) -> ControlServer:
+    """The control channel's server actor: the CLI's order commands reach the executors here
+    (and its subscription changes the receivers)."""
+    return ControlServer(desks, redis, subscriptions)
 
 
 def _wall_clock_us() -> int:

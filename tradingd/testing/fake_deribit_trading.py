@@ -7,7 +7,8 @@ Attach it to a ``FakeDeribit`` (before or after starting it): ``FakeDeribitTradi
   ``token_lifetime`` seconds; a private call on a connection that is not authenticated (or
   whose token expired by the venue's clock) answers 13009 ``unauthorized``, over HTTP 10000.
 * ``private/buy|sell`` (``label``, ``valid_until``: past it, 13888 ``timed_out``),
-  ``cancel``, ``cancel_all``, ``cancel_by_label``, ``get_open_orders_by_currency``,
+  ``cancel``, ``cancel_all`` (``_by_instrument``), ``cancel_by_label``,
+  ``get_open_orders_by_currency``,
   ``get_order_state_by_label`` (a list: labels are not unique here either),
   ``get_user_trades_by_currency`` (``start_id``), ``get_positions``, ``get_account_summary``,
   ``enable_cancel_on_disconnect`` (a connection's resting orders are cancelled when it ends),
@@ -194,6 +195,7 @@ class FakeDeribitTrading:
             "private/sell": lambda p, s, c: self._place(p, s, c, "sell"),
             "private/cancel": self._cancel_one,
             "private/cancel_all": self._cancel_all,
+            "private/cancel_all_by_instrument": self._cancel_all,
             "private/cancel_by_label": self._cancel_by_label,
             "private/get_open_orders_by_currency": self._open_orders,
             "private/get_order_state_by_label": self._by_label,
@@ -379,7 +381,11 @@ class FakeDeribitTrading:
         raise RpcFailure(ORDER_NOT_FOUND)
 
     def _cancel_all(self, params: dict[str, Any], session: _Session, c: Connection) -> object:
-        open_orders = [o for o in self._mine(session) if o.state == "open"]
+        instrument = params.get("instrument_name")
+        open_orders = [
+            o for o in self._mine(session) if o.state == "open"
+            and (instrument is None or o.instrument == instrument)
+        ]  # fmt: skip
         for order in open_orders:
             self._close(order, "cancelled", "user_request")
         return len(open_orders)

@@ -43,6 +43,7 @@ from tradingd.backoff import backoff_delay
 from tradingd.execution.orders import OrderState
 from tradingd.execution.records import Fill
 from tradingd.execution.venue import (
+    CancelAllResult,
     CancelResult,
     Outcome,
     PlaceRequest,
@@ -185,6 +186,9 @@ class BinanceExecution:
         # placed until we have seen it final: the catch-up after a reconnect asks about these.
         self._placed: dict[str, Answer] = {}
         self._live: dict[str, str] = {}
+        self._trade_cursor: dict[str, int] = {}
+        self._fills_by_order: dict[int, list[AccountTrade]] = {}
+        self._client_ids: dict[int, str] = {}  # venue order id -> client id (fills_since)
         self.stream_connected = asyncio.Event()
         self.stream_connections = 0
         self.caught_up = asyncio.Event()
@@ -245,7 +249,11 @@ class BinanceExecution:
         assert failure is not None
         if failure.verdict in NOT_PROCESSED:
             self._live.pop(request.client_order_id, None)
-            return PlaceResult(outcome=Outcome.REJECTED, reason=failure.reason)
+            return PlaceResult(
+                outcome=Outcome.REJECTED,
+                reason=failure.reason,
+                banned=failure.verdict is Verdict.BANNED,
+            )
         return PlaceResult(outcome=Outcome.UNKNOWN, reason=failure.reason)
 
     async def _with_fills(self, wire: Order) -> VenueOrder | None:
@@ -270,6 +278,36 @@ class BinanceExecution:
             # Filled meanwhile, or not (yet) there: the executor asks by query.
             return CancelResult(outcome=Outcome.REJECTED, reason=failure.reason)
         return CancelResult(outcome=Outcome.UNKNOWN, reason=failure.reason)
+
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        """``DELETE /api/v3/openOrders`` on every symbol with an open order (the venue's list and
+        ours), concurrently: the venue has no account-wide bulk cancel."""
+        if instrument is not None:
+            symbols = {instrument}
+        else:
+            listed = await self.private.open_orders()
+            if isinstance(listed, Classified):
+                return CancelAllResult(outcome=Outcome.UNKNOWN, reason=listed.reason)
+            symbols = {o.symbol for o in listed} | set(self._live.values())
+        symbols_sorted = sorted(symbols)
+        answers = await asyncio.gather(*(self.private.cancel_all(s) for s in symbols_sorted))
+        orders: list[VenueOrder] = []
+        failures: list[str] = []
+        for symbol, answer in zip(symbols_sorted, answers, strict=True):
+            if isinstance(answer, Classified):
+                # -2011: nothing open on the symbol (the verification below tells anyway).
+                if answer.verdict is not Verdict.NOT_FOUND:
+                    failures.append(f"{symbol}: {answer.reason}")
+                continue
+            for wire in answer:
+                order = await self._with_fills(wire)
+                if order is not None:
+                    orders.append(order)
+        if failures:
+            return CancelAllResult(
+                outcome=Outcome.UNKNOWN, orders=orders, reason="; ".join(failures)
+            )
+        return CancelAllResult(outcome=Outcome.ACK, orders=orders)
 
     async def query(self, client_order_id: str, instrument: str) -> QueryResult:
         answer = await self.private.query(symbol=instrument, client_order_id=client_order_id)
@@ -316,6 +354,43 @@ class BinanceExecution:
         reason = self.private.locked_reason
         return None if reason is None else f"Binance refused us: {reason}"
 
+    async def positions(self) -> dict[str, Decimal]:
+        return {}  # a spot account: its balances are the whole of it
+
+    async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
+        fills: list[Fill] = []
+        for symbol in sorted(set(instruments)):
+            while True:
+                page = await self.private.my_trades(symbol, self._trade_cursor.get(symbol, 0))
+                if isinstance(page, Classified):
+                    raise ConnectionError(f"Binance trades {symbol}: {page.reason}")
+                if not page:
+                    break
+                for trade in page:
+                    self._fills_by_order.setdefault(trade.order_id, []).append(trade)
+                self._trade_cursor[symbol] = max(t.trade_id for t in page) + 1
+            for order_id, trades in list(self._fills_by_order.items()):
+                recent = [t for t in trades if t.symbol == symbol and t.at_us >= since_us]
+                if recent:
+                    client_id = await self._client_id_of(symbol, order_id)
+                    fills.extend(account_fill(client_id, t) for t in recent)
+        return sorted(fills, key=lambda f: f.at_us)
+
+    async def _client_id_of(self, symbol: str, order_id: int) -> str:
+        """``myTrades`` names the venue's order id only: the order tells our client id."""
+        known = self._client_ids.get(order_id)
+        if known is not None:
+            return known
+        answer = await self.private.query_by_order_id(symbol=symbol, order_id=order_id)
+        if answer.order is None:
+            reason = answer.failure.reason if answer.failure is not None else "no answer"
+            raise ConnectionError(f"Binance order {order_id}: {reason}")
+        self._client_ids[order_id] = answer.order.client_order_id
+        return answer.order.client_order_id
+
+    def connection_epoch(self) -> int:
+        return self.stream_connections
+
     # --- fills by query ---------------------------------------------------------------------
 
     async def _fills_of(self, order: Order) -> list[Fill] | None:
@@ -323,6 +398,7 @@ class BinanceExecution:
         not answer). The trade list may lag the order's status: then what it has so far (the
         rest comes on the stream or at the next query). One page: an order with more than
         1000 fills gets its later ones from the stream."""
+        self._client_ids[order.order_id] = order.client_order_id
         if order.executed_quantity == 0:
             return []
         trades = await self.private.order_trades(order.symbol, order.order_id)

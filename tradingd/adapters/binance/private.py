@@ -164,6 +164,13 @@ class BinancePrivateClient:
             )
         )
 
+    async def query_by_order_id(self, *, symbol: str, order_id: int) -> Answer:
+        return await self._order_call(
+            lambda clock: trading.query_order_by_id(
+                self.credentials, clock, symbol=symbol, order_id=order_id
+            )
+        )
+
     async def cancel(self, *, symbol: str, client_order_id: str) -> Answer:
         return await self._order_call(
             lambda clock: trading.cancel_order(

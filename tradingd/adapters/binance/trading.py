@@ -165,6 +165,16 @@ def query_order(
     return _signed("GET", "/api/v3/order", params, credentials, clock, WEIGHT_QUERY_ORDER)
 
 
+def query_order_by_id(
+    credentials: Credentials, clock: Clock, *, symbol: str, order_id: int
+) -> SignedRequest:
+    """``GET /api/v3/order`` by the venue's ``orderId`` (an order ``myTrades`` names)."""
+    if order_id < 0:
+        raise ValueError("orderId must be >= 0")
+    params: list[tuple[str, Param]] = [("symbol", symbol), ("orderId", order_id)]
+    return _signed("GET", "/api/v3/order", params, credentials, clock, WEIGHT_QUERY_ORDER)
+
+
 def cancel_order(
     credentials: Credentials, clock: Clock, *, symbol: str, client_order_id: str
 ) -> SignedRequest:

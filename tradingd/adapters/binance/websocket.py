@@ -169,10 +169,11 @@ class BinanceMarketDataSession:
         text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
         ping, pong = aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG
         async for burst in bursts(ws):
-            # This frame and those already received behind it: one list for all of them.
+            # This frame and those already received behind it: one list for all of them, and
+            # one receive time (all of them were in hand when the first was read).
             events: list[MarketEvent] = []
+            received_us = clock_ns() // 1000
             for message in burst:
-                received_us = clock_ns() // 1000
                 self.frames_received += 1
                 kind = message.type
                 if kind is text or kind is binary:

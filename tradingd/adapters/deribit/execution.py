@@ -36,6 +36,7 @@ from tradingd.backoff import backoff_delay
 from tradingd.execution.orders import OrderState
 from tradingd.execution.records import Fill
 from tradingd.execution.venue import (
+    CancelAllResult,
     CancelResult,
     Outcome,
     PlaceRequest,
@@ -225,8 +226,23 @@ class DeribitExecution:
         assert failure is not None
         if failure.verdict in NOT_PROCESSED:
             self._live.pop(request.client_order_id, None)
-            return PlaceResult(outcome=Outcome.REJECTED, reason=failure.reason)
+            return PlaceResult(
+                outcome=Outcome.REJECTED,
+                reason=failure.reason,
+                banned=failure.verdict is Verdict.BANNED,
+            )
         return PlaceResult(outcome=Outcome.UNKNOWN, reason=failure.reason)
+
+    async def cancel_all(self, instrument: str | None = None) -> CancelAllResult:
+        """``private/cancel_all`` (``cancel_all_by_instrument``): the venue answers a count; the
+        executor verifies by open orders and queries, and the ``user.orders`` channel tells."""
+        session = await self._ready_session()
+        if session is None:
+            return CancelAllResult(outcome=Outcome.UNKNOWN, reason="no Deribit session")
+        answer = await session.cancel_all(instrument)
+        if isinstance(answer, Classified):
+            return CancelAllResult(outcome=Outcome.UNKNOWN, reason=answer.reason)
+        return CancelAllResult(outcome=Outcome.ACK, reason=f"{answer} cancelled")
 
     async def cancel(self, client_order_id: str, instrument: str) -> CancelResult:
         session = await self._ready_session()
@@ -313,6 +329,47 @@ class DeribitExecution:
     def fault(self) -> str | None:
         """Latched by a query that found two orders under one label."""
         return None if self.fault_reason is None else f"Deribit: {self.fault_reason}"
+
+    async def positions(self) -> dict[str, Decimal]:
+        session = await self._ready_session()
+        if session is None:
+            raise ConnectionError("no Deribit session")
+        held: dict[str, Decimal] = {}
+        for currency in self._currencies:
+            positions = await session.positions(currency)
+            if isinstance(positions, Classified):
+                raise ConnectionError(f"Deribit positions {currency}: {positions.reason}")
+            held.update({p.instrument_name: p.size for p in positions if p.size != 0})
+        return held
+
+    async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
+        session = await self._ready_session()
+        if session is None:
+            raise ConnectionError("no Deribit session")
+        wanted = set(instruments)
+        fills: list[Fill] = []
+        for currency in sorted({currency_of(name) for name in wanted}):
+            known = self._trades.setdefault(currency, {})
+            while True:
+                page = await session.user_trades(currency, self._trade_cursor.get(currency))
+                if isinstance(page, Classified):
+                    raise ConnectionError(f"Deribit trades {currency}: {page.reason}")
+                fresh = [t for t in page.trades if t.trade_id not in known]
+                for trade in page.trades:
+                    known[trade.trade_id] = trade
+                if page.trades:
+                    self._trade_cursor[currency] = page.trades[-1].trade_id
+                if not fresh and not page.has_more:
+                    break
+            fills.extend(
+                trade_fill(t)
+                for t in known.values()
+                if t.instrument_name in wanted and t.at_us >= since_us
+            )
+        return sorted(fills, key=lambda f: f.at_us)
+
+    def connection_epoch(self) -> int:
+        return self.connections
 
     # --- fills by query ---------------------------------------------------------------------
 

@@ -299,8 +299,13 @@ class DeribitPrivateSession:
             lambda i: trading.cancel_by_label(i, label, currency), trading.parse_cancel_count
         )
 
-    async def cancel_all(self) -> int | Classified:
-        return await self._call(trading.cancel_all, trading.parse_cancel_count)
+    async def cancel_all(self, instrument_name: str | None = None) -> int | Classified:
+        if instrument_name is None:
+            return await self._call(trading.cancel_all, trading.parse_cancel_count)
+        return await self._call(
+            lambda i: trading.cancel_all_by_instrument(i, instrument_name),
+            trading.parse_cancel_count,
+        )
 
     async def order_by_label(self, currency: str, label: str) -> trading.Order | Classified | None:
         """The venue's one order under ``label`` (None: it has none); more than one is FAULT."""

@@ -198,6 +198,10 @@ def cancel_all(request_id: int) -> bytes:
     return rpc(request_id, "private/cancel_all", {})
 
 
+def cancel_all_by_instrument(request_id: int, instrument_name: str) -> bytes:
+    return rpc(request_id, "private/cancel_all_by_instrument", {"instrument_name": instrument_name})
+
+
 def cancel_by_label(request_id: int, label: str, currency: str) -> bytes:
     return rpc(
         request_id, "private/cancel_by_label", {"label": check_label(label), "currency": currency}
