@@ -24,8 +24,8 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
-from tradingd.execution.desk import MANUAL_STRATEGY
 from tradingd.model import Channel
+from tradingd.strategies.api import MANUAL_STRATEGY
 from tradingd.strategies.registry import UnknownStrategy, load_strategy
 
 _T = TypeVar("_T")

@@ -12,9 +12,9 @@ from typing import Protocol
 import msgspec
 
 from tradingd.execution.audit import Report
-from tradingd.strategies.api import Decision, OrderIntent
+from tradingd.strategies.api import MANUAL_STRATEGY, Decision, OrderIntent
 
-MANUAL_STRATEGY = "manual"
+__all__ = ["MANUAL_STRATEGY", "CancelReport", "ExecutorSnapshot", "OrderDesk", "StrategyStatus"]
 
 
 class StrategyStatus(msgspec.Struct, frozen=True, kw_only=True):

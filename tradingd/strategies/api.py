@@ -21,6 +21,7 @@ import msgspec
 from tradingd.model import Bar, Ticker, Trade
 
 __all__ = [
+    "MANUAL_STRATEGY",
     "Accepted",
     "Balance",
     "Bar",
@@ -42,6 +43,10 @@ __all__ = [
     "TimeInForce",
     "Trade",
 ]
+
+# The name the operator's own orders (`tradingd order submit`) carry in place of a strategy's;
+# no configured strategy may take it.
+MANUAL_STRATEGY = "manual"
 
 
 class Side(enum.StrEnum):
