@@ -78,13 +78,17 @@ class MetricsServer:
 
     async def _listen(self, ctx: ActorContext, runner: web.AppRunner) -> None:
         """Bind, retrying with capped backoff: a taken port costs the metrics, not the daemon
-        (an escalation would stop the trading for want of a listener)."""
+        (an escalation would stop the trading for want of a listener, and a start-up waiting
+        for it would never report READY)."""
         attempt = 0
         while True:
             try:
                 await web.TCPSite(runner, self._host, self._port).start()
                 return
             except OSError as exc:
+                # Up and retrying: the daemon's READY (and systemd's start timeout) must not
+                # wait for a listener.
+                ctx.ready()
                 attempt += 1
                 delay = backoff_delay(attempt, 1.0, LISTEN_BACKOFF_MAX)
                 ctx.log.error(
