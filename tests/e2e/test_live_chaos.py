@@ -223,6 +223,15 @@ async def diagnosis(pool: asyncpg.Pool, desk: FakeBinanceTrading) -> str:
     return "\n".join(lines)
 
 
+# The faults are the point here: the circuit breaker's venue-failure rule would lock the exchange
+# within seconds (tests/execution/test_breaker.py shows it does), so it is set out of reach.
+CHAOS_RISK = {
+    "max_orders_per_second": 20,
+    "max_open_orders": 100,
+    "max_venue_failures": 1_000_000,
+}
+
+
 async def until_state(
     redis: aioredis.Redis, wanted: ExchangeState, exchange: str = "binance", timeout: float = 60
 ) -> None:
@@ -263,7 +272,7 @@ async def test_live_daemon_under_faults_and_two_sigkills_never_duplicates(
         },
         sections={
             "daemon": {"secrets_dir": str(secrets)},
-            "risk": {"max_orders_per_second": 20, "max_open_orders": 100},
+            "risk": CHAOS_RISK,
         },
     )  # fmt: skip
     with config.open("a") as handle:
@@ -508,7 +517,7 @@ async def test_live_deribit_daemon_under_faults_and_two_sigkills_never_duplicate
         },
         sections={
             "daemon": {"secrets_dir": str(secrets)},
-            "risk": {"max_orders_per_second": 20, "max_open_orders": 100},
+            "risk": CHAOS_RISK,
         },
     )  # fmt: skip
     with config.open("a") as handle:
