@@ -85,6 +85,9 @@ class MetricsServer:
                 await web.TCPSite(runner, self._host, self._port).start()
                 return
             except OSError as exc:
+                # Ready all the same: the daemon's READY=1 (and systemd's start) must not wait
+                # for a port, or a taken one would stop trading after all.
+                ctx.ready()
                 attempt += 1
                 delay = backoff_delay(attempt, 1.0, LISTEN_BACKOFF_MAX)
                 ctx.log.error(
