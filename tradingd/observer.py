@@ -42,12 +42,12 @@ async def current_marks(pool: asyncpg.Pool) -> Marks:
 async def log_changes_since(pool: asyncpg.Pool, marks: Marks) -> Marks:
     """Log every change recorded after ``marks``, oldest first; returns the new marks."""
     transitions = await pool.fetch(
-        "SELECT id, exchange, from_state, to_state, operator, reason FROM state_transitions"
+        "SELECT id, at, exchange, from_state, to_state, operator, reason FROM state_transitions"
         " WHERE id > $1 ORDER BY id",
         marks.transition_id,
     )
     for row in transitions:
-        if logged_in_this_process("state_transitions", row["id"]):
+        if logged_in_this_process("state_transitions", row["id"], row["at"]):
             continue
         logger.bind(STATE=row["to_state"], EXCHANGE=row["exchange"]).info(
             "observed {}: {} -> {} by {}: {}",
@@ -58,13 +58,13 @@ async def log_changes_since(pool: asyncpg.Pool, marks: Marks) -> Marks:
             row["reason"],
         )
     events = await pool.fetch(
-        "SELECT id, kind, detail::text AS detail FROM system_events"
+        "SELECT id, at, kind, detail::text AS detail FROM system_events"
         " WHERE id > $1 AND kind = ANY($2::text[]) ORDER BY id",
         marks.event_id,
         list(_KILL_SWITCH_KINDS),
     )
     for row in events:
-        if logged_in_this_process("system_events", row["id"]):
+        if logged_in_this_process("system_events", row["id"], row["at"]):
             continue
         detail = msgspec.json.decode(row["detail"])
         logger.bind(STATE="KILL_SWITCH").warning(
