@@ -58,6 +58,7 @@ class MemoryContext:
         self.book = Book(balances or {"USDT": D(10000)})
         self.allowed = True
         self.deny_reason = ""  # non-empty: every submit is denied with it
+        self.notices: list[str] = []  # what the strategy told the operator, once each
         self.clock_us = 1_700_000_000_000_000
         self.bid_ask: dict[str, tuple[Decimal | None, Decimal | None]] = {}
         self.last: dict[str, Decimal] = {}
@@ -161,6 +162,10 @@ class MemoryContext:
 
     def set_timer(self, name: str, interval_s: float) -> None:
         self.timers[name] = interval_s
+
+    def notice(self, text: str) -> None:
+        if text not in self.notices:
+            self.notices.append(text)
 
     # -- the test plays the venue -----------------------------------------------------------
 

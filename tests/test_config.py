@@ -5,13 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tradingd.config import (
     DEFAULT_CONFIG_PATH,
+    Config,
     ConfigError,
+    ExchangeConfig,
+    StrategyConfig,
     changed_keys,
     load_config,
     parse_config,
@@ -119,6 +124,47 @@ def test_shipped_default_config_is_valid_and_complete() -> None:
             continue
         for key in values:
             assert f"\n{key} =" in text, f"{section}.{key}"
+
+
+# Values the shipped file sets on purpose where the schema has no default or an empty one.
+_CHOSEN_IN_THE_SHIPPED_FILE = {
+    ("paper", "balances"),
+    *(
+        (f"exchanges.{venue}", key)
+        for venue in ("binance", "deribit")
+        for key in ("ws_url", "rest_url", "adapter", "symbols", "currencies")
+    ),
+}
+
+
+def _schema_default(field: msgspec.structs.FieldInfo) -> object:
+    if field.default is not msgspec.NODEFAULT:
+        return field.default
+    if field.default_factory is not msgspec.NODEFAULT:
+        return field.default_factory()
+    return msgspec.NODEFAULT
+
+
+def test_shipped_config_sets_every_schema_key_to_its_default() -> None:
+    """config/tradingd.toml is the configuration reference: each key of each section of the
+    schema in tradingd/config.py is written out in its section, with the schema's default."""
+    raw = tomllib.loads((REPO / DEFAULT_CONFIG_PATH).read_text())
+    sections: list[tuple[str, dict[str, object], type[msgspec.Struct]]] = []
+    for field in msgspec.structs.fields(Config):
+        if field.name == "exchanges":
+            sections += [(f"exchanges.{n}", t, ExchangeConfig) for n, t in raw["exchanges"].items()]
+        elif field.name == "strategies":
+            sections += [("strategies", t, StrategyConfig) for t in raw["strategies"]]
+        else:
+            sections.append((field.name, raw.get(field.name, {}), field.type))
+    for section, table, schema in sections:
+        for field in msgspec.structs.fields(schema):
+            assert field.name in table, f"{section}.{field.name} is not in the shipped file"
+            if schema is StrategyConfig or (section, field.name) in _CHOSEN_IN_THE_SHIPPED_FILE:
+                continue
+            shown = msgspec.convert(table[field.name], field.type, strict=False)
+            default = _schema_default(field)
+            assert shown == default, f"{section}.{field.name}: file {shown!r}, schema {default!r}"
 
 
 @pytest.mark.parametrize(("text", "expected"), BROKEN_CONFIGS)

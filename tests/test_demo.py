@@ -8,6 +8,8 @@ import os
 import re
 import shlex
 import signal
+import socket
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -223,3 +225,23 @@ async def test_make_demo_runs_the_first_launch_runbook_end_to_end(state_dir: Pat
             code = await process.wait()
             await drainer
     assert code == 0, b"".join(errors).decode()[-3000:]
+
+
+def test_a_taken_port_is_one_clear_line_and_exit_69(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        demo = [sys.executable, "-m", "tradingd.testing.demo", "--state-dir", str(tmp_path)]
+        ports = ["--binance-port", "0", "--deribit-port", str(port)]
+        result = subprocess.run(
+            [*demo, *ports, "--history-days", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 69, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "demo: cannot listen on 127.0.0.1 (" in result.stderr
+    assert "--binance-port and --deribit-port" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -15,16 +16,27 @@ from tradingd.observer import StateChangeObserver
 from tradingd.state import ExchangeState, set_kill_switch, transition
 from tradingd.supervisor import ActorContext
 
+_ELSEWHERE = """
+import asyncio, sys
+import asyncpg, redis.asyncio as aioredis
+from tradingd.state import ExchangeState, set_kill_switch, transition
 
-async def test_state_and_kill_switch_changes_made_elsewhere_are_logged(
-    pool: asyncpg.Pool, rds: aioredis.Redis
-) -> None:
-    wanted = [
-        "INFO observed binance: none -> BOOTSTRAPPING by olga: b",
-        "INFO observed binance: BOOTSTRAPPING -> LOCKED by olga: done",
-        "WARNING observed kill switch ON by olga: drill",
-        "WARNING observed kill switch off by olga: over",
-    ]
+async def main():
+    pool = await asyncpg.create_pool(sys.argv[1], min_size=1, max_size=1)
+    rds = aioredis.Redis.from_url(sys.argv[2])
+    await transition(pool, rds, "binance", ExchangeState.BOOTSTRAPPING, operator="olga", reason="b")
+    await transition(pool, rds, "binance", ExchangeState.LOCKED, operator="olga", reason="done")
+    await set_kill_switch(pool, rds, on=True, operator="olga", reason="drill")
+    await set_kill_switch(pool, rds, on=False, operator="olga", reason="over")
+    await rds.aclose()
+    await pool.close()
+
+asyncio.run(main())
+"""
+
+
+async def _observe_until(pool: asyncpg.Pool, marks: observer.Marks, wanted: list[str]) -> list[str]:
+    """Run the observer from ``marks`` until every ``wanted`` line was logged."""
     lines: list[str] = []
     all_seen = asyncio.Event()
 
@@ -33,12 +45,6 @@ async def test_state_and_kill_switch_changes_made_elsewhere_are_logged(
         if all(any(w in line for line in lines) for w in wanted):
             all_seen.set()
 
-    marks = await observer.current_marks(pool)
-    # Made and undone between two polls: still logged, from the records.
-    await transition(pool, rds, "binance", ExchangeState.BOOTSTRAPPING, operator="olga", reason="b")
-    await transition(pool, rds, "binance", ExchangeState.LOCKED, operator="olga", reason="done")
-    await set_kill_switch(pool, rds, on=True, operator="olga", reason="drill")
-    await set_kill_switch(pool, rds, on=False, operator="olga", reason="over")
     handle = logger.add(sink, level="DEBUG", format="{level} {message}")
     actor = StateChangeObserver(pool, 0.05, marks)
     task = asyncio.create_task(actor.run(ActorContext(actor.name, {})))
@@ -48,8 +54,61 @@ async def test_state_and_kill_switch_changes_made_elsewhere_are_logged(
     finally:
         task.cancel()
         logger.remove(handle)
+    return lines
+
+
+async def test_state_and_kill_switch_changes_made_elsewhere_are_logged(
+    pool: asyncpg.Pool, migrated_database_url: str, redis_url: str
+) -> None:
+    wanted = [
+        "INFO observed binance: none -> BOOTSTRAPPING by olga: b",
+        "INFO observed binance: BOOTSTRAPPING -> LOCKED by olga: done",
+        "WARNING observed kill switch ON by olga: drill",
+        "WARNING observed kill switch off by olga: over",
+    ]
+    marks = await observer.current_marks(pool)
+    # Made and undone between two polls, by another process: still logged, from the records.
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _ELSEWHERE,
+        migrated_database_url,
+        redis_url,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 0, stderr.decode()
+    lines = await _observe_until(pool, marks, wanted)
     observed = [line for line in lines if "observed" in line]
     assert observed == wanted  # each once, in order
+
+
+async def test_changes_made_by_the_daemon_itself_are_logged_once(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    lines: list[str] = []
+    handle = logger.add(lambda m: lines.append(str(m).strip()), format="{level} {message}")
+    marks = await observer.current_marks(pool)
+    try:
+        await transition(
+            pool, rds, "binance", ExchangeState.BOOTSTRAPPING, operator="d", reason="b"
+        )
+        await set_kill_switch(pool, rds, on=True, operator="d", reason="drill")
+    finally:
+        logger.remove(handle)
+    assert "INFO state none -> BOOTSTRAPPING by d: b" in lines
+    assert "WARNING kill switch ON by d: drill" in lines
+    # A later change from elsewhere is the observer's signal that it has read past ours.
+    later = await pool.fetchval(
+        "INSERT INTO system_events (kind, exchange, detail)"
+        ' VALUES (\'kill_switch_off\', \'all\', \'{"operator": "olga", "reason": "over"}\')'
+        " RETURNING id"
+    )
+    assert later
+    seen = await _observe_until(pool, marks, ["WARNING observed kill switch off by olga: over"])
+    assert [line for line in seen if "observed" in line] == [
+        "WARNING observed kill switch off by olga: over"
+    ]
 
 
 async def test_state_history_shows_kill_switch_changes(

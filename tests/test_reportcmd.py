@@ -118,3 +118,21 @@ async def test_report_of_an_empty_ledger_and_an_unwritable_page(
     assert code == 1 and "cannot write" in err
     code, out, err = await tradingd(config_path, "report", "--since", "yesterday")
     assert code == 64 and "--since" in err
+
+
+async def test_report_of_one_day_says_one_day(config_path: Path, pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        "INSERT INTO orders (client_order_id, strategy, exchange, instrument_name, side,"
+        " order_type, time_in_force, quantity, state, filled_quantity)"
+        " VALUES ('td1', 'manual', 'binance', 'BTCUSDT', 'buy', 'market', 'IOC', 0.01,"
+        " 'FILLED', 0.01)"
+    )
+    await pool.execute(
+        "INSERT INTO fills (exchange, trade_id, client_order_id, strategy, instrument_name,"
+        " side, quantity, price, fee, fee_currency, liquidity, at)"
+        " VALUES ('binance', 'paper-1', 'td1', 'manual', 'BTCUSDT', 'buy', 0.01, 60000, 0.6,"
+        " 'USDT', 'taker', now())"
+    )
+    code, out, err = await tradingd(config_path, "report")
+    assert code == 0, err
+    assert " UTC (1 day); " in out.splitlines()[0]

@@ -133,6 +133,26 @@ def test_grid_lays_buys_below_and_sells_above_the_mid_rounded_to_the_tick() -> N
     assert all(s.price == rules.round_price(s.price) for s in ctx.submitted if s.price)
 
 
+def test_grid_says_once_which_levels_are_below_the_venues_min_notional() -> None:
+    ctx = MemoryContext()  # BTCUSDT: min_notional 5, step 0.00001
+    grid = _grid(ctx, order_size=D("0.0505"))
+    grid.on_ticker(ticker("99.99", "100.01"))  # 0.0505 x 98 and x 99 are below 5
+    assert _working(ctx) == {("sell", D("101.00")), ("sell", D("102.00"))}
+    grid.on_ticker(ticker("99.99", "100.01"))
+    assert ctx.notices == [
+        "BTCUSDT: levels -2, -1 are not placed: 0.05050 at their price is below the venue's"
+        " minimum notional 5"
+    ]
+
+
+def test_grid_says_when_order_size_is_below_the_venues_min_quantity() -> None:
+    ctx = MemoryContext()
+    grid = _grid(ctx, order_size=D("0.000001"))
+    grid.on_ticker(ticker("99.99", "100.01"))
+    assert ctx.submitted == []
+    assert len(ctx.notices) == 1 and "below the venue's minimum quantity" in ctx.notices[0]
+
+
 def test_grid_replaces_a_filled_level_with_the_opposite_order_one_step_away() -> None:
     ctx = MemoryContext()
     grid = _grid(ctx)

@@ -383,3 +383,16 @@ def test_whatever_raises_only_that_strategy_is_paused(
     for i, strategy in enumerate(strategies):
         if f"s{i}" not in raised:
             assert len(strategy.seen) == 1 + len(events)  # start + every event
+
+
+def test_a_strategy_notice_is_logged_once_naming_the_strategy(logged: list[str]) -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from tradingd.execution.executor import Executor, ExecutorContext
+
+    ctx = ExecutorContext(cast(Executor, SimpleNamespace(exchange="binance")), "eth-grid")
+    ctx.notice("ETHUSDT: levels -5 are not placed")
+    ctx.notice("ETHUSDT: levels -5 are not placed")
+    wanted = [line for line in logged if "strategy eth-grid: ETHUSDT: levels -5" in line]
+    assert len(wanted) == 1 and "WARNING" in wanted[0]

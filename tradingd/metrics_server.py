@@ -78,16 +78,15 @@ class MetricsServer:
 
     async def _listen(self, ctx: ActorContext, runner: web.AppRunner) -> None:
         """Bind, retrying with capped backoff: a taken port costs the metrics, not the daemon
-        (an escalation would stop the trading for want of a listener, and a start-up waiting
-        for it would never report READY)."""
+        (an escalation would stop the trading for want of a listener)."""
         attempt = 0
         while True:
             try:
                 await web.TCPSite(runner, self._host, self._port).start()
                 return
             except OSError as exc:
-                # Up and retrying: the daemon's READY (and systemd's start timeout) must not
-                # wait for a listener.
+                # Ready all the same: the daemon's READY=1 (and systemd's start) must not wait
+                # for a port, or a taken one would stop trading after all.
                 ctx.ready()
                 attempt += 1
                 delay = backoff_delay(attempt, 1.0, LISTEN_BACKOFF_MAX)

@@ -1,6 +1,7 @@
 """The daemon's view of operator actions taken elsewhere (``tradingd unlock``, ``lock``,
 ``kill-switch``): every recorded change of an exchange state or of the kill switch is written
-to the daemon's own log too, so the service's journal holds them.
+to the daemon's own log too, so the service's journal holds them. A change the daemon made
+itself was logged when it made it and is not logged again.
 
 Read from the records in PostgreSQL (``state_transitions``, ``system_events``), where every
 change is written before it takes effect: a change undone between two polls is still logged.
@@ -15,6 +16,7 @@ import asyncpg
 import msgspec
 from loguru import logger
 
+from tradingd.state import logged_in_this_process
 from tradingd.supervisor import ActorContext
 
 _KILL_SWITCH_KINDS = ("kill_switch_on", "kill_switch_off")
@@ -40,11 +42,13 @@ async def current_marks(pool: asyncpg.Pool) -> Marks:
 async def log_changes_since(pool: asyncpg.Pool, marks: Marks) -> Marks:
     """Log every change recorded after ``marks``, oldest first; returns the new marks."""
     transitions = await pool.fetch(
-        "SELECT id, exchange, from_state, to_state, operator, reason FROM state_transitions"
+        "SELECT id, at, exchange, from_state, to_state, operator, reason FROM state_transitions"
         " WHERE id > $1 ORDER BY id",
         marks.transition_id,
     )
     for row in transitions:
+        if logged_in_this_process("state_transitions", row["id"], row["at"]):
+            continue
         logger.bind(STATE=row["to_state"], EXCHANGE=row["exchange"]).info(
             "observed {}: {} -> {} by {}: {}",
             row["exchange"],
@@ -54,12 +58,14 @@ async def log_changes_since(pool: asyncpg.Pool, marks: Marks) -> Marks:
             row["reason"],
         )
     events = await pool.fetch(
-        "SELECT id, kind, detail::text AS detail FROM system_events"
+        "SELECT id, at, kind, detail::text AS detail FROM system_events"
         " WHERE id > $1 AND kind = ANY($2::text[]) ORDER BY id",
         marks.event_id,
         list(_KILL_SWITCH_KINDS),
     )
     for row in events:
+        if logged_in_this_process("system_events", row["id"], row["at"]):
+            continue
         detail = msgspec.json.decode(row["detail"])
         logger.bind(STATE="KILL_SWITCH").warning(
             "observed kill switch {} by {}: {}",

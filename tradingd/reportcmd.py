@@ -66,8 +66,9 @@ def _day(at_us: int) -> str:
 
 def print_report(report: performance.PerformanceReport) -> None:
     fmt = performance_html.fmt
+    days = f"{report.days} day" + ("" if report.days == 1 else "s")
     print(
-        f"performance {_day(report.start_us)} to {_day(report.end_us)} UTC ({report.days} days);"
+        f"performance {_day(report.start_us)} to {_day(report.end_us)} UTC ({days});"
         " realised PnL, net of fees paid in the same currency"
     )
     rows = [*report.strategies, *report.total]

@@ -1084,6 +1084,7 @@ class ExecutorContext:
     def __init__(self, executor: Executor, strategy: str) -> None:
         self._executor = executor
         self._strategy = strategy
+        self._noticed: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -1143,6 +1144,13 @@ class ExecutorContext:
         host = self._executor.host
         if host is not None:
             host.set_timer(self._strategy, name, interval_s, self._executor.now_us())
+
+    def notice(self, text: str) -> None:
+        if text not in self._noticed:
+            self._noticed.add(text)
+            logger.bind(EXCHANGE=self._executor.exchange).warning(
+                "strategy {}: {}", self._strategy, text
+            )
 
 
 __all__ = ["Executor", "ExecutorContext", "Fill", "StrategyHostLike"]

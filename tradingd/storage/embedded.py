@@ -22,6 +22,8 @@ Lifecycle guarantees:
   its reach, so then, with nothing to configure, the servers' data goes to
   ``/var/lib/tradingd/embedded/<name>-<digest of the state directory>`` and a copy of the
   bundled binaries to ``/var/lib/tradingd/servers/<digest>``; both choices are logged at start.
+  Copies no process uses any more (an older venv, an upgraded wheel) are removed at start
+  (``tradingd.storage.server_copies``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from loguru import logger
 
 from tradingd.config import DEFAULT_STATE_DIR_ROOT
 from tradingd.storage.connect import StorageUnavailable
+from tradingd.storage.server_copies import COPY_COMPLETE, mark_used, prune_server_copies
 
 SERVICE_USER = "tradingd"
 DATABASE_NAME = "tradingd"
@@ -850,7 +853,7 @@ def _server_binaries(account: _Account) -> tuple[Path, Path]:
         info = source.stat()
         fingerprint.update(f"{source}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
     target = DEFAULT_STATE_DIR_ROOT / "servers" / fingerprint.hexdigest()[:16]
-    if not (target / _COPY_COMPLETE).exists():
+    if not (target / COPY_COMPLETE).exists():
         _make_root_dirs(target.parent)
         staging = target.with_name(f"{target.name}.{os.getpid()}.partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -861,7 +864,7 @@ def _server_binaries(account: _Account) -> tuple[Path, Path]:
             shutil.copytree(wheel_libs, staging / "pgserver.libs", symlinks=True)
         shutil.copy2(redis_source, staging / "redis-server")
         _make_world_readable(staging)
-        (staging / _COPY_COMPLETE).touch()
+        (staging / COPY_COMPLETE).touch()
         try:
             os.rename(staging, target)
         except OSError:  # another tradingd made the same copy meanwhile
@@ -874,10 +877,9 @@ def _server_binaries(account: _Account) -> tuple[Path, Path]:
         )
     else:
         logger.info("embedded servers run from {} (a copy user {} can reach)", target, account.name)
+    mark_used(target)
+    prune_server_copies(target.parent, target)
     return target / "pgserver" / "pginstall" / "bin", target / "redis-server"
-
-
-_COPY_COMPLETE = ".complete"
 
 
 def _make_world_readable(tree: Path) -> None:

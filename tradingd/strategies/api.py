@@ -235,6 +235,11 @@ class StrategyContext(Protocol):
         timer; an interval of 0 removes it)."""
         ...
 
+    def notice(self, text: str) -> None:
+        """Tell the operator something the strategy decided on its own (e.g. a level it will
+        not place): logged once per distinct text, as a WARNING naming the strategy."""
+        ...
+
 
 class NoParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """For strategies without parameters."""

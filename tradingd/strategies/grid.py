@@ -9,6 +9,9 @@ earns one grid step. An order that ends without filling (cancelled, rejected, de
 level wanting the same order again, re-placed on a later ticker. After a denied order the
 strategy places nothing for ``retry_after`` seconds.
 
+A level whose order would be below the venue's minimum quantity or notional is not placed;
+the strategy says so once (``StrategyContext.notice``, a WARNING in the daemon's log).
+
 An order that would meet one of the strategy's own on the other side (possible while the fills of
 a trade through several levels arrive one by one) waits until that one has ended.
 
@@ -149,7 +152,19 @@ class Grid(Strategy):
             return
         quantity = rules.round_quantity(self.p.order_size)
         if quantity < rules.min_quantity or quantity <= 0:
+            self.ctx.notice(
+                f"{instrument}: order_size {self.p.order_size} rounds to {quantity}, below the "
+                f"venue's minimum quantity {rules.min_quantity}: no level is placed"
+            )
             return
+        if rules.min_notional is not None:
+            small = [i for i, p in grid.prices.items() if i and quantity * p < rules.min_notional]
+            if small:
+                self.ctx.notice(
+                    f"{instrument}: levels {', '.join(f'{i:+d}' for i in sorted(small))} are "
+                    f"not placed: {quantity} at their price is below the venue's minimum "
+                    f"notional {rules.min_notional}"
+                )
         for level in sorted(grid.want, key=abs):
             side = grid.want[level]
             if side is None or level in grid.orders:

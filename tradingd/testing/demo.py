@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 from loguru import logger
 
 from tradingd.config import load_config
+from tradingd.exitcodes import EX_UNAVAILABLE
 from tradingd.logs import configure_logging
 from tradingd.secrets import secret_store
 from tradingd.state import StateUnavailable, read_state
@@ -379,6 +380,17 @@ def next_steps(config_path: Path, psql: str) -> str:
 # -- main -----------------------------------------------------------------------------------
 
 
+async def _start_fakes(binance: FakeBinance, deribit: FakeDeribit) -> None:
+    """Both fakes listening, or neither (OSError: a port is taken)."""
+    try:
+        await binance.start()
+        await deribit.start()
+    except OSError:
+        await binance.stop()
+        await deribit.stop()
+        raise
+
+
 async def run_demo(args: argparse.Namespace, state_dir: Path) -> int:
     config_path = state_dir / "tradingd.toml"
     stop = asyncio.Event()
@@ -404,8 +416,19 @@ async def run_demo(args: argparse.Namespace, state_dir: Path) -> int:
     )
     seeded = seed_deribit_history(deribit, DERIBIT_SYMBOLS, start_ms, time.time_ns() // 1_000_000)
     logger.info("fake Deribit: {} back-dated trades since {}", seeded, start_date)
-    await binance.start()
-    await deribit.start()
+    try:
+        await _start_fakes(binance, deribit)
+    except OSError as exc:
+        print(
+            f"demo: cannot listen on {args.host} ({exc.strerror or exc}): another demo or "
+            f"program holds port {args.binance_port} or {args.deribit_port}; stop it, or choose "
+            "others with --binance-port and --deribit-port (0: any free port)",
+            file=sys.stderr,
+            flush=True,
+        )
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        return EX_UNAVAILABLE
     print(
         f"demo: fake Binance at {binance.rest_url}, fake Deribit at {deribit.rest_url}", flush=True
     )
