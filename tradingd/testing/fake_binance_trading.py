@@ -8,7 +8,11 @@ serves, on the same port:
   ``GET /api/v3/myTrades`` (``fromId``, ``orderId``): API-key check (``X-MBX-APIKEY``), real
   HMAC-SHA256 signature verification, the venue's timestamp rule (``-1021``), filters (``-1013``),
   precision (``-1111``), client-id charset (``-1100``), "Duplicate order sent." for a client id
-  that is open, insufficient balance (``-2010``), ``X-MBX-ORDER-COUNT-10S/-1D`` headers;
+  that is open, insufficient balance (``-2010``); the ORDERS limits ``exchangeInfo`` serves
+  (``FakeBinance.order_limits``, counted over a sliding window) with an
+  ``X-MBX-ORDER-COUNT-*`` header per limit and ``-1015`` (HTTP 429, Retry-After) for an order
+  past one; every request's weight against the IP's minute shared with market data
+  (``X-MBX-USED-WEIGHT-1M``; 429, then 418 for ignoring it);
 * ``/ws-api/v3``: ``userDataStream.subscribe.signature``, ``userDataStream.unsubscribe``,
   ``session.subscriptions``; events wrapped in ``{"subscriptionId", "event"}``:
   ``executionReport``, ``outboundAccountPosition``, ``eventStreamTerminated``.
@@ -50,8 +54,16 @@ _CLIENT_ID: Final = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
 _MAX_DECIMALS: Final = 8
 _OPEN: Final = frozenset({"NEW", "PARTIALLY_FILLED"})
 _EIGHT: Final = Decimal("0.00000001")
-ORDERS_PER_10S: Final = 50
-ORDERS_PER_DAY: Final = 160_000
+_INTERVAL_SECONDS: Final = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86_400}
+_LETTER: Final = {"SECOND": "S", "MINUTE": "M", "HOUR": "H", "DAY": "D"}
+# Request weights of the private endpoints (rest-api.md).
+_WEIGHTS: Final = {
+    ("POST", "/api/v3/order"): 1,
+    ("DELETE", "/api/v3/order"): 1,
+    ("GET", "/api/v3/order"): 4,
+    ("DELETE", "/api/v3/openOrders"): 1,
+    ("GET", "/api/v3/account"): 20,
+}
 # A market buy reserves its value at the ask plus this headroom, and walks no higher.
 _MARKET_HEADROOM: Final = Decimal("1.05")
 
@@ -272,7 +284,17 @@ class FakeBinanceTrading:
         response = await self._answer(request)
         client_id = request.query.get("newClientOrderId") or request.query.get("origClientOrderId")
         self.journal.append((request.method, request.path, client_id or "", response.status))
+        response.headers.update(self.fake.weight_headers())
         return response
+
+    @staticmethod
+    def _weight(request: web.Request) -> int:
+        key = (request.method, request.path)
+        if key == ("GET", "/api/v3/openOrders"):
+            return 6 if "symbol" in request.query else 80
+        if key == ("GET", "/api/v3/myTrades"):
+            return 5 if "orderId" in request.query else 20
+        return _WEIGHTS.get(key, 1)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         factor = 1000 if request.headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND" else 1
@@ -282,6 +304,10 @@ class FakeBinanceTrading:
             self.faults_injected[f"http_{status}"] += 1
             code = -1003 if status in (418, 429) else -1001
             return _error(status, code, "Injected.", retry_after)
+        refused = self.fake.charge_weight(self._weight(request))
+        if refused is not None:
+            self.faults_injected[f"weight_{refused.status}"] += 1
+            return refused
         try:
             body = (await request.text()) if request.can_read_body else ""
             params, account = self._authenticate(request, body)
@@ -441,6 +467,9 @@ class FakeBinanceTrading:
             faults.server_error_before_match -= 1
             self.faults_injected["server_error_before_match"] += 1
             return _error(500, -1001, "Internal error; unable to process your request.", None)
+        over = self._order_limit_passed(account)
+        if over is not None:
+            return over
         order = self._accept(params, account)
         headers = self._count_order(account)
         self._match_taker(order)
@@ -537,14 +566,40 @@ class FakeBinanceTrading:
         self._report(order, "NEW")
         return order
 
+    def _order_counts(self, account: Account, loop_now: float) -> list[tuple[str, int, int, int]]:
+        """Per ORDERS limit: (header key, seconds, limit, orders counted in its window)."""
+        times = account.order_times
+        while times and times[0] <= loop_now - 86_400:
+            times.popleft()
+        counts = []
+        for interval, number, limit in self.fake.order_limits:
+            seconds = _INTERVAL_SECONDS[interval] * number
+            count = sum(1 for t in times if t > loop_now - seconds)
+            counts.append((f"{number}{_LETTER[interval]}", seconds, limit, count))
+        return counts
+
+    def _order_limit_passed(self, account: Account) -> web.Response | None:
+        """-1015 (HTTP 429) for an order past an ORDERS limit; it is not counted."""
+        loop_now = asyncio.get_running_loop().time()
+        for key, seconds, limit, count in self._order_counts(account, loop_now):
+            if count + 1 > limit:
+                self.faults_injected["orders_over_limit"] += 1
+                inside = [t for t in account.order_times if t > loop_now - seconds]
+                retry_after = inside[count - limit] + seconds - loop_now
+                unit = {"S": "SECOND", "M": "MINUTE", "H": "HOUR", "D": "DAY"}[key[-1]]
+                message = (
+                    f"Too many new orders; current limit is {limit} orders per {key[:-1]} {unit}."
+                )
+                return _error(429, -1015, message, retry_after)
+        return None
+
     def _count_order(self, account: Account) -> dict[str, str]:
         loop_now = asyncio.get_running_loop().time()
-        times = account.order_times
-        times.append(loop_now)
-        while times and times[0] < loop_now - 86_400:
-            times.popleft()
-        recent = sum(1 for t in times if t >= loop_now - 10)
-        return {"X-MBX-ORDER-COUNT-10S": str(recent), "X-MBX-ORDER-COUNT-1D": str(len(times))}
+        account.order_times.append(loop_now)
+        return {
+            f"X-MBX-ORDER-COUNT-{key}": str(count)
+            for key, _, _, count in self._order_counts(account, loop_now)
+        }
 
     # --- matching ---------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ CLIENT_ORDER_ID: Final = re.compile(r"[a-zA-Z0-9_-]{1,36}")
 
 # Request weights (rest-api.md endpoint table).
 WEIGHT_ORDER: Final = 1
+WEIGHT_EXCHANGE_INFO: Final = 20
 WEIGHT_QUERY_ORDER: Final = 4
 WEIGHT_OPEN_ORDERS_SYMBOL: Final = 6
 WEIGHT_OPEN_ORDERS_ALL: Final = 80
