@@ -22,13 +22,13 @@ from tradingd.adapters.binance import trading
 from tradingd.adapters.binance.execution import BinanceExecution
 from tradingd.adapters.binance.private import BinancePrivateClient
 from tradingd.execution.executor import ExchangeLocker
-from tradingd.execution.wiring import exchange_locker
 from tradingd.execution.orders import OrderState
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import Outcome, PlaceRequest
+from tradingd.execution.wiring import exchange_locker
+from tradingd.state import ExchangeState, read_state, transition
 from tradingd.strategies.api import Denied, OrderIntent, OrderType, Side, TimeInForce
 from tradingd.testing.fake_binance import FakeBinance
-from tradingd.state import ExchangeState, read_state, transition
 from tradingd.testing.fake_binance_trading import FakeBinanceTrading
 
 S = OrderState
