@@ -32,6 +32,7 @@ from tradingd.adapters.binance.execution_parsing import (
 from tradingd.adapters.binance.signing import (
     encode_query,
     format_decimal,
+    hmac_signer,
     sign,
     signed_query,
     ws_api_payload,
@@ -64,7 +65,7 @@ def test_a_limit_order_request_signs_exactly_as_the_official_example() -> None:
         ("recvWindow", 5000),
         ("timestamp", 1499827319559),
     ]
-    assert signed_query(params, SECRET) == f"{PAYLOAD}&signature={SIGNATURE}"
+    assert signed_query(params, hmac_signer(SECRET)) == f"{PAYLOAD}&signature={SIGNATURE}"
 
 
 def test_new_order_carries_our_client_id_and_a_verifiable_signature() -> None:
@@ -188,7 +189,7 @@ def test_exponents_never_reach_the_venue() -> None:
 def test_a_signed_query_verifies_with_its_own_prefix(
     params: list[tuple[str, str]], secret: str
 ) -> None:
-    query = signed_query(params, secret)
+    query = signed_query(params, hmac_signer(secret))
     unsigned, _, signature = query.rpartition("&signature=")
     assert unsigned == encode_query(params)
     assert sign(secret, unsigned) == signature

@@ -32,11 +32,13 @@ Where Binance's behaviour is not documented the fake picks something plausible a
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import hashlib
 import hmac
 import math
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
@@ -89,6 +91,23 @@ class Account:
     balances: dict[str, Balance]
     initial: dict[str, Decimal]
     order_times: collections.deque[float] = field(default_factory=collections.deque)
+    # An Ed25519 key's public half (cryptography's Ed25519PublicKey): signatures are checked
+    # with it instead of the HMAC secret.
+    ed25519_public_key: Any = None
+
+    def verifies(self, payload: str, signature: str) -> bool:
+        """The venue's check: HMAC-SHA256 hex (any case), or Ed25519 base64."""
+        if self.ed25519_public_key is None:
+            expected = hmac.new(self.secret.encode(), payload.encode(), hashlib.sha256)
+            return hmac.compare_digest(expected.hexdigest(), signature.lower())
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            raw = base64.b64decode(signature, validate=True)
+            self.ed25519_public_key.verify(raw, payload.encode())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
     def balance(self, asset: str) -> Balance:
         return self.balances.setdefault(asset, Balance(Decimal(0)))
@@ -219,11 +238,24 @@ class FakeBinanceTrading:
     def ws_api_url(self) -> str:
         return f"{self.fake.ws_url}/ws-api/v3"
 
-    def add_account(self, api_key: str, secret: str, balances: dict[str, str]) -> Account:
+    def add_account(
+        self,
+        api_key: str,
+        secret: str,
+        balances: dict[str, str],
+        *,
+        ed25519_public_pem: str | None = None,
+    ) -> Account:
+        """An account; with ``ed25519_public_pem`` its key is an Ed25519 one (the PEM public
+        key registered at the venue, needs ``cryptography``) and ``secret`` is unused."""
         initial = {asset: Decimal(amount) for asset, amount in balances.items()}
         account = Account(
             api_key, secret, {a: Balance(v) for a, v in initial.items()}, dict(initial)
         )
+        if ed25519_public_pem is not None:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            account.ed25519_public_key = load_pem_public_key(ed25519_public_pem.encode())
         self.accounts[api_key] = account
         return account
 
@@ -332,13 +364,12 @@ class FakeBinanceTrading:
         for part in (query, body):
             unsigned, marker, tail = part.partition("signature=")
             if marker:
-                signature = tail.split("&", 1)[0]
+                signature = urllib.parse.unquote(tail.split("&", 1)[0])
                 rest = tail.split("&", 1)[1] if "&" in tail else ""
                 part = (unsigned + rest).rstrip("&")
             parts.append(part)
         payload = "".join(parts)
-        expected = hmac.new(account.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not signature or not hmac.compare_digest(expected, signature.lower()):
+        if not signature or not account.verifies(payload, signature):
             raise _Refusal(400, -1022, "Signature for this request is not valid.")
         params = {**dict(_form(body)), **dict(request.query)}
         params.pop("signature", None)
@@ -819,8 +850,7 @@ class FakeBinanceTrading:
         payload = "&".join(
             f"{k}={_ws_value(params[k])}" for k in sorted(params) if k != "signature"
         )
-        expected = hmac.new(account.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, str(params.get("signature", "")).lower()):
+        if not account.verifies(payload, str(params.get("signature", ""))):
             raise _Refusal(400, -1022, "Signature for this request is not valid.")
         self._check_timestamp({k: _ws_value(v) for k, v in params.items()})
         return account
