@@ -211,6 +211,31 @@ async def test_order_limits_from_exchange_info_hold_orders_the_venue_would_refus
         await fake.stop()
 
 
+async def test_a_restarted_client_counts_the_orders_an_earlier_one_sent() -> None:
+    fake, venue = await limited_venue(order_limits=(("SECOND", 10, 3), ("DAY", 1, 160_000)))
+    try:
+        async with aiohttp.ClientSession() as http:
+            for attempt in range(2):  # the same account, as after a restart
+                private = BinancePrivateClient(
+                    http, fake.rest_url, trading.Credentials(KEY, SECRET), request_timeout=2.0
+                )
+                await private.load_rate_limits()
+                counts = await private.load_order_counts()
+                if attempt == 0:
+                    assert counts == {"10S": 0, "1D": 0}
+                    for n in range(3):
+                        assert (await buy(private, f"first-{n}")).order is not None
+            # The earlier client filled the 10 s window: the venue would answer -1015.
+            assert counts == {"10S": 3, "1D": 3}
+            held = await buy(private, "second-1")
+            assert held.failure is not None and held.failure.verdict is Verdict.RATE_LIMITED
+            assert "order rate limit reached" in held.failure.reason
+            assert [o.client_order_id for o in venue.orders] == [f"first-{n}" for n in range(3)]
+            assert venue.faults_injected["orders_over_limit"] == 0
+    finally:
+        await fake.stop()
+
+
 async def test_request_weight_past_the_minute_is_held_unsent() -> None:
     fake, venue = await limited_venue(weight_limit=50)
     try:

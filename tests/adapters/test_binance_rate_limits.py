@@ -14,6 +14,7 @@ from tradingd.adapters.binance.rate_limits import (
     WeightBudget,
     interval_key,
     interval_seconds,
+    parse_order_counts,
     parse_rate_limits,
 )
 
@@ -123,3 +124,21 @@ def test_weight_is_held_to_the_next_minute_and_the_venue_count_only_raises_ours(
     assert budget.used("1M", 61_000) == 99 and budget.hold(2, 61_000) is not None
     assert budget.hold(2, 120_000) is None  # a new minute
     assert budget.hold(101, 60_000) is None  # heavier than the whole limit: the venue decides
+
+
+def test_the_accounts_order_counts_and_our_orders_since_add_up() -> None:
+    body = (
+        b'[{"rateLimitType":"ORDERS","interval":"SECOND","intervalNum":10,"limit":50,"count":3},'
+        b'{"rateLimitType":"ORDERS","interval":"DAY","intervalNum":1,"limit":160000,"count":9}]'
+    )
+    counts = parse_order_counts(body)
+    assert counts == {"10S": 3, "1D": 9}
+    with pytest.raises(ParseError):
+        parse_order_counts(b'{"count": 1}')
+    # An earlier process sent 3 in this window: one more of ours fits a limit of 4, not two.
+    budget = OrderBudget({"10S": 4})
+    budget.heard({"10S": 3}, 100.0)
+    assert budget.hold(100.1) is None
+    budget.sent(100.1)
+    assert budget.hold(100.2) == pytest.approx(9.8)
+    assert budget.hold(110.2) is None

@@ -65,6 +65,7 @@ _WEIGHTS: Final = {
     ("GET", "/api/v3/order"): 4,
     ("DELETE", "/api/v3/openOrders"): 1,
     ("GET", "/api/v3/account"): 20,
+    ("GET", "/api/v3/rateLimit/order"): 40,
 }
 # A market buy reserves its value at the ask plus this headroom, and walks no higher.
 _MARKET_HEADROOM: Final = Decimal("1.05")
@@ -306,6 +307,7 @@ class FakeBinanceTrading:
         app.router.add_route("*", "/api/v3/order", self._handle)
         app.router.add_route("*", "/api/v3/openOrders", self._handle)
         app.router.add_get("/api/v3/account", self._handle)
+        app.router.add_get("/api/v3/rateLimit/order", self._handle)
         app.router.add_get("/api/v3/myTrades", self._handle)
         app.router.add_get("/ws-api/v3", self._handle_ws_api)
 
@@ -414,6 +416,19 @@ class FakeBinanceTrading:
                 ],
                 "permissions": ["SPOT"],
             }
+        if key == ("GET", "/api/v3/rateLimit/order"):
+            loop_now = asyncio.get_running_loop().time()
+            limits = zip(self.fake.order_limits, self._order_counts(account, loop_now), strict=True)
+            return [
+                {
+                    "rateLimitType": "ORDERS",
+                    "interval": interval,
+                    "intervalNum": number,
+                    "limit": limit,
+                    "count": counted[3],
+                }
+                for (interval, number, limit), counted in limits
+            ]
         if key == ("GET", "/api/v3/openOrders"):
             symbol = params.get("symbol")
             return [

@@ -215,6 +215,10 @@ class BinanceExecution:
                 "{}: rate limits not read ({!r}): the documented defaults {} hold",
                 self._exchange, exc, self.private.rate_limits,
             )  # fmt: skip
+        counts = await self.private.load_order_counts()
+        if isinstance(counts, Classified):
+            # Our own count starts from zero: the venue's answers to orders correct it.
+            logger.warning("{}: order counts not read: {}", self._exchange, counts.reason)
         self._stream_task = asyncio.create_task(self._run_stream(), name="binance-user-stream")
         await self._stream_ready()
 

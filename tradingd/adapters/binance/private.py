@@ -56,6 +56,7 @@ from tradingd.adapters.binance.rate_limits import (
     OrderBudget,
     RateLimits,
     WeightBudget,
+    parse_order_counts,
     parse_rate_limits,
 )
 from tradingd.adapters.trading import Classified, Verdict, transport_failure
@@ -163,6 +164,17 @@ class BinancePrivateClient:
         limits = parse_rate_limits(body)
         self.use_rate_limits(limits)
         return limits
+
+    async def load_order_counts(self) -> dict[str, int] | Classified:
+        """The account's order counts now (``GET /api/v3/rateLimit/order``): orders an earlier
+        process or another session sent count against this one's next."""
+        counts = await self._list_call(
+            lambda c: trading.order_count(self.credentials, c), parse_order_counts
+        )
+        if not isinstance(counts, Classified):
+            self.order_counts = counts
+            self._orders.heard(counts, self._monotonic())
+        return counts
 
     def lift_ban(self) -> str | None:
         """The operator unlocked the exchange: clear a 418 latch whose ``Retry-After`` has

@@ -46,6 +46,13 @@ class _WireInfo(msgspec.Struct, frozen=True):
     rateLimits: list[_WireLimit]
 
 
+class _WireCount(msgspec.Struct, frozen=True):
+    rateLimitType: str
+    interval: str
+    intervalNum: int
+    count: int
+
+
 class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     """Limits by header interval (``{"10S": 50, "1D": 160000}``)."""
 
@@ -94,6 +101,21 @@ def parse_rate_limits(body: bytes) -> RateLimits:
     return RateLimits(orders=orders, weight=weight)
 
 
+def parse_order_counts(body: bytes) -> dict[str, int]:
+    """``GET /api/v3/rateLimit/order`` (the account's unfilled order counts now) -> counts by
+    header interval (``{"10S": 3, "1D": 120}``)."""
+    try:
+        rows = msgspec.json.decode(body, type=list[_WireCount])
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"rateLimit/order: {exc}") from exc
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = interval_key(row.interval, row.intervalNum)
+        if row.rateLimitType == "ORDERS" and key is not None:
+            counts[key] = row.count
+    return counts
+
+
 class OrderBudget:
     """The ORDERS limits: whether one more order may be sent now (``now`` on one monotonic
     clock, seconds)."""
@@ -125,9 +147,13 @@ class OrderBudget:
                 # The window slides past the oldest order that must leave it.
                 waits.append(ours[len(ours) - limit] + seconds - now)
             heard = self._venue.get(key)
-            if heard is not None and heard[0] + 1 > limit and heard[1] > since:
-                # When the venue's window started is not said: a whole interval from hearing.
-                waits.append(heard[1] + seconds - now)
+            if heard is not None and heard[1] > since:
+                # The venue's count (other sessions, an earlier process) and ours since.
+                count = heard[0] + sum(1 for t in ours if t > heard[1])
+                if count + 1 > limit:
+                    # When the venue's window started is not said: a whole interval from
+                    # hearing.
+                    waits.append(heard[1] + seconds - now)
         positive = [w for w in waits if w > 0]
         return max(positive) if positive else None
 

@@ -38,6 +38,7 @@ CLIENT_ORDER_ID: Final = re.compile(r"[a-zA-Z0-9_-]{1,36}")
 # Request weights (rest-api.md endpoint table).
 WEIGHT_ORDER: Final = 1
 WEIGHT_EXCHANGE_INFO: Final = 20
+WEIGHT_ORDER_COUNT: Final = 40
 WEIGHT_QUERY_ORDER: Final = 4
 WEIGHT_OPEN_ORDERS_SYMBOL: Final = 6
 WEIGHT_OPEN_ORDERS_ALL: Final = 80
@@ -221,6 +222,11 @@ def open_orders(credentials: Credentials, clock: Clock, *, symbol: str | None) -
         clock,
         WEIGHT_OPEN_ORDERS_SYMBOL,
     )
+
+
+def order_count(credentials: Credentials, clock: Clock) -> SignedRequest:
+    """``GET /api/v3/rateLimit/order``: the account's unfilled order count per ORDERS limit."""
+    return _signed("GET", "/api/v3/rateLimit/order", [], credentials, clock, WEIGHT_ORDER_COUNT)
 
 
 def account(credentials: Credentials, clock: Clock) -> SignedRequest:
