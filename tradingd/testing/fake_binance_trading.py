@@ -5,8 +5,9 @@ Attach it to a ``FakeBinance`` before starting that: ``FakeBinanceTrading(fake)`
 serves, on the same port:
 
 * ``POST/GET/DELETE /api/v3/order``, ``GET/DELETE /api/v3/openOrders``, ``GET /api/v3/account``,
-  ``GET /api/v3/myTrades`` (``fromId``, ``orderId``), ``GET /api/v3/rateLimit/order``: API-key check (``X-MBX-APIKEY``), real
-  HMAC-SHA256 signature verification, the venue's timestamp rule (``-1021``), filters (``-1013``),
+  ``GET /api/v3/myTrades`` (``fromId``, ``orderId``), ``GET /api/v3/rateLimit/order``: API-key
+  check (``X-MBX-APIKEY``), real HMAC-SHA256 (or, for an account added with its public key,
+  Ed25519) signature verification, the venue's timestamp rule (``-1021``), filters (``-1013``),
   precision (``-1111``), client-id charset (``-1100``), "Duplicate order sent." for a client id
   that is open, insufficient balance (``-2010``); the ORDERS limits ``exchangeInfo`` serves
   (``FakeBinance.order_limits``, counted over a sliding window) with an
