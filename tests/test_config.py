@@ -101,6 +101,13 @@ BROKEN_CONFIGS = [
     ),
     ("[risk]\nmax_venue_failures = 0\n", "risk.max_venue_failures: expected int >= 1"),
     ("[alerts]\nmax_per_minute = 0\n", "alerts.max_per_minute: expected int >= 1"),
+    (MINIMAL_EXCHANGE + 'key_type = "rsa"\n', "exchanges.binance.key_type: expected one of"),
+    (
+        '[exchanges.deribit]\nws_url = "wss://www.deribit.com/ws/api/v2"\n'
+        'rest_url = "https://www.deribit.com/api/v2"\nsymbols = ["BTC-PERPETUAL"]\n'
+        'mode = "live"\napi_key_secret = "k"\napi_secret_secret = "s"\nkey_type = "ed25519"\n',
+        "exchanges.deribit.key_type: expected 'hmac' (Ed25519 keys are Binance's)",
+    ),
 ]
 
 
@@ -276,3 +283,31 @@ def test_live_mode_with_both_key_files_named_is_valid(tmp_path: Path) -> None:
     # A live exchange that is disabled needs no keys.
     path.write_text(MINIMAL_EXCHANGE + 'mode = "live"\nenabled = false\n')
     assert load_config(path).mode_of("binance") == "live"
+
+
+ED25519_LIVE = (
+    MINIMAL_EXCHANGE
+    + 'mode = "live"\napi_key_secret = "binance-key"\napi_secret_secret = "binance-pem"\n'
+    + 'key_type = "ed25519"\n'
+)
+
+
+def test_an_ed25519_key_is_valid_with_the_extra_and_exits_78_without_it(tmp_path: Path) -> None:
+    path = tmp_path / "tradingd.toml"
+    path.write_text(ED25519_LIVE)
+    assert load_config(path).exchanges["binance"].key_type == "ed25519"
+    # Without the ed25519 extra: a cryptography that cannot be imported shadows the real one.
+    hidden = tmp_path / "hidden" / "cryptography"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('raise ImportError("No module named cryptography")\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "tradingd", "--config", str(path), "config", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(hidden.parent), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 78, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{path}: exchanges.binance.key_type: expected 'hmac', or the ed25519" in line
+    assert "pip install 'tradingd[ed25519]'" in line

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tradingd.bans import banned_until_note, banned_until_us
 from tradingd.cli import build_parser
 from tradingd.clock import ClockReading
 from tradingd.config import Config, parse_config
@@ -426,3 +427,42 @@ async def test_the_cli_command_unlocks(
     assert process.returncode == 0, out.decode() + err.decode()
     assert b"binance: HEALTHY (by bob" in out
     assert (await last_transition(pool, "binance"))["operator"] == "bob"
+
+
+@pytest.mark.parametrize("ends_in", [120.0, -10.0])
+async def test_unlock_refuses_while_a_recorded_ban_lasts_even_when_forced(
+    ends_in: float,
+    migrated_database_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    fake_binance: FakeBinance,
+    pool: asyncpg.Pool,
+    rds: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The executor locks with the client's fault, which notes the ban's end (Binance 418's
+    Retry-After); an unlock before it would only earn a longer ban."""
+    await seed_verified(pool, rds, "binance")
+    note = banned_until_note(int((time.time() + ends_in) * 1_000_000))
+    reason = f"Binance refused us: POST /api/v3/order: HTTP 418 -1003: Injected.; {note}"
+    for state, why in ((ExchangeState.HEALTHY, "setup"), (ExchangeState.LOCKED, reason)):
+        await transition(pool, rds, "binance", state, operator="executor", reason=why)
+    config = parse_config(
+        make_config(migrated_database_url, redis_url, tmp_path, binance=fake_binance)
+    )
+    args = unlock_args("--exchange", "binance", "--yes", "--force", "--reason", "ban over?")
+    code = await run_unlock(args, config)
+    captured = capsys.readouterr()
+    if ends_in > 0:
+        assert code == 1 and await read_state(rds, "binance") is ExchangeState.LOCKED
+        assert "refusing to unlock binance: ban: the venue's ban lasts" in captured.err
+    else:
+        assert code == 0 and await read_state(rds, "binance") is ExchangeState.HEALTHY
+        assert "ban" not in captured.err
+
+
+def test_a_ban_note_reads_back_rounded_up_to_the_second() -> None:
+    assert banned_until_note(1_796_536_800_000_001) == "banned until 2026-12-06T06:00:01Z"
+    assert banned_until_us("x; banned until 2026-12-06T06:00:01Z") == 1_796_536_801_000_000
+    assert banned_until_us("banned until 2026-12-06T06:00:01Z, banned until 2026-12-06T07:00:00Z")
+    assert banned_until_us("HTTP 418") is None

@@ -10,6 +10,7 @@ No secret value lives in the configuration: keys ending in ``_secret`` name a se
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import tomllib
@@ -185,6 +186,9 @@ class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     # Live mode: the API key and secret (Deribit: client id and client secret), as secret files.
     api_key_secret: SecretName = ""
     api_secret_secret: SecretName = ""
+    # Live mode, Binance: the API key's type. "hmac": api_secret_secret holds its secret;
+    # "ed25519": it holds the PEM private key (needs pip install 'tradingd[ed25519]').
+    key_type: Literal["hmac", "ed25519"] = "hmac"
     # "paper" or "live" for this exchange's executor; empty: daemon.mode.
     mode: Literal["", "paper", "live"] = ""
     # Live mode: the venue's private WebSocket (Binance's WebSocket API for the user-data stream;
@@ -510,6 +514,24 @@ def _check_live_keys(config: Config, name: str, path: Path | str) -> None:
                 "expected a secret file name (live mode signs with the venue's API key), "
                 "found nothing",
             )
+    if exchange.key_type == "ed25519":
+        if config.adapter_name(name) != "binance":
+            raise ConfigError(
+                path,
+                f"exchanges.{name}.key_type",
+                f"expected 'hmac' (Ed25519 keys are Binance's), found 'ed25519' on adapter "
+                f"{config.adapter_name(name)!r}",
+            )
+        try:
+            importlib.import_module("cryptography.hazmat.primitives.asymmetric.ed25519")
+        except ImportError:
+            raise ConfigError(
+                path,
+                f"exchanges.{name}.key_type",
+                "expected 'hmac', or the ed25519 extra installed for 'ed25519' "
+                "(pip install 'tradingd[ed25519]'), found 'ed25519' without the cryptography "
+                "package",
+            ) from None
 
 
 def _check_money(config: Config, path: Path | str) -> None:

@@ -18,6 +18,8 @@ overrides those marked forceable, and the reason records what was overridden):
 - ``gaps``: no open gap in the trade sequence.
 - ``clock``: the exchange answered and the skew is within ``daemon.max_clock_skew`` (above
   ``daemon.clock_warn_skew``: a warning).
+- ``ban``: no venue ban a recent lock recorded (``banned until ...``, Binance's 418) is still
+  on. Not forceable: the venue escalates a ban for every request inside it.
 - dead letters in the last day and the kill switch are warnings.
 
 With ``--all`` it is all or nothing: if one exchange fails, none is unlocked. In a terminal it
@@ -41,6 +43,7 @@ from loguru import logger
 
 from tradingd.adapters.base import ExchangeAdapter
 from tradingd.adapters.registry import create_adapter
+from tradingd.bans import banned_until_us
 from tradingd.clock import ClockReading, measure_skew
 from tradingd.config import Config, resolve_config_path
 from tradingd.execution.control import ControlClient, NoDaemon, NoReply, Reconcile
@@ -52,6 +55,7 @@ from tradingd.state import (
     IllegalTransition,
     StateUnavailable,
     current_operator,
+    history,
     read_kill_switch,
     read_state,
     transition,
@@ -103,6 +107,8 @@ class ExchangeFacts:
     # AUDITING only: whether a reconciliation run for this unlock was clean, and its summary.
     reconciliation_clean: bool | None = None
     reconciliation: str = ""
+    # Seconds left of the latest ban a recorded lock reason notes (None: none noted).
+    ban_left: float | None = None
 
 
 # -- the checks (pure) ----------------------------------------------------------------------
@@ -140,6 +146,16 @@ def evaluate(facts: ExchangeFacts, max_skew: float, warn_skew: float) -> list[Ch
                 "state",
                 "fail",
                 f"{shown}: unlock moves LOCKED (or AUDITING, reconciled) -> HEALTHY only; {hint}",
+                forceable=False,
+            )
+        )
+
+    if facts.ban_left is not None and facts.ban_left > 0:
+        checks.append(
+            Check(
+                "ban",
+                "fail",
+                f"the venue's ban lasts {facts.ban_left:.0f} s more; unlock after it",
                 forceable=False,
             )
         )
@@ -308,6 +324,9 @@ async def gather_facts(
     except StateUnavailable as exc:
         facts = ExchangeFacts(exchange, None, state_error=str(exc))
     facts.trades_configured = Channel.TRADES in settings.channels
+    ends = [banned_until_us(t.reason) for t in await history(pool, exchange, limit=50)]
+    if noted := [end for end in ends if end is not None]:
+        facts.ban_left = max(noted) / 1e6 - clock_ns() / 1e9
     if facts.state is ExchangeState.AUDITING:
         facts.reconciliation_clean, facts.reconciliation = await fresh_reconciliation(
             redis, exchange

@@ -5,15 +5,18 @@ record shows no duplicate order whatever happened."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import aiohttp
 import pytest
 
+from tradingd import bans
 from tradingd.adapters.binance import trading
 from tradingd.adapters.binance.execution_parsing import ExecutionReport
 from tradingd.adapters.binance.private import Answer, BinancePrivateClient, UserStream
+from tradingd.adapters.binance.rate_limits import RateLimits
 from tradingd.adapters.trading import Classified, Verdict
 from tradingd.testing.fake_binance import FakeBinance
 from tradingd.testing.fake_binance_trading import FakeBinanceTrading
@@ -158,13 +161,138 @@ async def test_a_clock_resync_does_not_expire_an_unknown_order_early(venue, clie
 
 
 async def test_an_order_count_at_the_limit_holds_new_orders_unsent(venue, client) -> None:
-    client.order_limits = {"10S": 2, "1D": 160_000}
+    client.use_rate_limits(RateLimits(orders={"10S": 50, "1D": 2}, weight={"1M": 6000}))
     assert (await buy(client, "c-1")).order is not None
-    assert (await buy(client, "c-2")).order is not None  # the venue now counts 2 in 10 s
+    assert (await buy(client, "c-2")).order is not None  # the venue now counts 2 today
     held = await buy(client, "c-3")
     assert held.failure is not None and held.failure.verdict is Verdict.RATE_LIMITED
     assert "order rate limit reached" in held.failure.reason
-    assert 9 < (held.failure.retry_after or 0) <= 10
+    assert 86_399 < (held.failure.retry_after or 0) <= 86_400
     assert [o.client_order_id for o in venue.orders] == ["c-1", "c-2"]  # c-3 never sent
     # Queries and cancels are not orders: they still go out.
     assert (await client.query(symbol="BTCUSDT", client_order_id="c-1")).order is not None
+
+
+async def limited_venue(**fake_options: object) -> tuple[FakeBinance, FakeBinanceTrading]:
+    fake = FakeBinance(seed=5, **fake_options)  # type: ignore[arg-type]
+    desk = FakeBinanceTrading(fake)
+    desk.add_account(KEY, SECRET, {"USDT": "50000", "BTC": "1"})
+    await fake.start()
+    return fake, desk
+
+
+async def test_order_limits_from_exchange_info_hold_orders_the_venue_would_refuse() -> None:
+    fake, venue = await limited_venue(
+        order_limits=(("SECOND", 10, 3), ("SECOND", 1, 2), ("DAY", 1, 160_000))
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            private = BinancePrivateClient(
+                http, fake.rest_url, trading.Credentials(KEY, SECRET), request_timeout=2.0
+            )
+            assert private.rate_limits.orders == {"10S": 50, "1D": 160_000}  # until read
+            limits = await private.load_rate_limits("BTCUSDT")
+            assert limits == RateLimits(
+                orders={"10S": 3, "1S": 2, "1D": 160_000}, weight={"1M": fake.weight_limit}
+            )
+            # Five at once: the two the 1 s limit allows go out, the others are held unsent.
+            answers = await asyncio.gather(*(buy(private, f"l-{i}") for i in range(5)))
+            sent = [a for a in answers if a.order is not None]
+            held = [a.failure for a in answers if a.failure is not None]
+            assert len(sent) == 2 and len(held) == 3
+            assert all(f.verdict is Verdict.RATE_LIMITED for f in held)
+            assert all("nothing sent" in f.reason and f.retry_after for f in held)
+            assert len(venue.orders) == 2
+            assert private.order_counts == {"10S": 2, "1S": 2, "1D": 2}
+            # Never sent and then refused: the venue answered no order with 429 (-1015).
+            assert [j for j in venue.journal if j[3] == 429] == []
+            assert venue.faults_injected["orders_over_limit"] == 0
+    finally:
+        await fake.stop()
+
+
+async def test_a_restarted_client_counts_the_orders_an_earlier_one_sent() -> None:
+    fake, venue = await limited_venue(order_limits=(("SECOND", 10, 3), ("DAY", 1, 160_000)))
+    try:
+        async with aiohttp.ClientSession() as http:
+            for attempt in range(2):  # the same account, as after a restart
+                private = BinancePrivateClient(
+                    http, fake.rest_url, trading.Credentials(KEY, SECRET), request_timeout=2.0
+                )
+                await private.load_rate_limits()
+                counts = await private.load_order_counts()
+                if attempt == 0:
+                    assert counts == {"10S": 0, "1D": 0}
+                    for n in range(3):
+                        assert (await buy(private, f"first-{n}")).order is not None
+            # The earlier client filled the 10 s window: the venue would answer -1015.
+            assert counts == {"10S": 3, "1D": 3}
+            held = await buy(private, "second-1")
+            assert held.failure is not None and held.failure.verdict is Verdict.RATE_LIMITED
+            assert "order rate limit reached" in held.failure.reason
+            assert [o.client_order_id for o in venue.orders] == [f"first-{n}" for n in range(3)]
+            assert venue.faults_injected["orders_over_limit"] == 0
+    finally:
+        await fake.stop()
+
+
+async def test_request_weight_past_the_minute_is_held_unsent() -> None:
+    fake, venue = await limited_venue(weight_limit=50)
+    try:
+        async with aiohttp.ClientSession() as http:
+            private = BinancePrivateClient(
+                http, fake.rest_url, trading.Credentials(KEY, SECRET), request_timeout=2.0
+            )
+            await private.load_rate_limits()  # weight 20: the minute's budget is 50
+            assert private.rate_limits.weight == {"1M": 50}
+            assert not isinstance(await private.balances(), Classified)  # weight 20 more
+            held = await private.balances()
+            assert isinstance(held, Classified) and held.verdict is Verdict.RATE_LIMITED
+            assert "request weight limit reached" in held.reason and held.retry_after
+            assert [j[1] for j in venue.journal] == ["/api/v3/account"]  # the second never sent
+            # An order (weight 1) still fits.
+            assert (await buy(private, "w-1")).order is not None
+            assert [j for j in venue.journal if j[3] == 429] == []
+    finally:
+        await fake.stop()
+
+
+async def test_a_418_latch_lifts_only_once_the_ban_is_over(venue) -> None:
+    now = [1000.0]
+    async with aiohttp.ClientSession() as http:
+        private = BinancePrivateClient(
+            http,
+            venue.fake.rest_url,
+            trading.Credentials(KEY, SECRET),
+            request_timeout=2.0,
+            monotonic=lambda: now[0],
+        )
+        await private.sync_clock()
+        venue.fake.inject_http_error(418, retry_after=120)
+        banned = await buy(private, "b-1")
+        assert banned.failure is not None and banned.failure.verdict is Verdict.BANNED
+        reason = private.locked_reason
+        assert reason is not None and "banned until " in reason
+        until = bans.banned_until_us(reason)
+        assert until is not None and 119 <= until / 1e6 - time.time() <= 121
+        now[0] += 100
+        kept = private.lift_ban()
+        assert kept is not None and "the ban lasts 20 s more" in kept
+        still = await buy(private, "b-2")
+        assert still.failure is not None and still.failure.verdict is Verdict.BANNED
+        assert venue.orders == []  # nothing was sent while banned
+        now[0] += 21
+        assert private.lift_ban() is None and private.locked_reason is None
+        assert (await buy(private, "b-3")).order is not None
+
+
+async def test_a_refused_key_stays_latched_after_an_unlock(venue) -> None:
+    async with aiohttp.ClientSession() as http:
+        private = BinancePrivateClient(
+            http, venue.fake.rest_url, trading.Credentials("no-such-key", SECRET),
+            request_timeout=2.0,
+        )  # fmt: skip
+        refused = await buy(private, "k-1")
+        assert refused.failure is not None and refused.failure.verdict is Verdict.AUTH_FAILED
+        kept = private.lift_ban()
+        assert kept is not None and "restart with a key" in kept

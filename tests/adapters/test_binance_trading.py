@@ -20,8 +20,6 @@ from tradingd.adapters.binance.execution_parsing import (
     ExecutionReport,
     StreamTerminated,
     classify_error,
-    interval_seconds,
-    order_count_hold,
     order_counts,
     parse_account,
     parse_my_trades,
@@ -29,10 +27,12 @@ from tradingd.adapters.binance.execution_parsing import (
     parse_orders,
     parse_retry_after,
     parse_user_frame,
+    used_weights,
 )
 from tradingd.adapters.binance.signing import (
     encode_query,
     format_decimal,
+    hmac_signer,
     sign,
     signed_query,
     ws_api_payload,
@@ -65,7 +65,7 @@ def test_a_limit_order_request_signs_exactly_as_the_official_example() -> None:
         ("recvWindow", 5000),
         ("timestamp", 1499827319559),
     ]
-    assert signed_query(params, SECRET) == f"{PAYLOAD}&signature={SIGNATURE}"
+    assert signed_query(params, hmac_signer(SECRET)) == f"{PAYLOAD}&signature={SIGNATURE}"
 
 
 def test_new_order_carries_our_client_id_and_a_verifiable_signature() -> None:
@@ -189,7 +189,7 @@ def test_exponents_never_reach_the_venue() -> None:
 def test_a_signed_query_verifies_with_its_own_prefix(
     params: list[tuple[str, str]], secret: str
 ) -> None:
-    query = signed_query(params, secret)
+    query = signed_query(params, hmac_signer(secret))
     unsigned, _, signature = query.rpartition("&signature=")
     assert unsigned == encode_query(params)
     assert sign(secret, unsigned) == signature
@@ -241,6 +241,7 @@ def test_rate_limits_and_bans_carry_retry_after() -> None:
 def test_order_count_headers() -> None:
     headers = {"x-mbx-order-count-10s": "3", "X-MBX-ORDER-COUNT-1D": "12", "Other": "1"}
     assert order_counts(headers) == {"10S": 3, "1D": 12}
+    assert used_weights({"x-mbx-used-weight-1m": "40", "X-MBX-USED-WEIGHT-1M": "x"}) == {"1M": 40}
 
 
 # --- order answers ---------------------------------------------------------------------------
@@ -443,13 +444,3 @@ def test_arbitrary_bytes_never_crash_the_user_stream_parser(frame: bytes) -> Non
         parse_user_frame(frame, "MICROSECOND")
     except ParseError:
         pass
-
-
-def test_order_count_hold_is_the_longest_interval_at_its_limit() -> None:
-    assert interval_seconds("10S") == 10 and interval_seconds("1D") == 86_400
-    assert interval_seconds("X") is None and interval_seconds("10Q") is None
-    limits = {"10S": 50, "1D": 160_000}
-    assert order_count_hold({"10S": 49, "1D": 5}, limits) is None
-    assert order_count_hold({"10S": 50, "1D": 5}, limits) == 10.0
-    assert order_count_hold({"10S": 50, "1D": 160_000}, limits) == 86_400.0
-    assert order_count_hold({"1M": 999}, limits) is None  # an interval without a known limit

@@ -20,6 +20,7 @@ import collections
 import contextlib
 import os
 import random
+import re
 import signal
 import statistics
 import time
@@ -348,6 +349,14 @@ async def test_live_daemon_under_faults_and_two_sigkills_never_duplicates(
                 " WHERE to_state = 'UNKNOWN'"
             )
         )
+        # Grouped by what precedes the figures ("order rate limit reached", "HTTP 418 -1003").
+        rejected_reasons = collections.Counter(
+            re.split(r" \(|: ", r["reason"])[0]
+            for r in await pool.fetch(
+                "SELECT coalesce(detail->>'reason', '') AS reason FROM order_events"
+                " WHERE to_state = 'REJECTED'"
+            )
+        )
         resolution_ms = [
             float(r["ms"])
             for r in await pool.fetch(
@@ -372,6 +381,9 @@ async def test_live_daemon_under_faults_and_two_sigkills_never_duplicates(
     states = collections.Counter(r["state"] for r in rows.values())
     assert not set(states) & set(UNRESOLVED), states
     assert lock is not None and lock["to_state"] == "LOCKED" and "HTTP 418" in lock["reason"]
+    # Held unsent, never sent to be refused: the venue answered no order -1015, no weight 429.
+    assert desk.faults_injected["orders_over_limit"] == 0
+    assert desk.faults_injected["weight_429"] == desk.faults_injected["weight_418"] == 0
     # The ledger's fills are the venue's, and so are the balances they make.
     assert {(f["trade_id"], f["quantity"]) for f in ledger_fills} == {
         (f"{t.symbol}:{t.fill.trade_id}", t.fill.quantity) for t in desk.trades
@@ -404,6 +416,7 @@ async def test_live_daemon_under_faults_and_two_sigkills_never_duplicates(
         f"\n  duplicates 0; UNKNOWN orders {len(resolution_ms)}, resolved in"
         f" p50 {p50:.0f} ms, p99 {p99:.0f} ms; locked: {lock['reason']}"
         f"\n  UNKNOWN because {dict(unknown_reasons)}"
+        f"\n  REJECTED because {dict(rejected_reasons.most_common(6))}"
     )
     # A floor, not the target (the load of the machine sets the pace; see BENCHMARKS.md).
     assert len(desk.orders) >= 50, f"only {len(desk.orders)} venue orders"

@@ -4,6 +4,7 @@ order for one intent (dropped replies, -1007, 5xx)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.execution._doubles import BTCUSDT, EXCHANGE, INSTRUMENTS, LIMITS, ticker
-from tests.execution._live import LiveHarness, live_executor, wall_clock_us
+from tests.execution._live import GUARD, LiveHarness, live_executor, wall_clock_us
 from tradingd.adapters.binance import trading
 from tradingd.adapters.binance.execution import BinanceExecution
 from tradingd.adapters.binance.private import BinancePrivateClient
@@ -24,6 +25,8 @@ from tradingd.execution.executor import ExchangeLocker
 from tradingd.execution.orders import OrderState
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import Outcome, PlaceRequest
+from tradingd.execution.wiring import exchange_locker
+from tradingd.state import ExchangeState, read_state, transition
 from tradingd.strategies.api import Denied, OrderIntent, OrderType, Side, TimeInForce
 from tradingd.testing.fake_binance import FakeBinance
 from tradingd.testing.fake_binance_trading import FakeBinanceTrading
@@ -241,6 +244,63 @@ async def test_a_418_ip_ban_locks_the_exchange_with_the_reason(
     assert recorded == [reason]
     assert isinstance(denied, Denied) and denied.reason.startswith("locked:")
     assert venue.order_by_client_id(client_id) is None
+
+
+async def test_an_unlock_lifts_a_418_only_once_its_retry_after_has_passed(
+    pool: asyncpg.Pool, rds: aioredis.Redis, venue: FakeBinanceTrading
+) -> None:
+    await pool.execute("DELETE FROM state_transitions WHERE exchange = $1", EXCHANGE)
+    for to_state in ("BOOTSTRAPPING", "LOCKED", "HEALTHY"):
+        await transition(
+            pool, rds, EXCHANGE, ExchangeState(to_state), operator="test", reason="setup"
+        )
+    monotonic = [time.monotonic()]
+    now = int(time.time() * 1_000_000)
+    async with aiohttp.ClientSession() as http:
+        private = BinancePrivateClient(
+            http, venue.fake.rest_url, trading.Credentials(KEY, SECRET), request_timeout=2.0,
+            monotonic=lambda: monotonic[0],
+        )  # fmt: skip
+        client = BinanceExecution(EXCHANGE, http, private, venue.ws_api_url)
+        async with live_executor(
+            pool, rds, EXCHANGE, client, INSTRUMENTS, [ticker("59999.99", "60000.00", now)],
+            lock_exchange=exchange_locker(pool, rds, EXCHANGE),
+        ) as live:  # fmt: skip
+            venue.fake.inject_http_error(418, retry_after=120)
+            banned = await live.submit(MARKET_BUY)
+            await live.until_state(banned, S.REJECTED)
+            reason = await live.until_locked()
+            assert "HTTP 418" in reason and "banned until " in reason
+
+            async def one_pass() -> None:
+                """One more turn of the executor's loop (the lock recorded, the gate read)."""
+                live.executor.settled.clear()
+                live.executor._wake.set()
+                await asyncio.wait_for(live.executor.settled.wait(), GUARD)
+
+            async def unlock() -> None:
+                await transition(
+                    pool, rds, EXCHANGE, ExchangeState.HEALTHY, operator="test", reason="unlock"
+                )
+                await one_pass()
+
+            await one_pass()
+            assert await read_state(rds, EXCHANGE) is ExchangeState.LOCKED
+
+            # Too early (an unlock forced past the command's check): locked again, saying why.
+            monotonic[0] += 60
+            await unlock()
+            assert await read_state(rds, EXCHANGE) is ExchangeState.LOCKED
+            assert "the ban lasts 60 s more" in live.executor.locked_reason
+            assert isinstance(live.executor.decide("manual", MARKET_BUY), Denied)
+            monotonic[0] += 61
+            await unlock()
+            assert await read_state(rds, EXCHANGE) is ExchangeState.HEALTHY
+            assert live.executor.locked_reason == "" and client.fault() is None
+            filled = await live.submit(MARKET_BUY)
+            await live.until_state(filled, S.FILLED)
+    assert venue.order_by_client_id(banned) is None
+    assert venue.order_by_client_id(filled) is not None
 
 
 async def test_an_unknown_order_unresolved_past_the_limit_locks_the_exchange(

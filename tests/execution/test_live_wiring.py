@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from tradingd.adapters.binance import DEFAULT_WS_API_URL, BinanceExecution
@@ -73,3 +74,33 @@ async def test_a_missing_key_file_names_its_key(tmp_path: Path) -> None:
     assert isinstance(deribit, DeribitExecution)
     assert deribit._ws_url == "ws://127.0.0.1:9/ws/api/v2"  # Deribit's private calls: ws_url
     assert deribit._currencies == ["BTC", "USDC"]  # from the symbols when none configured
+
+
+async def test_an_ed25519_key_signs_from_its_pem_file_and_another_secret_names_its_key(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("cryptography")
+    from tests.adapters.test_binance_ed25519 import PAYLOAD, PEM
+    from tradingd.adapters.binance import ed25519
+
+    config = live_config(tmp_path)
+    binance = config.exchanges["binance"]
+    config = msgspec.structs.replace(
+        config,
+        exchanges={
+            **config.exchanges,
+            "binance": msgspec.structs.replace(binance, key_type="ed25519"),
+        },
+    )
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(ConfigError) as caught:  # "bs" holds an HMAC secret
+            live_client(config, "binance", http, "tradingd.toml")
+        (tmp_path / "secrets" / "bs").write_text(PEM)
+        client = live_client(config, "binance", http, "tradingd.toml")
+    assert caught.value.key == "exchanges.binance.api_secret_secret"
+    assert "expected an unencrypted PEM private key" in str(caught.value)
+    assert "binance-secret" not in str(caught.value)
+    assert isinstance(client, BinanceExecution)
+    credentials = client.private.credentials
+    assert credentials.key_type == "ed25519"
+    assert credentials.sign(PAYLOAD) == ed25519.sign(ed25519.load_private_key(PEM), PAYLOAD)

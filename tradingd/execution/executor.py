@@ -904,6 +904,9 @@ class Executor:
             self._lock_recorded = False
             if self.breaker is not None:
                 self.breaker.reset()
+            if (kept := self._venue.lift_fault()) is not None:
+                # The venue's own bar (a ban not yet over): locked again, saying why.
+                await self.lock(kept)
         if switch is not None and not self._halted:
             self._halted = f"kill switch: {switch.reason}"
             for problem in await self._cancel_all_locked(self._halted):

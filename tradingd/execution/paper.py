@@ -326,6 +326,9 @@ class PaperVenue:
     def fault(self) -> str | None:
         return None  # a simulated account has nothing to lock for
 
+    def lift_fault(self) -> str | None:
+        return None
+
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         for ticker in tickers:
             self._touch[ticker.instrument_name] = (ticker.best_bid_price, ticker.best_ask_price)

@@ -157,6 +157,11 @@ class ExecutionClient(Protocol):
         """Why the account must be locked (latched once known), or None."""
         ...
 
+    def lift_fault(self) -> str | None:
+        """The operator unlocked the exchange: clear a latched fault whose cause is over (a
+        ban past its end). Answers the fault that stays, or None."""
+        ...
+
 
 class ExecutionClientFactory(Protocol):
     """``execution_client`` of an adapter package: the live client of one configured exchange

@@ -115,13 +115,19 @@ def live_client(
                 f"exchanges.{exchange}.{key}",
                 f"expected a private, non-empty secret file, found {exc}",
             ) from None
-    return factory(
-        section,
-        exchange=exchange,
-        http=http,
-        api_key=keys["api_key_secret"],
-        api_secret=keys["api_secret_secret"],
-    )
+    try:
+        return factory(
+            section,
+            exchange=exchange,
+            http=http,
+            api_key=keys["api_key_secret"],
+            api_secret=keys["api_secret_secret"],
+        )
+    except ValueError as exc:
+        # The files' contents refused (an Ed25519 secret that is no such key).
+        raise ConfigError(
+            config_path, f"exchanges.{exchange}.api_secret_secret", f"expected {exc}"
+        ) from None
 
 
 def exchange_locker(

@@ -66,6 +66,11 @@ _STREAM_NAME: Final = re.compile(
     r"(@\+08:00)?)$"
 )
 _METHODS: Final = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
+# The WebSocket API documentation's example ORDERS limits: 50 per 10 s, 160,000 per day.
+DEFAULT_ORDER_LIMITS: Final[tuple[tuple[str, int, int], ...]] = (
+    ("SECOND", 10, 50),
+    ("DAY", 1, 160_000),
+)
 _ENDPOINT_WEIGHT: Final = {
     "/api/v3/ping": 1,
     "/api/v3/time": 1,
@@ -188,6 +193,7 @@ class FakeBinance:
         weight_limit: int = 6000,
         weight_window: float = 60.0,
         ban_seconds: float = 120.0,
+        order_limits: tuple[tuple[str, int, int], ...] = DEFAULT_ORDER_LIMITS,
     ) -> None:
         self.seed = seed
         self.host = host
@@ -199,6 +205,9 @@ class FakeBinance:
         self.weight_limit = weight_limit
         self.weight_window = weight_window
         self.ban_seconds = ban_seconds
+        # ORDERS limits as exchangeInfo serves them: (interval, intervalNum, limit); the
+        # trading side enforces them (-1015) and names them in X-MBX-ORDER-COUNT-* headers.
+        self.order_limits = order_limits
         self.clock_offset_ms = 0
         self.requests: list[tuple[str, str]] = []
         self.instruments: list[str] = []
@@ -740,12 +749,28 @@ class FakeBinance:
         if self.http_delay:
             await asyncio.sleep(self.http_delay)
         microseconds = request.headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND"
-        now = time.time()
         if self._injected_errors:
             status, retry_after = self._injected_errors.popleft()
             return self._error_response(
                 status, -1003 if status in (418, 429) else -1000, "Injected.", retry_after
             )
+        refused = self.charge_weight(_ENDPOINT_WEIGHT[request.path])
+        if refused is not None:
+            return refused
+        try:
+            body = self._rest_body(request.path, request.query, microseconds)
+        except _RequestProblem as problem:
+            return self._error_response(problem.status, problem.code, problem.message, None)
+        return web.Response(
+            body=_encode(body),
+            content_type="application/json",
+            headers={"X-MBX-USED-WEIGHT-1M": str(self._weight_used)},
+        )
+
+    def charge_weight(self, weight: int) -> web.Response | None:
+        """Count a request's weight against the IP's minute (market data and trading share
+        it): None if it may be answered, else the venue's 418 (banned) or 429 (over)."""
+        now = time.time()
         if now < self._banned_until:
             return self._error_response(
                 418,
@@ -764,7 +789,7 @@ class FakeBinance:
             return self._error_response(
                 418, -1003, "IP banned after ignoring a 429.", self.ban_seconds
             )
-        self._weight_used += _ENDPOINT_WEIGHT[request.path]
+        self._weight_used += weight
         if self._weight_used > self.weight_limit:
             window_end = (window + 1) * self.weight_window
             self._rate_limited_until = window_end
@@ -776,15 +801,10 @@ class FakeBinance:
                 "polling the API.",
                 window_end - now,
             )
-        try:
-            body = self._rest_body(request.path, request.query, microseconds)
-        except _RequestProblem as problem:
-            return self._error_response(problem.status, problem.code, problem.message, None)
-        return web.Response(
-            body=_encode(body),
-            content_type="application/json",
-            headers={"X-MBX-USED-WEIGHT-1M": str(self._weight_used)},
-        )
+        return None
+
+    def weight_headers(self) -> dict[str, str]:
+        return {"X-MBX-USED-WEIGHT-1M": str(self._weight_used)}
 
     def _error_response(
         self, status: int, code: int, message: str, retry_after: float | None
@@ -858,7 +878,15 @@ class FakeBinance:
                     "intervalNum": 1,
                     "limit": self.weight_limit,
                 },
-                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+                *(
+                    {
+                        "rateLimitType": "ORDERS",
+                        "interval": interval,
+                        "intervalNum": number,
+                        "limit": limit,
+                    }
+                    for interval, number, limit in self.order_limits
+                ),
                 {
                     "rateLimitType": "RAW_REQUESTS",
                     "interval": "MINUTE",

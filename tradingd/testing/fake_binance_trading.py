@@ -5,10 +5,15 @@ Attach it to a ``FakeBinance`` before starting that: ``FakeBinanceTrading(fake)`
 serves, on the same port:
 
 * ``POST/GET/DELETE /api/v3/order``, ``GET/DELETE /api/v3/openOrders``, ``GET /api/v3/account``,
-  ``GET /api/v3/myTrades`` (``fromId``, ``orderId``): API-key check (``X-MBX-APIKEY``), real
-  HMAC-SHA256 signature verification, the venue's timestamp rule (``-1021``), filters (``-1013``),
+  ``GET /api/v3/myTrades`` (``fromId``, ``orderId``), ``GET /api/v3/rateLimit/order``: API-key
+  check (``X-MBX-APIKEY``), real HMAC-SHA256 (or, for an account added with its public key,
+  Ed25519) signature verification, the venue's timestamp rule (``-1021``), filters (``-1013``),
   precision (``-1111``), client-id charset (``-1100``), "Duplicate order sent." for a client id
-  that is open, insufficient balance (``-2010``), ``X-MBX-ORDER-COUNT-10S/-1D`` headers;
+  that is open, insufficient balance (``-2010``); the ORDERS limits ``exchangeInfo`` serves
+  (``FakeBinance.order_limits``, counted over a sliding window) with an
+  ``X-MBX-ORDER-COUNT-*`` header per limit and ``-1015`` (HTTP 429, Retry-After) for an order
+  past one; every request's weight against the IP's minute shared with market data
+  (``X-MBX-USED-WEIGHT-1M``; 429, then 418 for ignoring it);
 * ``/ws-api/v3``: ``userDataStream.subscribe.signature``, ``userDataStream.unsubscribe``,
   ``session.subscriptions``; events wrapped in ``{"subscriptionId", "event"}``:
   ``executionReport``, ``outboundAccountPosition``, ``eventStreamTerminated``.
@@ -28,11 +33,13 @@ Where Binance's behaviour is not documented the fake picks something plausible a
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import hashlib
 import hmac
 import math
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
@@ -50,8 +57,17 @@ _CLIENT_ID: Final = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")
 _MAX_DECIMALS: Final = 8
 _OPEN: Final = frozenset({"NEW", "PARTIALLY_FILLED"})
 _EIGHT: Final = Decimal("0.00000001")
-ORDERS_PER_10S: Final = 50
-ORDERS_PER_DAY: Final = 160_000
+_INTERVAL_SECONDS: Final = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86_400}
+_LETTER: Final = {"SECOND": "S", "MINUTE": "M", "HOUR": "H", "DAY": "D"}
+# Request weights of the private endpoints (rest-api.md).
+_WEIGHTS: Final = {
+    ("POST", "/api/v3/order"): 1,
+    ("DELETE", "/api/v3/order"): 1,
+    ("GET", "/api/v3/order"): 4,
+    ("DELETE", "/api/v3/openOrders"): 1,
+    ("GET", "/api/v3/account"): 20,
+    ("GET", "/api/v3/rateLimit/order"): 40,
+}
 # A market buy reserves its value at the ask plus this headroom, and walks no higher.
 _MARKET_HEADROOM: Final = Decimal("1.05")
 
@@ -77,6 +93,23 @@ class Account:
     balances: dict[str, Balance]
     initial: dict[str, Decimal]
     order_times: collections.deque[float] = field(default_factory=collections.deque)
+    # An Ed25519 key's public half (cryptography's Ed25519PublicKey): signatures are checked
+    # with it instead of the HMAC secret.
+    ed25519_public_key: Any = None
+
+    def verifies(self, payload: str, signature: str) -> bool:
+        """The venue's check: HMAC-SHA256 hex (any case), or Ed25519 base64."""
+        if self.ed25519_public_key is None:
+            expected = hmac.new(self.secret.encode(), payload.encode(), hashlib.sha256)
+            return hmac.compare_digest(expected.hexdigest(), signature.lower())
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            raw = base64.b64decode(signature, validate=True)
+            self.ed25519_public_key.verify(raw, payload.encode())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
 
     def balance(self, asset: str) -> Balance:
         return self.balances.setdefault(asset, Balance(Decimal(0)))
@@ -207,11 +240,24 @@ class FakeBinanceTrading:
     def ws_api_url(self) -> str:
         return f"{self.fake.ws_url}/ws-api/v3"
 
-    def add_account(self, api_key: str, secret: str, balances: dict[str, str]) -> Account:
+    def add_account(
+        self,
+        api_key: str,
+        secret: str,
+        balances: dict[str, str],
+        *,
+        ed25519_public_pem: str | None = None,
+    ) -> Account:
+        """An account; with ``ed25519_public_pem`` its key is an Ed25519 one (the PEM public
+        key registered at the venue, needs ``cryptography``) and ``secret`` is unused."""
         initial = {asset: Decimal(amount) for asset, amount in balances.items()}
         account = Account(
             api_key, secret, {a: Balance(v) for a, v in initial.items()}, dict(initial)
         )
+        if ed25519_public_pem is not None:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            account.ed25519_public_key = load_pem_public_key(ed25519_public_pem.encode())
         self.accounts[api_key] = account
         return account
 
@@ -262,6 +308,7 @@ class FakeBinanceTrading:
         app.router.add_route("*", "/api/v3/order", self._handle)
         app.router.add_route("*", "/api/v3/openOrders", self._handle)
         app.router.add_get("/api/v3/account", self._handle)
+        app.router.add_get("/api/v3/rateLimit/order", self._handle)
         app.router.add_get("/api/v3/myTrades", self._handle)
         app.router.add_get("/ws-api/v3", self._handle_ws_api)
 
@@ -272,7 +319,17 @@ class FakeBinanceTrading:
         response = await self._answer(request)
         client_id = request.query.get("newClientOrderId") or request.query.get("origClientOrderId")
         self.journal.append((request.method, request.path, client_id or "", response.status))
+        response.headers.update(self.fake.weight_headers())
         return response
+
+    @staticmethod
+    def _weight(request: web.Request) -> int:
+        key = (request.method, request.path)
+        if key == ("GET", "/api/v3/openOrders"):
+            return 6 if "symbol" in request.query else 80
+        if key == ("GET", "/api/v3/myTrades"):
+            return 5 if "orderId" in request.query else 20
+        return _WEIGHTS.get(key, 1)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         factor = 1000 if request.headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND" else 1
@@ -282,6 +339,10 @@ class FakeBinanceTrading:
             self.faults_injected[f"http_{status}"] += 1
             code = -1003 if status in (418, 429) else -1001
             return _error(status, code, "Injected.", retry_after)
+        refused = self.fake.charge_weight(self._weight(request))
+        if refused is not None:
+            self.faults_injected[f"weight_{refused.status}"] += 1
+            return refused
         try:
             body = (await request.text()) if request.can_read_body else ""
             params, account = self._authenticate(request, body)
@@ -306,13 +367,12 @@ class FakeBinanceTrading:
         for part in (query, body):
             unsigned, marker, tail = part.partition("signature=")
             if marker:
-                signature = tail.split("&", 1)[0]
+                signature = urllib.parse.unquote(tail.split("&", 1)[0])
                 rest = tail.split("&", 1)[1] if "&" in tail else ""
                 part = (unsigned + rest).rstrip("&")
             parts.append(part)
         payload = "".join(parts)
-        expected = hmac.new(account.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not signature or not hmac.compare_digest(expected, signature.lower()):
+        if not signature or not account.verifies(payload, signature):
             raise _Refusal(400, -1022, "Signature for this request is not valid.")
         params = {**dict(_form(body)), **dict(request.query)}
         params.pop("signature", None)
@@ -357,6 +417,19 @@ class FakeBinanceTrading:
                 ],
                 "permissions": ["SPOT"],
             }
+        if key == ("GET", "/api/v3/rateLimit/order"):
+            loop_now = asyncio.get_running_loop().time()
+            limits = zip(self.fake.order_limits, self._order_counts(account, loop_now), strict=True)
+            return [
+                {
+                    "rateLimitType": "ORDERS",
+                    "interval": interval,
+                    "intervalNum": number,
+                    "limit": limit,
+                    "count": counted[3],
+                }
+                for (interval, number, limit), counted in limits
+            ]
         if key == ("GET", "/api/v3/openOrders"):
             symbol = params.get("symbol")
             return [
@@ -441,6 +514,9 @@ class FakeBinanceTrading:
             faults.server_error_before_match -= 1
             self.faults_injected["server_error_before_match"] += 1
             return _error(500, -1001, "Internal error; unable to process your request.", None)
+        over = self._order_limit_passed(account)
+        if over is not None:
+            return over
         order = self._accept(params, account)
         headers = self._count_order(account)
         self._match_taker(order)
@@ -537,14 +613,40 @@ class FakeBinanceTrading:
         self._report(order, "NEW")
         return order
 
+    def _order_counts(self, account: Account, loop_now: float) -> list[tuple[str, int, int, int]]:
+        """Per ORDERS limit: (header key, seconds, limit, orders counted in its window)."""
+        times = account.order_times
+        while times and times[0] <= loop_now - 86_400:
+            times.popleft()
+        counts = []
+        for interval, number, limit in self.fake.order_limits:
+            seconds = _INTERVAL_SECONDS[interval] * number
+            count = sum(1 for t in times if t > loop_now - seconds)
+            counts.append((f"{number}{_LETTER[interval]}", seconds, limit, count))
+        return counts
+
+    def _order_limit_passed(self, account: Account) -> web.Response | None:
+        """-1015 (HTTP 429) for an order past an ORDERS limit; it is not counted."""
+        loop_now = asyncio.get_running_loop().time()
+        for key, seconds, limit, count in self._order_counts(account, loop_now):
+            if count + 1 > limit:
+                self.faults_injected["orders_over_limit"] += 1
+                inside = [t for t in account.order_times if t > loop_now - seconds]
+                retry_after = inside[count - limit] + seconds - loop_now
+                unit = {"S": "SECOND", "M": "MINUTE", "H": "HOUR", "D": "DAY"}[key[-1]]
+                message = (
+                    f"Too many new orders; current limit is {limit} orders per {key[:-1]} {unit}."
+                )
+                return _error(429, -1015, message, retry_after)
+        return None
+
     def _count_order(self, account: Account) -> dict[str, str]:
         loop_now = asyncio.get_running_loop().time()
-        times = account.order_times
-        times.append(loop_now)
-        while times and times[0] < loop_now - 86_400:
-            times.popleft()
-        recent = sum(1 for t in times if t >= loop_now - 10)
-        return {"X-MBX-ORDER-COUNT-10S": str(recent), "X-MBX-ORDER-COUNT-1D": str(len(times))}
+        account.order_times.append(loop_now)
+        return {
+            f"X-MBX-ORDER-COUNT-{key}": str(count)
+            for key, _, _, count in self._order_counts(account, loop_now)
+        }
 
     # --- matching ---------------------------------------------------------------------------
 
@@ -764,8 +866,7 @@ class FakeBinanceTrading:
         payload = "&".join(
             f"{k}={_ws_value(params[k])}" for k in sorted(params) if k != "signature"
         )
-        expected = hmac.new(account.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, str(params.get("signature", "")).lower()):
+        if not account.verifies(payload, str(params.get("signature", ""))):
             raise _Refusal(400, -1022, "Signature for this request is not valid.")
         self._check_timestamp({k: _ws_value(v) for k, v in params.items()})
         return account

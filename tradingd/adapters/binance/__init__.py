@@ -137,7 +137,7 @@ def execution_client(
     private = BinancePrivateClient(
         http,
         config.rest_url,
-        trading.Credentials(api_key, api_secret),
+        credentials(config, api_key, api_secret),
         request_timeout=config.request_timeout,
     )
     return BinanceExecution(
@@ -149,6 +149,19 @@ def execution_client(
         connect_within=config.request_timeout,
         reconnect_initial=config.reconnect_backoff_initial,
         reconnect_max=config.reconnect_backoff_max,
+    )
+
+
+def credentials(config: ExchangeConfig, api_key: str, api_secret: str) -> trading.Credentials:
+    """The key and what signs for it: the HMAC secret, or (``key_type = "ed25519"``) the
+    Ed25519 private key of the PEM text; ``ValueError`` for a secret that is not one."""
+    if config.key_type == "hmac":
+        return trading.Credentials(api_key, api_secret)
+    from tradingd.adapters.binance import ed25519  # the optional extra: only when chosen
+
+    key = ed25519.load_private_key(api_secret)
+    return trading.Credentials.signed_by(
+        api_key, lambda payload: ed25519.sign(key, payload), "ed25519"
     )
 
 

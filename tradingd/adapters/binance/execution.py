@@ -207,6 +207,18 @@ class BinanceExecution:
         except (aiohttp.ClientError, TimeoutError, ParseError) as exc:
             # Signed with our own clock meanwhile: a -1021 answer resynchronises and resends.
             logger.warning("{}: venue clock not measured: {!r}", self._exchange, exc)
+        try:
+            limits = await self.private.load_rate_limits()
+            logger.info("{}: rate limits {}", self._exchange, limits)
+        except (aiohttp.ClientError, TimeoutError, ParseError) as exc:
+            logger.warning(
+                "{}: rate limits not read ({!r}): the documented defaults {} hold",
+                self._exchange, exc, self.private.rate_limits,
+            )  # fmt: skip
+        counts = await self.private.load_order_counts()
+        if isinstance(counts, Classified):
+            # Our own count starts from zero: the venue's answers to orders correct it.
+            logger.warning("{}: order counts not read: {}", self._exchange, counts.reason)
         self._stream_task = asyncio.create_task(self._run_stream(), name="binance-user-stream")
         await self._stream_ready()
 
@@ -352,6 +364,11 @@ class BinanceExecution:
     def fault(self) -> str | None:
         """The private client's latch: a 418 IP ban or a refused key stops every request."""
         reason = self.private.locked_reason
+        return None if reason is None else f"Binance refused us: {reason}"
+
+    def lift_fault(self) -> str | None:
+        """The operator unlocked: a 418 ban's latch lifts once its Retry-After has passed."""
+        reason = self.private.lift_ban()
         return None if reason is None else f"Binance refused us: {reason}"
 
     async def positions(self) -> dict[str, Decimal]:

@@ -88,14 +88,14 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 ORDER_COUNT_PREFIX: Final = "X-MBX-ORDER-COUNT-"
+USED_WEIGHT_PREFIX: Final = "X-MBX-USED-WEIGHT-"
 
 
-def order_counts(headers: dict[str, str]) -> dict[str, int]:
-    """``X-MBX-ORDER-COUNT-10S: 3`` -> ``{"10S": 3}`` (case-insensitive header names)."""
+def _interval_headers(headers: dict[str, str], prefix: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    prefix = ORDER_COUNT_PREFIX.lower()
+    lowered = prefix.lower()
     for name, value in headers.items():
-        if name.lower().startswith(prefix):
+        if name.lower().startswith(lowered):
             try:
                 counts[name[len(prefix) :].upper()] = int(value)
             except ValueError:
@@ -103,31 +103,14 @@ def order_counts(headers: dict[str, str]) -> dict[str, int]:
     return counts
 
 
-# The account's order-rate limits when exchangeInfo's are not given (the WebSocket API
-# documentation's example values: 50 per 10 s, 160,000 per day), by header interval.
-DEFAULT_ORDER_LIMITS: Final[dict[str, int]] = {"10S": 50, "1D": 160_000}
-_INTERVAL_SECONDS: Final[dict[str, int]] = {"S": 1, "M": 60, "H": 3600, "D": 86_400}
+def order_counts(headers: dict[str, str]) -> dict[str, int]:
+    """``X-MBX-ORDER-COUNT-10S: 3`` -> ``{"10S": 3}`` (case-insensitive header names)."""
+    return _interval_headers(headers, ORDER_COUNT_PREFIX)
 
 
-def interval_seconds(interval: str) -> int | None:
-    """``10S`` -> 10, ``1D`` -> 86400; None for what is not an interval."""
-    number, unit = interval[:-1], interval[-1:].upper()
-    if not number.isdigit() or unit not in _INTERVAL_SECONDS:
-        return None
-    return int(number) * _INTERVAL_SECONDS[unit]
-
-
-def order_count_hold(counts: dict[str, int], limits: dict[str, int]) -> float | None:
-    """Seconds to send no new order because the venue's count reached a limit (the longest
-    such interval: when its window started is not said, so a whole one), or None."""
-    held = [
-        seconds
-        for interval, count in counts.items()
-        if (limit := limits.get(interval)) is not None
-        and count >= limit
-        and (seconds := interval_seconds(interval)) is not None
-    ]
-    return float(max(held)) if held else None
+def used_weights(headers: dict[str, str]) -> dict[str, int]:
+    """``X-MBX-USED-WEIGHT-1M: 40`` -> ``{"1M": 40}`` (case-insensitive header names)."""
+    return _interval_headers(headers, USED_WEIGHT_PREFIX)
 
 
 # --- order responses and queries -------------------------------------------------------------

@@ -7,10 +7,15 @@ order call: an ``Answer``). What the transport adds, and nothing more:
 * the clock: the offset to the venue's ``/api/v3/time`` is measured at start and again after
   every ``-1021``, and a request refused with ``-1021`` (the gateway never received it) is
   signed again and resent with the SAME client id, at most ``clock_resends`` times;
+* rate limits: ``load_rate_limits`` reads ``exchangeInfo``'s ``rateLimits`` at start (the
+  documented defaults meanwhile, or if it cannot be read); a request that would pass the
+  REQUEST_WEIGHT limit, or an order one of the ORDERS limits, is answered RATE_LIMITED
+  without sending (``rate_limits``); the ``X-MBX-USED-WEIGHT-*`` and ``X-MBX-ORDER-COUNT-*``
+  headers keep the counts true (``order_counts``: the latest);
 * ``429``: no request is sent before its ``Retry-After`` has passed (answered RATE_LIMITED
   without sending); ``418`` and credential failures latch ``locked_reason``: nothing is sent
-  any more (the executor locks the exchange with that reason);
-* the latest ``X-MBX-ORDER-COUNT-*`` headers (``order_counts``).
+  any more (the executor locks the exchange with that reason). ``lift_ban`` (the operator's
+  unlock) clears a 418's latch once its ``Retry-After`` has passed, never before.
 
 A timeout, a dropped connection or an answer that cannot be decoded is UNKNOWN: never resent.
 """
@@ -25,10 +30,10 @@ from typing import Final, TypeVar
 import aiohttp
 import msgspec
 
+from tradingd import bans
 from tradingd.adapters.base import ParseError
 from tradingd.adapters.binance import trading
 from tradingd.adapters.binance.execution_parsing import (
-    DEFAULT_ORDER_LIMITS,
     AccountTrade,
     ApiResponse,
     Balance,
@@ -36,7 +41,6 @@ from tradingd.adapters.binance.execution_parsing import (
     StreamTerminated,
     UserEvent,
     classify_error,
-    order_count_hold,
     order_counts,
     parse_account,
     parse_my_trades,
@@ -44,8 +48,17 @@ from tradingd.adapters.binance.execution_parsing import (
     parse_orders,
     parse_retry_after,
     parse_user_frame,
+    used_weights,
 )
 from tradingd.adapters.binance.parsing import TimeUnit, parse_rest_error, parse_server_time_us
+from tradingd.adapters.binance.rate_limits import (
+    DEFAULT_RATE_LIMITS,
+    OrderBudget,
+    RateLimits,
+    WeightBudget,
+    parse_order_counts,
+    parse_rate_limits,
+)
 from tradingd.adapters.trading import Classified, Verdict, transport_failure
 
 T = TypeVar("T")
@@ -84,7 +97,7 @@ class BinancePrivateClient:
         deadline_margin_ms: int = trading.DEADLINE_MARGIN_MS,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        order_limits: dict[str, int] | None = None,
+        rate_limits: RateLimits = DEFAULT_RATE_LIMITS,
     ) -> None:
         self._http = http
         self._base = rest_url.rstrip("/")
@@ -98,9 +111,11 @@ class BinancePrivateClient:
         self.clock_offset_ms = 0
         self.locked_reason: str | None = None
         self.order_counts: dict[str, int] = {}
-        self.order_limits = dict(order_limits if order_limits is not None else DEFAULT_ORDER_LIMITS)
-        self._orders_not_before = 0.0
+        self.rate_limits = rate_limits
+        self._orders = OrderBudget(rate_limits.orders)
+        self._weight = WeightBudget(rate_limits.weight)
         self._not_before = 0.0
+        self.banned_until = 0.0  # ``monotonic``: when a 418's Retry-After has passed
         self.clock_resyncs = 0
 
     # --- the clock --------------------------------------------------------------------------
@@ -127,6 +142,54 @@ class BinancePrivateClient:
         self.clock_offset_ms = server_ms - int((before + after) / 2 * 1000)
         return self.clock_offset_ms
 
+    def use_rate_limits(self, limits: RateLimits) -> None:
+        self.rate_limits = limits
+        self._orders.set_limits(limits.orders)
+        self._weight.set_limits(limits.weight)
+
+    async def load_rate_limits(self, symbol: str | None = None) -> RateLimits:
+        """The account's limits from ``GET /api/v3/exchangeInfo`` (one symbol keeps the
+        answer small; the limits are the same). Raises on a failure: the limits in use stay."""
+        target = "/api/v3/exchangeInfo" + (f"?symbol={symbol}" if symbol else "")
+        weight = trading.WEIGHT_EXCHANGE_INFO
+        wait = self._weight.hold(weight, self.venue_now_ms())
+        if wait is not None or self.locked_reason is not None:
+            raise ParseError(f"GET /api/v3/exchangeInfo: not sent (rate limit or ban): {wait}")
+        self._weight.spend(weight, self.venue_now_ms())
+        async with self._http.get(f"{self._base}{target}", timeout=self._timeout) as response:
+            status, body = response.status, await response.read()
+            self._weight.heard(used_weights(dict(response.headers)), self.venue_now_ms())
+        if status != 200:
+            raise ParseError(f"GET /api/v3/exchangeInfo: HTTP {status}")
+        limits = parse_rate_limits(body)
+        self.use_rate_limits(limits)
+        return limits
+
+    async def load_order_counts(self) -> dict[str, int] | Classified:
+        """The account's order counts now (``GET /api/v3/rateLimit/order``): orders an earlier
+        process or another session sent count against this one's next."""
+        counts = await self._list_call(
+            lambda c: trading.order_count(self.credentials, c), parse_order_counts
+        )
+        if not isinstance(counts, Classified):
+            self.order_counts = counts
+            self._orders.heard(counts, self._monotonic())
+        return counts
+
+    def lift_ban(self) -> str | None:
+        """The operator unlocked the exchange: clear a 418 latch whose ``Retry-After`` has
+        passed. Answers why the latch stays (None: nothing is latched any more)."""
+        if self.locked_reason is None:
+            return None
+        if self.banned_until == 0.0:
+            return f"{self.locked_reason} (credentials: restart with a key the venue accepts)"
+        left = self.banned_until - self._monotonic()
+        if left > 0:
+            return f"{self.locked_reason} (the ban lasts {left:.0f} s more)"
+        self.locked_reason = None
+        self.banned_until = 0.0
+        return None
+
     # --- calls ------------------------------------------------------------------------------
 
     async def place(
@@ -147,14 +210,6 @@ class BinancePrivateClient:
                 time_in_force=time_in_force,
             )  # fmt: skip
 
-        wait = self._orders_not_before - self._monotonic()
-        if wait > 0:
-            # Our own count reached the venue's order limit: a new order would be -1015.
-            reason = (
-                f"order rate limit reached ({self.order_counts}): nothing sent for {wait:.1f} s"
-            )
-            limited = Classified(verdict=Verdict.RATE_LIMITED, reason=reason, retry_after=wait)
-            return Answer(failure=limited)
         return await self._order_call(build)
 
     async def query(self, *, symbol: str, client_order_id: str) -> Answer:
@@ -273,6 +328,12 @@ class BinancePrivateClient:
         if wait > 0:
             reason = f"rate limited: nothing sent for {wait:.1f} s more"
             return b"", Classified(verdict=Verdict.RATE_LIMITED, reason=reason, retry_after=wait)
+        held = self._hold(request)
+        if held is not None:
+            return b"", held
+        self._weight.spend(request.weight, self.venue_now_ms())
+        if request.places_order:
+            self._orders.sent(self._monotonic())
         url = f"{self._base}{request.target}"
         try:
             async with self._http.request(
@@ -285,9 +346,8 @@ class BinancePrivateClient:
             return b"", transport_failure(what)
         if counts := order_counts(headers):
             self.order_counts = counts
-            hold = order_count_hold(counts, self.order_limits)
-            if hold is not None:
-                self._orders_not_before = max(self._orders_not_before, self._monotonic() + hold)
+            self._orders.heard(counts, self._monotonic())
+        self._weight.heard(used_weights(headers), self.venue_now_ms())
         if status == 200:
             return body, None
         error = parse_rest_error(body)
@@ -299,9 +359,29 @@ class BinancePrivateClient:
         )
         if classified.verdict is Verdict.RATE_LIMITED and classified.retry_after:
             self._not_before = self._monotonic() + classified.retry_after
-        elif classified.verdict in (Verdict.BANNED, Verdict.AUTH_FAILED):
+        elif classified.verdict is Verdict.BANNED:
+            ban = classified.retry_after or 0.0
+            self.banned_until = max(self.banned_until, self._monotonic() + ban)
+            until = bans.banned_until_note(int((self._wall_clock() + ban) * 1_000_000))
+            self.locked_reason = f"{request.method} {request.path}: {classified.reason}; {until}"
+        elif classified.verdict is Verdict.AUTH_FAILED:
             self.locked_reason = f"{request.method} {request.path}: {classified.reason}"
         return body, classified
+
+    def _hold(self, request: trading.SignedRequest) -> Classified | None:
+        """RATE_LIMITED, unsent, for a request that would pass a limit; else None."""
+        wait = self._weight.hold(request.weight, self.venue_now_ms())
+        what = f"request weight limit reached ({self.rate_limits.weight})"
+        if request.places_order:
+            order_wait = self._orders.hold(self._monotonic())
+            if order_wait is not None and (wait is None or order_wait > wait):
+                wait = order_wait
+                limits = self.rate_limits.orders
+                what = f"order rate limit reached ({limits}; venue count {self.order_counts})"
+        if wait is None:
+            return None
+        reason = f"{what}: nothing sent for {wait:.1f} s"
+        return Classified(verdict=Verdict.RATE_LIMITED, reason=reason, retry_after=wait)
 
 
 class UserStream:

@@ -1,15 +1,17 @@
-"""Binance request signing, sans-I/O (HMAC-SHA256 keys).
+"""Binance request signing, sans-I/O.
 
 REST: the signature is over the exact query string sent (``k=v&...`` in the order given), and
-is appended as the last parameter. WebSocket API: over the params sorted by name, joined the
-same way. Secrets never appear in what these functions return, only the signature.
+is appended (percent-encoded) as the last parameter. WebSocket API: over the params sorted by
+name, joined the same way. A ``Signer`` turns that payload into the signature: HMAC-SHA256 hex
+here (``hmac_signer``), Ed25519 base64 in ``ed25519``. Secrets never appear in what these
+functions return, only the signature.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Final
 from urllib.parse import quote
@@ -18,11 +20,17 @@ from urllib.parse import quote
 MAX_DIGITS: Final = 20
 
 Param = str | int | Decimal | bool
+# The payload -> its signature, as the venue expects it for the key's type.
+Signer = Callable[[str], str]
 
 
 def sign(secret: str, payload: str) -> str:
     """Lowercase hex HMAC-SHA256 of ``payload`` keyed by ``secret``."""
     return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+
+def hmac_signer(secret: str) -> Signer:
+    return lambda payload: sign(secret, payload)
 
 
 def format_decimal(value: Decimal) -> str:
@@ -52,10 +60,11 @@ def encode_query(params: Sequence[tuple[str, Param]]) -> str:
     return "&".join(f"{key}={quote(format_param(value), safe='-_.~')}" for key, value in params)
 
 
-def signed_query(params: Sequence[tuple[str, Param]], secret: str) -> str:
-    """The query string with ``signature`` appended as its last parameter."""
+def signed_query(params: Sequence[tuple[str, Param]], signer: Signer) -> str:
+    """The query string with ``signature`` appended (percent-encoded: an Ed25519 signature is
+    base64) as its last parameter."""
     query = encode_query(params)
-    return f"{query}&signature={sign(secret, query)}"
+    return f"{query}&signature={quote(signer(query), safe='')}"
 
 
 def ws_api_payload(params: Mapping[str, Param]) -> str:
@@ -65,5 +74,5 @@ def ws_api_payload(params: Mapping[str, Param]) -> str:
     )
 
 
-def ws_api_signature(params: Mapping[str, Param], secret: str) -> str:
-    return sign(secret, ws_api_payload(params))
+def ws_api_signature(params: Mapping[str, Param], signer: Signer) -> str:
+    return signer(ws_api_payload(params))

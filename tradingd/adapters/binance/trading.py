@@ -16,6 +16,8 @@ import msgspec
 
 from tradingd.adapters.binance.signing import (
     Param,
+    Signer,
+    hmac_signer,
     signed_query,
     ws_api_signature,
 )
@@ -35,6 +37,8 @@ CLIENT_ORDER_ID: Final = re.compile(r"[a-zA-Z0-9_-]{1,36}")
 
 # Request weights (rest-api.md endpoint table).
 WEIGHT_ORDER: Final = 1
+WEIGHT_EXCHANGE_INFO: Final = 20
+WEIGHT_ORDER_COUNT: Final = 40
 WEIGHT_QUERY_ORDER: Final = 4
 WEIGHT_OPEN_ORDERS_SYMBOL: Final = 6
 WEIGHT_OPEN_ORDERS_ALL: Final = 80
@@ -44,18 +48,31 @@ WEIGHT_MY_TRADES_ORDER: Final = 5
 
 
 class Credentials:
-    """An API key and its HMAC secret; the secret never shows in a repr or a log line."""
+    """An API key and what signs for it: its HMAC secret (``Credentials(key, secret)``) or
+    another key type's ``Signer`` (``Credentials.signed_by``). The secret never shows in a
+    repr or a log line."""
 
-    __slots__ = ("api_key", "secret")
+    __slots__ = ("api_key", "key_type", "sign")
 
     def __init__(self, api_key: str, secret: str) -> None:
         if not api_key or not secret:
             raise ValueError("an API key and its secret must both be non-empty")
         self.api_key = api_key
-        self.secret = secret
+        self.key_type = "hmac"
+        self.sign: Signer = hmac_signer(secret)
+
+    @classmethod
+    def signed_by(cls, api_key: str, signer: Signer, key_type: str) -> Credentials:
+        if not api_key:
+            raise ValueError("the API key must be non-empty")
+        credentials = cls.__new__(cls)
+        credentials.api_key = api_key
+        credentials.key_type = key_type
+        credentials.sign = signer
+        return credentials
 
     def __repr__(self) -> str:
-        return f"Credentials(api_key={self.api_key[:4]}…, secret=<redacted>)"
+        return f"Credentials(api_key={self.api_key[:4]}…, {self.key_type}, secret=<redacted>)"
 
 
 class SignedRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,7 +127,7 @@ def _signed(
     return SignedRequest(
         method=method,
         path=path,
-        query=signed_query(params, credentials.secret),
+        query=signed_query(params, credentials.sign),
         headers={API_KEY_HEADER: credentials.api_key},
         weight=weight,
         places_order=places_order,
@@ -207,6 +224,11 @@ def open_orders(credentials: Credentials, clock: Clock, *, symbol: str | None) -
     )
 
 
+def order_count(credentials: Credentials, clock: Clock) -> SignedRequest:
+    """``GET /api/v3/rateLimit/order``: the account's unfilled order count per ORDERS limit."""
+    return _signed("GET", "/api/v3/rateLimit/order", [], credentials, clock, WEIGHT_ORDER_COUNT)
+
+
 def account(credentials: Credentials, clock: Clock) -> SignedRequest:
     """``GET /api/v3/account`` (zero balances omitted)."""
     return _signed(
@@ -252,7 +274,7 @@ def user_stream_subscribe(request_id: str, credentials: Credentials, timestamp_m
     """The WebSocket API request ``userDataStream.subscribe.signature`` (any key type), as the
     text of a text frame (the WebSocket API reads text frames only)."""
     params: dict[str, Param] = {"apiKey": credentials.api_key, "timestamp": timestamp_ms}
-    signature = ws_api_signature(params, credentials.secret)
+    signature = ws_api_signature(params, credentials.sign)
     body = {
         "id": request_id,
         "method": "userDataStream.subscribe.signature",

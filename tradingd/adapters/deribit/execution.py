@@ -330,6 +330,10 @@ class DeribitExecution:
         """Latched by a query that found two orders under one label."""
         return None if self.fault_reason is None else f"Deribit: {self.fault_reason}"
 
+    def lift_fault(self) -> str | None:
+        """Two orders under one label stay a fault until a restart has reconciled them."""
+        return self.fault()
+
     async def positions(self) -> dict[str, Decimal]:
         session = await self._ready_session()
         if session is None:
