@@ -11,12 +11,12 @@ Polled at ``daemon.status_interval``.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
 import msgspec
 from loguru import logger
 
-from tradingd.state import logged_in_this_process
 from tradingd.supervisor import ActorContext
 
 _KILL_SWITCH_KINDS = ("kill_switch_on", "kill_switch_off")
@@ -42,13 +42,13 @@ async def current_marks(pool: asyncpg.Pool) -> Marks:
 async def log_changes_since(pool: asyncpg.Pool, marks: Marks) -> Marks:
     """Log every change recorded after ``marks``, oldest first; returns the new marks."""
     transitions = await pool.fetch(
-        "SELECT id, at, exchange, from_state, to_state, operator, reason FROM state_transitions"
-        " WHERE id > $1 ORDER BY id",
+        "SELECT id, exchange, from_state, to_state, operator, reason, writer_pid"
+        " FROM state_transitions WHERE id > $1 ORDER BY id",
         marks.transition_id,
     )
     for row in transitions:
-        if logged_in_this_process("state_transitions", row["id"], row["at"]):
-            continue
+        if row["writer_pid"] == os.getpid():
+            continue  # recorded, and logged, by this process
         logger.bind(STATE=row["to_state"], EXCHANGE=row["exchange"]).info(
             "observed {}: {} -> {} by {}: {}",
             row["exchange"],
@@ -58,14 +58,14 @@ async def log_changes_since(pool: asyncpg.Pool, marks: Marks) -> Marks:
             row["reason"],
         )
     events = await pool.fetch(
-        "SELECT id, at, kind, detail::text AS detail FROM system_events"
+        "SELECT id, kind, detail::text AS detail, writer_pid FROM system_events"
         " WHERE id > $1 AND kind = ANY($2::text[]) ORDER BY id",
         marks.event_id,
         list(_KILL_SWITCH_KINDS),
     )
     for row in events:
-        if logged_in_this_process("system_events", row["id"], row["at"]):
-            continue
+        if row["writer_pid"] == os.getpid():
+            continue  # recorded, and logged, by this process
         detail = msgspec.json.decode(row["detail"])
         logger.bind(STATE="KILL_SWITCH").warning(
             "observed kill switch {} by {}: {}",

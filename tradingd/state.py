@@ -16,7 +16,6 @@ import getpass
 import os
 import time
 from collections.abc import Iterable
-from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -48,24 +47,6 @@ LEGAL_TRANSITIONS: dict[ExchangeState | None, frozenset[ExchangeState]] = {
 
 KILL_SWITCH_KEY = "system:kill_switch"
 HISTORY_LENGTH = 1000
-
-# Records this process wrote and logged itself, by table, as (id, recorded at): the daemon's
-# observer, which logs the changes recorded by other processes, skips these (one log line per
-# change). The time tells apart records of two databases with the same id.
-_LOGGED_HERE: dict[str, set[tuple[int, datetime]]] = {
-    "state_transitions": set(),
-    "system_events": set(),
-}
-
-
-def logged_in_this_process(table: str, record_id: int, at: datetime) -> bool:
-    """Whether this process wrote (and logged) the record ``record_id`` of ``table``, recorded
-    ``at``; each record answers True once."""
-    records = _LOGGED_HERE[table]
-    if (record_id, at) in records:
-        records.discard((record_id, at))
-        return True
-    return False
 
 
 def state_key(exchange: str) -> str:
@@ -169,18 +150,18 @@ async def set_kill_switch(
     switch = KillSwitch(reason=reason, operator=operator, at_us=time.time_ns() // 1000)
     async with pool.acquire() as conn:
         async with conn.transaction():
-            event = await conn.fetchrow(
-                "INSERT INTO system_events (kind, exchange, detail, at)"
-                " VALUES ($1, 'all', $2::jsonb, to_timestamp($3::float8 / 1e6)) RETURNING id, at",
+            await conn.execute(
+                "INSERT INTO system_events (kind, exchange, detail, at, writer_pid)"
+                " VALUES ($1, 'all', $2::jsonb, to_timestamp($3::float8 / 1e6), $4)",
                 KILL_SWITCH_ON if on else KILL_SWITCH_OFF,
                 msgspec.json.encode({"operator": operator, "reason": reason}).decode(),
                 switch.at_us,
+                os.getpid(),
             )
         await _copy_kill_switch(redis, switch if on else None)
     logger.bind(STATE="KILL_SWITCH").warning(
         "kill switch {} by {}: {}", "ON" if on else "off", operator, reason
     )
-    _LOGGED_HERE["system_events"].add((event["id"], event["at"]))
     return switch if on else None
 
 
@@ -245,16 +226,17 @@ async def transition(
                     reason=reason,
                     at_us=time.time_ns() // 1000,
                 )
-                row = await conn.fetchrow(
+                await conn.execute(
                     "INSERT INTO state_transitions"
-                    " (exchange, from_state, to_state, operator, reason, at)"
-                    " VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1e6)) RETURNING id, at",
+                    " (exchange, from_state, to_state, operator, reason, at, writer_pid)"
+                    " VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1e6), $7)",
                     exchange,
                     record.from_state,
                     record.to_state,
                     operator,
                     reason,
                     record.at_us,
+                    os.getpid(),
                 )
             await _copy_state(redis, record)
         finally:
@@ -262,7 +244,6 @@ async def transition(
     logger.bind(EXCHANGE=exchange, STATE=to_state.value).info(
         "state {} -> {} by {}: {}", record.from_state or "none", to_state.value, operator, reason
     )
-    _LOGGED_HERE["state_transitions"].add((row["id"], row["at"]))
     return record
 
 
