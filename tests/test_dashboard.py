@@ -1,15 +1,24 @@
-"""The shipped Grafana dashboard and Prometheus example name only families the daemon exports."""
+"""The shipped Grafana dashboard and Prometheus example name only families the daemon exports,
+every query evaluates against a real scrape, and the preview renderer draws the dashboard."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 from tests.e2e.test_metrics import FAMILIES
+from tradingd.promql import SeriesStore, parse, scrape_samples
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "deploy" / "grafana" / "tradingd.json"
+PREVIEW = REPO / "deploy" / "grafana" / "render_preview.py"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
 
 
@@ -42,3 +51,112 @@ def test_prometheus_example_scrapes_the_default_listener() -> None:
     assert 'targets: ["127.0.0.1:9464"]' in text
     shipped = (REPO / "config" / "tradingd.toml").read_text()
     assert 'listen = "127.0.0.1:9464"' in shipped
+
+
+def load_preview() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("render_preview", PREVIEW)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["render_preview"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_dashboard_query_parses_in_the_preview_subset() -> None:
+    preview = load_preview()
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 40
+    for expr in exprs:
+        assert "$" not in preview.substitute(expr), expr
+        parse(preview.substitute(expr))
+
+
+def assert_dashboard_evaluates(scrapes: list[tuple[float, str]]) -> None:
+    """Called by the e2e metrics test with its scrapes of a running daemon (before and after
+    200 trades, a parse error and a denied order): every panel's queries evaluate, and the
+    panels that must show something do."""
+    assert len(scrapes) >= 2
+    preview = load_preview()
+    store = SeriesStore()
+    for t, text in scrapes:
+        store.add_scrape(t, scrape_samples(text, "127.0.0.1:9464"))
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = {
+        data.panel["title"]: {name: points[-1][1] for name, points in data.series.items()}
+        for data in preview.evaluate_dashboard(dashboard, store, [scrapes[-1][0]])
+    }
+    assert panels["Frames received /s"]["binance"] > 0
+    assert panels["Records received /s"]["binance trade"] > 0
+    assert panels["Rows written /s"]["trade"] > 0
+    assert panels["Parse errors and dead letters /min"]["parse errors binance"] > 0
+    for title in ("Persister commit latency", "Frame → commit latency"):
+        assert 0 < panels[title]["p50"] <= panels[title]["p99"] < 60, panels[title]
+    assert 0 <= panels["Queue fill"]["records"] <= 1
+    assert panels["Connections"]["connected deribit"] == 1
+    assert panels["Ready"] == {"ready": 1}
+    assert panels["Kill switch"] == {"kill switch": 0}
+    assert panels["UNKNOWN orders"] == {"unknown": 0}
+    assert panels["Actors overdue or failed"] == {"overdue": 0}
+    assert panels["Exchange state"] == {}  # never bootstrapped: no state is 1
+    assert panels["Trading allowed"]["binance"] == 0
+    assert panels["Actor restarts /h"] == {}  # "> 0" keeps only restarted actors
+    assert "persister" in panels["Seconds since check-in"]
+    assert all(not math.isinf(v) for values in panels.values() for v in values.values())
+
+
+def synthetic_scrapes() -> list[tuple[float, str]]:
+    """Five minutes of a hand-made exposition: steady counters, one histogram, gauges."""
+    scrapes = []
+    for i in range(0, 301, 5):
+        t = 1_800_000_000.0 + i
+        text = (
+            "# TYPE tradingd_frames_received counter\n"
+            f'tradingd_frames_received_total{{exchange="binance",connection="0"}} {40 * i}\n'
+            f'tradingd_frames_received_total{{exchange="deribit",connection="0"}} {25 * i}\n'
+            "# TYPE tradingd_persister_commit_seconds histogram\n"
+            f'tradingd_persister_commit_seconds_bucket{{le="0.001"}} {i}\n'
+            f'tradingd_persister_commit_seconds_bucket{{le="0.01"}} {4 * i}\n'
+            f'tradingd_persister_commit_seconds_bucket{{le="+Inf"}} {4 * i}\n'
+            f"tradingd_persister_commit_seconds_count {4 * i}\n"
+            f"tradingd_persister_commit_seconds_sum {0.01 * i}\n"
+            "# TYPE tradingd_ready gauge\ntradingd_ready 1\n"
+            "# TYPE tradingd_kill_switch gauge\ntradingd_kill_switch 0\n"
+            "# TYPE tradingd_exchange_state gauge\n"
+            'tradingd_exchange_state{exchange="binance",state="HEALTHY"} 1\n'
+            'tradingd_exchange_state{exchange="binance",state="LOCKED"} 0\n'
+        )
+        scrapes.append((t, text))
+    return scrapes
+
+
+def test_the_preview_evaluates_hand_made_series_and_draws_a_small_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the [docs] extra draws the preview")
+    preview = load_preview()
+    saved = tmp_path / "scrapes.jsonl"
+    saved.write_text(
+        "".join(json.dumps({"t": t, "text": x}) + "\n" for t, x in synthetic_scrapes())
+    )
+    store = SeriesStore()
+    for t, text in preview.load_scrapes(saved):
+        store.add_scrape(t, scrape_samples(text, "127.0.0.1:9464"))
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = {
+        d.panel["title"]: d.series
+        for d in preview.evaluate_dashboard(dashboard, store, [1_800_000_300.0])
+    }
+    assert panels["Frames received /s"]["binance"][-1][1] == pytest.approx(40.0)
+    assert panels["Frames received /s"]["deribit"][-1][1] == pytest.approx(25.0)
+    # 1 of 4 commits under 1 ms, all under 10 ms: p50 at 1 + 9 * (1/3) ms, p99 at 9.88 ms.
+    latency = panels["Persister commit latency"]
+    assert latency["p50"][-1][1] == pytest.approx(0.004)
+    assert latency["p99"][-1][1] == pytest.approx(0.00988)
+    assert [name for name in panels["Exchange state"]] == ["binance HEALTHY"]
+    assert panels["Rows written /s"] == {}
+    out = tmp_path / "dashboard.png"
+    assert preview.main(["--load", str(saved), "--out", str(out), "--step", "10"]) == 0
+    header = out.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert (width, height) == (1800, 70 + 83 * 26)
+    assert out.stat().st_size < 400_000
