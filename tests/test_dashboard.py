@@ -3,16 +3,25 @@ every query evaluates against a real scrape, and the preview renderer draws the 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import math
+import random
 import re
+import shutil
+import socket
+import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.e2e.harness import eventually
 from tests.e2e.test_metrics import FAMILIES
 from tradingd.promql import SeriesStore, parse, scrape_samples
 
@@ -160,3 +169,122 @@ def test_the_preview_evaluates_hand_made_series_and_draws_a_small_png(tmp_path: 
     width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
     assert (width, height) == (1800, 70 + 83 * 26)
     assert out.stat().st_size < 400_000
+
+
+def test_the_committed_preview_is_a_small_png_the_docs_show() -> None:
+    picture = REPO / "docs" / "grafana-dashboard.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert picture.stat().st_size < 400_000
+    page = (REPO / "docs" / "dashboard.md").read_text()
+    assert "](grafana-dashboard.png)" in page and "not a Grafana screenshot" in page
+    assert "](docs/dashboard.md)" in (REPO / "README.md").read_text()
+
+
+class SyntheticDaemon:
+    """A /metrics with every family the daemon exports, for Prometheus to scrape: counters that
+    grow by random steps (one restarts from zero on the 6th scrape), histograms, gauges."""
+
+    BOUNDS = ("0.001", "0.01", "0.1", "1.0", "+Inf")
+
+    def __init__(self) -> None:
+        self.random = random.Random(13)
+        self.scrapes = 0
+        self.totals: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def grow(self, key: str, most: float) -> float:
+        self.totals[key] = self.totals.get(key, 0.0) + self.random.uniform(0, most)
+        return self.totals[key]
+
+    def text(self) -> str:
+        with self.lock:
+            self.scrapes += 1
+            if self.scrapes == 6:
+                self.totals = {k: v for k, v in self.totals.items() if "deribit" not in k}
+            lines = []
+            for family, kind in FAMILIES.items():
+                lines.append(f"# TYPE {family} {kind}")
+                for exchange in ("binance", "deribit"):
+                    labels = f'exchange="{exchange}",queue="q",kind="trade",state="OPEN",actor="a"'
+                    key = f"{family}{{{labels}}}"
+                    if kind == "counter":
+                        lines.append(f"{family}_total{{{labels}}} {self.grow(key, 50):.3f}")
+                    elif kind == "gauge":
+                        lines.append(f"{family}{{{labels}}} {self.random.choice((0, 1, 1, 2.5))}")
+                    else:
+                        count = 0.0
+                        for bound in self.BOUNDS[:-1]:
+                            count += self.grow(f"{key}{bound}", 20)  # cumulative, as exposed
+                            lines.append(f'{family}_bucket{{{labels},le="{bound}"}} {count:.0f}')
+                        lines.append(f'{family}_bucket{{{labels},le="+Inf"}} {count:.0f}')
+                        lines.append(f"{family}_count{{{labels}}} {count:.0f}")
+                        lines.append(f"{family}_sum{{{labels}}} {self.grow(key + 'sum', 5):.3f}")
+            return "\n".join(lines) + "\n"
+
+
+def serve(daemon: SyntheticDaemon) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = daemon.text().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="needs Debian's prometheus (.ci/run installs it)"
+)
+async def test_the_evaluator_agrees_with_prometheus_on_every_dashboard_query(
+    tmp_path: Path,
+) -> None:
+    preview = load_preview()
+    server = serve(SyntheticDaemon())
+    target = f"127.0.0.1:{server.server_address[1]}"
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tradingd\n"
+        f"    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+    )
+    base = f"http://127.0.0.1:{free_port()}"
+    prometheus = await asyncio.create_subprocess_exec(
+        "prometheus",
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address={base.removeprefix('http://')}",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        async def scraped_enough() -> bool:
+            query = "count_over_time(tradingd_ready[5m])"
+            try:
+                result = await asyncio.to_thread(preview.prometheus_query, base, query, time.time())
+            except OSError:
+                return False  # not listening yet
+            return bool(result) and float(result[0]["value"][1]) >= 12
+
+        await eventually(scraped_enough, what="12 scrapes by Prometheus")
+        agreed = await asyncio.to_thread(
+            preview.compare_with_prometheus, base, json.loads(DASHBOARD.read_text()), 6
+        )
+        assert agreed == 0
+    finally:
+        prometheus.terminate()
+        await prometheus.wait()
+        server.shutdown()

@@ -67,11 +67,15 @@ class SeriesStore:
 
     def __init__(self) -> None:
         self._series: dict[Labels, _Series] = {}
-        self._present: set[Labels] = set()
+        self._present: dict[str, set[Labels]] = {}
 
     def add_scrape(
-        self, timestamp: float, samples: Iterable[tuple[Mapping[str, str], float]]
+        self,
+        timestamp: float,
+        samples: Iterable[tuple[Mapping[str, str], float]],
+        target: str = "",
     ) -> None:
+        """One scrape of ``target``: its series missing from it end here (staleness)."""
         seen: set[Labels] = set()
         for mapping, value in samples:
             labels = make_labels(mapping)
@@ -81,9 +85,9 @@ class SeriesStore:
             series.times.append(timestamp)
             series.values.append(float(value))
             seen.add(labels)
-        for labels in self._present - seen:
+        for labels in self._present.get(target, set()) - seen:
             self._series[labels].stale.append(timestamp)
-        self._present = seen
+        self._present[target] = seen
 
     def select(self, matchers: tuple[Matcher, ...]) -> Iterable[tuple[Labels, _Series]]:
         for labels, series in self._series.items():

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from tradingd.promql import Sample, SeriesStore, evaluate, parse, scrape_samples
 
@@ -104,6 +104,76 @@ def load_scrapes(path: Path) -> Iterator[tuple[float, str]]:
         for line in lines:
             record = json.loads(line)
             yield float(record["t"]), str(record["text"])
+
+
+# -- checking the evaluator against Prometheus ----------------------------------------------
+
+
+def prometheus_query(base: str, query: str, at: float) -> list[dict[str, Any]]:
+    url = f"{base.rstrip('/')}/api/v1/query?" + urlencode({"query": query, "time": f"{at:.3f}"})
+    with urllib.request.urlopen(url, timeout=30) as response:
+        answer = json.loads(response.read())
+    if answer.get("status") != "success":
+        raise RuntimeError(f"Prometheus refused {query!r}: {answer}")
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+def compare_with_prometheus(base: str, dashboard: Mapping[str, Any], instants: int) -> int:
+    """Evaluate every dashboard query at ``instants`` times of the last 5 minutes (or of
+    what was scraped), both by the
+    Prometheus at ``base`` and by tradingd.promql over the raw samples that Prometheus stored.
+    Prints the agreement; 0 when every series matches to a relative 1e-6, 1 otherwise."""
+    now = math.floor(time.time())
+    raw = prometheus_query(base, '{__name__=~"tradingd_.+"}[15m]', now)
+    scrapes: dict[tuple[str, float], list[tuple[dict[str, str], float]]] = {}
+    for series in raw:
+        target = series["metric"].get("instance", "")
+        for at, value in series["values"]:
+            scrapes.setdefault((target, float(at)), []).append((series["metric"], float(value)))
+    if not scrapes:
+        print(f"no tradingd_ series in {base}", file=sys.stderr)
+        return 1
+    store = SeriesStore()
+    for (target, at), samples in sorted(scrapes.items(), key=lambda item: item[0][1]):
+        store.add_scrape(at, samples, target)
+    first, last = min(at for _, at in scrapes), max(at for _, at in scrapes)
+    # Whole milliseconds: Prometheus's resolution, so both evaluate at the same instant.
+    times = [round(last - i * min(300.0, last - first) / instants, 3) for i in range(instants)]
+    compared, differing = 0, []
+    for t in times:
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                query = substitute(target["expr"])
+                value = evaluate(parse(query), store, t)
+                ours = {} if isinstance(value, float) else {_key(s.labels): s.value for s in value}
+                theirs = {
+                    _key(tuple(r["metric"].items())): float(r["value"][1])
+                    for r in prometheus_query(base, query, t)
+                }
+                for key in ours.keys() | theirs.keys():
+                    compared += 1
+                    a, b = ours.get(key, math.nan), theirs.get(key, math.nan)
+                    if key not in ours or key not in theirs or not _close(a, b):
+                        differing.append(f"{query} {dict(key)}: ours {a}, Prometheus's {b}")
+    print(
+        f"{len(raw)} series, {len(scrapes)} scrapes; {compared} values of "
+        f"{sum(1 for p in dashboard['panels'] for _ in p.get('targets', []))} queries at "
+        f"{instants} instants: {compared - len(differing)} agree, {len(differing)} differ"
+    )
+    for line in differing[:20]:
+        print("  " + line)
+    return 1 if differing else 0
+
+
+def _key(labels: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(item for item in labels if item[0] != "__name__"))
+
+
+def _close(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b or abs(a - b) <= 1e-6 * max(abs(a), abs(b))
 
 
 # -- drawing --------------------------------------------------------------------------------
@@ -248,7 +318,7 @@ def draw(panels: Sequence[PanelData], title: str, subtitle: str, out: Path) -> N
         # Pixels: the title on top, the legend (up to 4 rows) and the time axis below the plot.
         columns_of_legend = 2 if len(data.series) > 4 else 1
         legend_rows = math.ceil(min(len(data.series), 8) / columns_of_legend)
-        below = 15 * legend_rows + 24
+        below = 15 * legend_rows + 34
         plot = figure.add_axes(
             (
                 left + 56 / width_px,
@@ -340,8 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, help="also write the raw scrapes to this file")
     parser.add_argument("--load", type=Path, help="draw from scrapes saved earlier; no scraping")
     parser.add_argument("--out", type=Path, default=Path("docs/grafana-dashboard.png"))
+    parser.add_argument(
+        "--compare-prometheus",
+        metavar="URL",
+        help="draw nothing: check tradingd.promql against this Prometheus (scraping a daemon)",
+    )
+    parser.add_argument("--instants", type=int, default=8, help="with --compare-prometheus")
     args = parser.parse_args(argv)
     dashboard = json.loads(DASHBOARD.read_text())
+    if args.compare_prometheus:
+        return compare_with_prometheus(args.compare_prometheus, dashboard, args.instants)
     store = SeriesStore()
     instance = urlsplit(args.metrics).netloc
     scrapes: Iterable[tuple[float, str]] = (
