@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import json
 import math
 import random
@@ -288,3 +289,30 @@ async def test_the_evaluator_agrees_with_prometheus_on_every_dashboard_query(
         prometheus.terminate()
         await prometheus.wait()
         server.shutdown()
+
+
+def test_the_preview_scrapes_a_live_endpoint_and_survives_a_failed_scrape(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("matplotlib", reason="the [docs] extra draws the preview")
+    preview = load_preview()
+    server = serve(SyntheticDaemon())
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        taken = list(preview.scrape_for(url, 1.0, 0.25))
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Paced by the clock, a quarter second apart (fewer on a loaded machine).
+    assert 2 <= len(taken) <= 5
+    assert all(b > a for (a, _), (b, _) in itertools.pairwise(taken))
+    assert taken[-1][0] - taken[0][0] <= 1.0
+    assert "tradingd_ready" in taken[-1][1]
+    # The listener is gone now: the scrape fails, counts as empty, and the run goes on.
+    [(_, text)] = list(preview.scrape_for(url, 0.1, 0.25))
+    assert text == ""
+    saved = tmp_path / "scrapes.jsonl"
+    saved.write_text("".join(json.dumps({"t": t, "text": x}) + "\n" for t, x in taken))
+    out = tmp_path / "live.png"
+    assert preview.main(["--load", str(saved), "--out", str(out), "--step", "0.25"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -52,12 +52,6 @@ def legend(template: str, sample: Sample) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: sample.label(m.group(1)), template).strip()
 
 
-def dashboard_queries(dashboard: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], str]]:
-    for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
-            yield panel, substitute(target["expr"])
-
-
 @dataclass
 class PanelData:
     """One panel's series, by legend: (time, value) pairs at each evaluation step."""
@@ -93,8 +87,13 @@ def scrape_for(url: str, duration: float, interval: float) -> Iterator[tuple[flo
     started = time.time()
     tick = 0
     while (now := time.time()) - started <= duration:
-        with urllib.request.urlopen(url, timeout=interval * 5) as response:
-            yield now, response.read().decode()
+        try:
+            with urllib.request.urlopen(url, timeout=max(interval, 5.0)) as response:
+                text = response.read().decode()
+        except OSError as error:  # as Prometheus: a failed scrape, its series go stale
+            print(f"scrape of {url} failed: {error}", file=sys.stderr)
+            text = ""
+        yield now, text
         tick += 1
         pace.wait(max(0.0, started + tick * interval - time.time()))
 
@@ -430,13 +429,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = args.save.open("w") if args.save and not args.load else None
     first = last = None
     count = 0
-    for t, text in scrapes:
-        store.add_scrape(t, scrape_samples(text, instance))
-        if saved:
-            saved.write(json.dumps({"t": t, "text": text}) + "\n")
-        first, last, count = first or t, t, count + 1
-        if count % 30 == 0:
-            print(f"{count} scrapes, {t - first:.0f} s", file=sys.stderr)
+    try:
+        for t, text in scrapes:
+            store.add_scrape(t, scrape_samples(text, instance))
+            if saved:
+                saved.write(json.dumps({"t": t, "text": text}) + "\n")
+                saved.flush()
+            first, last, count = first or t, t, count + 1
+            if count % 30 == 0:
+                print(f"{count} scrapes, {t - first:.0f} s", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"stopped: drawing the {count} scrapes taken", file=sys.stderr)
     if saved:
         saved.close()
     if first is None or last is None or count < 2:
