@@ -37,14 +37,15 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check tradingd tests
-	$(BIN)/ruff format --check tradingd tests
+	$(BIN)/ruff check tradingd tests deploy
+	$(BIN)/ruff format --check tradingd tests deploy
 	$(BIN)/mypy
+	$(BIN)/mypy deploy/grafana/render_preview.py
 	$(BIN)/lint-imports
 
 fmt: $(VENV)/.installed-dev
-	$(BIN)/ruff check --fix tradingd tests
-	$(BIN)/ruff format tradingd tests
+	$(BIN)/ruff check --fix tradingd tests deploy
+	$(BIN)/ruff format tradingd tests deploy
 
 demo: $(VENV)/.installed-run
 	$(BIN)/python -m tradingd.testing.demo

@@ -4,6 +4,7 @@ Prometheus's own parser."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -105,6 +106,10 @@ async def test_metrics_of_a_running_daemon_parse_with_every_family_and_type(
         found = re.search(r"serving /metrics and /health on 127\.0\.0\.1:(\d+)", daemon.output())
         assert found, daemon.output()[-3000:]
         base = f"http://127.0.0.1:{found.group(1)}"
+        # Every scrape, timed, from before the trades on: the dashboard's queries run over them.
+        scrapes: list[tuple[float, str]] = []
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+            scrapes.append((time.time(), await response.text()))
         for symbol in SYMBOLS:
             await binance.wait_subscribed(symbol, "trades")
             binance.publish_trades(symbol, 100)
@@ -136,6 +141,7 @@ async def test_metrics_of_a_running_daemon_parse_with_every_family_and_type(
                     assert response.status == 200
                     assert response.headers["Content-Type"].startswith("text/plain")
                     text = await response.text()
+                scrapes.append((time.time(), text))
                 return {f.name: f for f in text_string_to_metric_families(text)}
 
             async def landed() -> bool:
@@ -174,3 +180,7 @@ async def test_metrics_of_a_running_daemon_parse_with_every_family_and_type(
     names = {a["name"] for a in health["actors"]}
     assert {"persister", "metrics", "executor:binance", "repairer:deribit"} <= names
     assert all(a["overdue"] is False for a in health["actors"])
+
+    from tests.test_dashboard import assert_dashboard_evaluates  # it imports FAMILIES from here
+
+    assert_dashboard_evaluates(scrapes)
