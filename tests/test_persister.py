@@ -485,6 +485,29 @@ async def test_saturated_writers_keep_their_connections(
         assert own_pool.get_idle_size() == own_pool.get_size()
 
 
+async def test_an_idle_persister_holds_no_connection(
+    migrated_database_url: str, redis: aioredis.Redis
+) -> None:
+    records, tickers = records_queue(), tickers_queue()
+    async with asyncpg.create_pool(migrated_database_url, min_size=1, max_size=6) as own_pool:
+        persister = Persister(config(batch_size=500, writers=3), own_pool, redis, records, tickers)
+        async with running(persister) as task:
+            for start in range(0, 6_000, 1_500):
+                await records.put_many([trade(i) for i in range(start, start + 1_500)])
+            await wait_for(persister, lambda: persister.trades_written == 6_000)
+            # The writers now wait on an empty queue: each handed its connection back first.
+            await wait_for(
+                persister,
+                lambda: (
+                    not any(persister._connections)
+                    and own_pool.get_idle_size() == own_pool.get_size()
+                ),
+            )
+            records.close()
+            tickers.close()
+            await asyncio.wait_for(task, WAIT)
+
+
 async def test_writers_taking_most_of_the_pool_hand_connections_back(
     migrated_database_url: str, redis: aioredis.Redis
 ) -> None:

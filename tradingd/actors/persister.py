@@ -270,20 +270,20 @@ class Persister:
             # next batch connects afresh). Shielded from cancellation by the pool.
             with contextlib.suppress(*TRANSIENT_ERRORS):
                 await self._pool.release(conn)
+            self._notify()
 
     async def _next_records(self, ctx: ActorContext, writer: int) -> list[Record]:
         """The next batch; empty only when the queue is closed and drained."""
         queue, size, linger = self._records, self._config.batch_size, self._config.flush_interval
         while True:
             ctx.checkin()
+            # While records keep coming the writer keeps its connection for the next batch
+            # (handing it back costs the pool's reset query, a round trip per batch); before
+            # a wait on an empty queue, which may be long, it hands it back.
+            if not self._keep_connections or not len(queue):
+                await self._release(writer)
             if len(queue) >= size:
-                # Saturated: the writer keeps its connection for the next batch (handing it
-                # back costs the pool's reset query, a round trip per batch).
-                if not self._keep_connections:
-                    await self._release(writer)
                 return queue.get_batch_nowait(size)
-            # About to wait: nothing is held meanwhile (another writer, the executor, may need it).
-            await self._release(writer)
             try:
                 # Cancelling get_batch loses nothing: items leave the queue only when it returns.
                 async with asyncio.timeout(1.0 + linger):
