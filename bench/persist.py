@@ -11,13 +11,16 @@ repeats one committed 1.5 batches earlier (what a reconnect overlap or a repair 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
 from bench.frames import BASE_US, BINANCE_SYMBOLS, binance_text
+from bench.procs import CpuMeter
 from bench.stats import summarize
 from bench.storage import BenchStorage
 from tradingd.actors.persister import Persister, Record
@@ -84,13 +87,17 @@ async def persist_once(
     )
     persister = Persister(config, storage.pool, storage.redis, records, tickers)
     total = len(trades)
+    # This process is the persister (plus a producer that only fills the queue).
+    meter = CpuMeter({"persister": os.getpid(), "postgres": storage.postgres_pid()})
     async with asyncio.TaskGroup() as group:
         actor = group.create_task(persister.run(ActorContext("persister", {})))
+        meter.start()
         started = time.perf_counter()
         for start in range(0, total, PRODUCER_CHUNK):
             await records.put_many(trades[start : start + PRODUCER_CHUNK])
         await persister.wait_until(lambda: persister.trades_offered >= total)
         elapsed = time.perf_counter() - started
+        cpu = meter.percent()
         records.close()
         tickers.close()
         await actor
@@ -111,6 +118,11 @@ async def persist_once(
         "retries": stats["retries"],
         "flush_p50_ms": stats["flush_p50_us"] / 1000,
         "flush_p99_ms": stats["flush_p99_us"] / 1000,
+        "cpu_percent_of_one_core": cpu,
+        # CPU microseconds per trade offered: PostgreSQL's alone is the storage's own ceiling.
+        "cpu_us_per_row": {
+            name: round(pct / 100 * elapsed * 1e6 / total, 2) for name, pct in cpu.items()
+        },
     }
 
 
@@ -135,10 +147,15 @@ async def bench_persist(
             "runs": runs,
         }
         offered = variants[name]["rows_offered_per_s"]
+        cpu_per_row = {
+            who: statistics.median(r["cpu_us_per_row"].get(who, 0.0) for r in runs)
+            for who in ("persister", "postgres")
+        }
         progress(
             f"  persist {name:15s} {offered['median']:>10,.0f} rows/s offered "
             f"(min {offered['min']:,.0f}, max {offered['max']:,.0f}; "
-            f"{runs[0]['rows_inserted']:,} inserted per run)"
+            f"{runs[0]['rows_inserted']:,} inserted per run); CPU per row: persister "
+            f"{cpu_per_row['persister']:.1f} us, PostgreSQL {cpu_per_row['postgres']:.1f} us"
         )
     await storage.reset()
     return {

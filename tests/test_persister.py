@@ -458,6 +458,80 @@ async def test_postgres_outage_loses_nothing(
     assert persister.stats()["storage_down"] == 0
 
 
+async def test_saturated_writers_keep_their_connections(
+    migrated_database_url: str, redis: aioredis.Redis
+) -> None:
+    # Handing a connection back to the pool costs its reset query, a round trip per batch: a
+    # writer with a full queue behind it keeps its own. The pool's setup runs on every acquire.
+    acquired = 0
+
+    async def count_acquire(conn: asyncpg.Connection) -> None:
+        nonlocal acquired
+        acquired += 1
+
+    records, tickers = records_queue(), tickers_queue()
+    await records.put_many([trade(i) for i in range(20_000)])
+    records.close()
+    tickers.close()
+    async with asyncpg.create_pool(
+        migrated_database_url, min_size=1, max_size=6, setup=count_acquire
+    ) as own_pool:
+        persister = Persister(config(batch_size=500, writers=3), own_pool, redis, records, tickers)
+        async with running(persister) as task:
+            await asyncio.wait_for(task, WAIT)
+        assert persister.batches == 40 and persister.trades_written == 20_000
+        assert 1 <= acquired <= 3
+        # Every connection went back once the queue was drained.
+        assert own_pool.get_idle_size() == own_pool.get_size()
+
+
+async def test_an_idle_persister_holds_no_connection(
+    migrated_database_url: str, redis: aioredis.Redis
+) -> None:
+    records, tickers = records_queue(), tickers_queue()
+    async with asyncpg.create_pool(migrated_database_url, min_size=1, max_size=6) as own_pool:
+        persister = Persister(config(batch_size=500, writers=3), own_pool, redis, records, tickers)
+        async with running(persister) as task:
+            for start in range(0, 6_000, 1_500):
+                await records.put_many([trade(i) for i in range(start, start + 1_500)])
+            await wait_for(persister, lambda: persister.trades_written == 6_000)
+            # The writers now wait on an empty queue: each handed its connection back first.
+            await wait_for(
+                persister,
+                lambda: (
+                    not any(persister._connections)
+                    and own_pool.get_idle_size() == own_pool.get_size()
+                ),
+            )
+            records.close()
+            tickers.close()
+            await asyncio.wait_for(task, WAIT)
+
+
+async def test_writers_taking_most_of_the_pool_hand_connections_back(
+    migrated_database_url: str, redis: aioredis.Redis
+) -> None:
+    # Three writers and a pool of four: keeping connections would leave one for everything else.
+    acquired = 0
+
+    async def count_acquire(conn: asyncpg.Connection) -> None:
+        nonlocal acquired
+        acquired += 1
+
+    records, tickers = records_queue(), tickers_queue()
+    await records.put_many([trade(i) for i in range(10_000)])
+    records.close()
+    tickers.close()
+    async with asyncpg.create_pool(
+        migrated_database_url, min_size=1, max_size=4, setup=count_acquire
+    ) as own_pool:
+        persister = Persister(config(batch_size=500, writers=3), own_pool, redis, records, tickers)
+        async with running(persister) as task:
+            await asyncio.wait_for(task, WAIT)
+        assert persister.trades_written == 10_000
+        assert acquired == 20
+
+
 async def test_terminated_backends_lose_nothing(
     migrated_database_url: str, pool: asyncpg.Pool, redis: aioredis.Redis
 ) -> None:

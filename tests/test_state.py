@@ -158,6 +158,33 @@ async def test_trading_requires_healthy_and_no_kill_switch(
     assert await read_kill_switch(redis) == switch
 
 
+class _CountingRedis(aioredis.Redis):
+    """Counts the commands sent (a pipeline would count as one)."""
+
+    commands = 0
+
+    async def execute_command(self, *args: object, **options: object) -> object:
+        self.commands += 1
+        return await super().execute_command(*args, **options)
+
+
+async def test_the_gate_is_one_round_trip(
+    pool: asyncpg.Pool, redis: aioredis.Redis, redis_url: str
+) -> None:
+    # The executor reads the gate before every send: state and kill switch in one MGET.
+    counting = _CountingRedis.from_url(redis_url)
+    for step in (S.BOOTSTRAPPING, S.LOCKED, S.HEALTHY):
+        await transition(pool, redis, "binance", step, operator="t", reason="setup")
+    assert await may_trade(counting, "binance")
+    await redis.set(KILL_SWITCH_KEY, "stop")
+    assert not await may_trade(counting, "binance")
+    await redis.delete(KILL_SWITCH_KEY)
+    await redis.set(state_key("binance"), "PARTYING")
+    assert not await may_trade(counting, "binance")
+    assert counting.commands == 3
+    await counting.aclose()
+
+
 async def test_reads_fail_closed() -> None:
     unreachable = aioredis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
     with pytest.raises(StateUnavailable):

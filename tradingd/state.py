@@ -101,6 +101,10 @@ async def read_state(redis: aioredis.Redis, exchange: str) -> ExchangeState | No
         raw = await redis.get(state_key(exchange))
     except (RedisError, OSError) as exc:
         raise StateUnavailable(f"cannot read {state_key(exchange)}: {exc}") from exc
+    return _state_of(raw, exchange)
+
+
+def _state_of(raw: bytes | str | None, exchange: str) -> ExchangeState | None:
     if raw is None:
         return None
     text = _text(raw)
@@ -128,6 +132,10 @@ async def read_kill_switch(redis: aioredis.Redis) -> KillSwitch | None:
         raw = await redis.get(KILL_SWITCH_KEY)
     except (RedisError, OSError) as exc:
         raise StateUnavailable(f"cannot read {KILL_SWITCH_KEY}: {exc}") from exc
+    return _kill_switch_of(raw)
+
+
+def _kill_switch_of(raw: bytes | str | None) -> KillSwitch | None:
     if raw is None:
         return None
     try:
@@ -178,10 +186,12 @@ async def _copy_kill_switch(redis: aioredis.Redis, switch: KillSwitch | None) ->
 
 async def may_trade(redis: aioredis.Redis, exchange: str) -> bool:
     """True only when the exchange is HEALTHY and the kill switch is off; False on any doubt."""
+    # One round trip for both keys: the executor reads this before every send.
     try:
-        state = await read_state(redis, exchange)
-        switch = await read_kill_switch(redis)
-    except StateUnavailable:
+        state_raw, switch_raw = await redis.mget(state_key(exchange), KILL_SWITCH_KEY)
+        state = _state_of(state_raw, exchange)
+        switch = _kill_switch_of(switch_raw)
+    except (RedisError, OSError, StateUnavailable):
         return False
     return state is ExchangeState.HEALTHY and switch is None
 

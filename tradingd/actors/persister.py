@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -146,6 +147,10 @@ class Persister:
         ]
         # Per writer: batches committed; and how many writer loops are running now.
         self.writer_batches = [0] * config.writers
+        # Per writer: the connection it keeps while batches keep coming (see _records_loop).
+        self._connections: list[asyncpg.Connection | None] = [None] * config.writers
+        # Only while the writers take at most half the pool: the rest is for everything else.
+        self._keep_connections = 2 * config.writers <= pool.get_max_size()
         self.writers_running = 0
         self._unsnapshotted: dict[tuple[str, str], Ticker] = {}
         self._progress = asyncio.Event()
@@ -247,7 +252,7 @@ class Persister:
         try:
             await self._commit_pending(ctx, writer)
             while True:
-                batch = await self._next_records(ctx)
+                batch = await self._next_records(ctx, writer)
                 if not batch:
                     if writer == 0:
                         ctx.log.info("records queue closed and drained")
@@ -256,12 +261,27 @@ class Persister:
                 await self._commit_pending(ctx, writer)
         finally:
             self.writers_running -= 1
+            await self._release(writer)
 
-    async def _next_records(self, ctx: ActorContext) -> list[Record]:
+    async def _release(self, writer: int) -> None:
+        conn, self._connections[writer] = self._connections[writer], None
+        if conn is not None:
+            # The pool resets it, or closes it when the reset fails (a broken connection: the
+            # next batch connects afresh). Shielded from cancellation by the pool.
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self._pool.release(conn)
+            self._notify()
+
+    async def _next_records(self, ctx: ActorContext, writer: int) -> list[Record]:
         """The next batch; empty only when the queue is closed and drained."""
         queue, size, linger = self._records, self._config.batch_size, self._config.flush_interval
         while True:
             ctx.checkin()
+            # While records keep coming the writer keeps its connection for the next batch
+            # (handing it back costs the pool's reset query, a round trip per batch); before
+            # a wait on an empty queue, which may be long, it hands it back.
+            if not self._keep_connections or not len(queue):
+                await self._release(writer)
             if len(queue) >= size:
                 return queue.get_batch_nowait(size)
             try:
@@ -278,7 +298,7 @@ class Persister:
             segment = lane[0]
             started = time.perf_counter()
             try:
-                committed = await checked_in(ctx, self._commit(segment))
+                committed = await checked_in(ctx, self._commit(segment, writer))
             except DATA_ERRORS as exc:
                 self._isolate(ctx, exc, lane)
                 continue
@@ -312,24 +332,36 @@ class Persister:
             self.writer_batches[writer] += 1
             self._account(ctx, segment, committed, time.perf_counter() - started)
 
-    async def _commit(self, segment: list[Record]) -> _Committed:
+    async def _commit(self, segment: list[Record], writer: int) -> _Committed:
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                conn = self._connections[writer]
+                if conn is None:
+                    conn = self._connections[writer] = await self._pool.acquire()
+                return await self._write(conn, segment)
+        except BaseException:
+            # After a failure (a refused row, an outage, a timeout mid-statement) the connection
+            # goes back through the pool, which resets it or discards it.
+            await self._release(writer)
+            raise
+
+    async def _write(self, conn: asyncpg.Connection, segment: list[Record]) -> _Committed:
         trades, bars, letters = self._split(segment)
-        async with asyncio.timeout(WRITE_TIMEOUT), self._pool.acquire() as conn:
-            for attempt in (1, 2):
-                await self._partitions.ensure(conn, trades)
-                try:
-                    async with conn.transaction():
-                        inserted = await insert_trades(conn, trades)
-                        bar_rows = await upsert_bars(conn, bars)
-                        letter_rows = await insert_dead_letters(conn, letters)
-                except asyncpg.CheckViolationError as exc:
-                    # A cached partition can vanish (retention, a replaced database).
-                    if attempt == 2 or not no_partition_error(exc):
-                        raise
-                    self._partitions.forget()
-                    continue
-                unknown = len(segment) - len(trades) - len(bars) - len(letters)
-                return _Committed(trades, inserted, bar_rows, letter_rows, unknown)
+        for attempt in (1, 2):
+            await self._partitions.ensure(conn, trades)
+            try:
+                async with conn.transaction():
+                    inserted = await insert_trades(conn, trades)
+                    bar_rows = await upsert_bars(conn, bars)
+                    letter_rows = await insert_dead_letters(conn, letters)
+            except asyncpg.CheckViolationError as exc:
+                # A cached partition can vanish (retention, a replaced database).
+                if attempt == 2 or not no_partition_error(exc):
+                    raise
+                self._partitions.forget()
+                continue
+            unknown = len(segment) - len(trades) - len(bars) - len(letters)
+            return _Committed(trades, inserted, bar_rows, letter_rows, unknown)
         raise AssertionError("unreachable")
 
     def _split(self, segment: list[Record]) -> tuple[list[Trade], list[Bar], list[DeadLetter]]:
