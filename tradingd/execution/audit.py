@@ -190,32 +190,37 @@ def compare(facts: Facts) -> list[Finding]:
                 venue=f"a fill of {client_id or '(no client id)'}",
             )
         )
-    for instrument, step in sorted(facts.position_steps.items()):
-        want = facts.expected_positions.get(instrument, Decimal(0))
-        have = facts.venue_positions.get(instrument, Decimal(0))
+    findings += _beyond_step(
+        Kind.POSITION, facts.position_steps, facts.expected_positions, facts.venue_positions
+    )
+    if facts.expected_balances is not None:
+        findings += _beyond_step(
+            Kind.BALANCE, facts.tolerances, facts.expected_balances, facts.venue_balances
+        )
+    return findings
+
+
+def _beyond_step(
+    kind: Kind,
+    steps: Mapping[str, Decimal],
+    expected: Mapping[str, Decimal],
+    venue: Mapping[str, Decimal],
+) -> list[Finding]:
+    """A finding for each subject whose venue figure differs from the expected one by more than
+    its step."""
+    findings = []
+    for subject, step in sorted(steps.items()):
+        want = expected.get(subject, Decimal(0))
+        have = venue.get(subject, Decimal(0))
         if abs(want - have) > step:
             findings.append(
                 Finding(
-                    kind=Kind.POSITION,
-                    subject=instrument,
+                    kind=kind,
+                    subject=subject,
                     ledger=_number(want),
                     venue=f"{_number(have)} (difference {_number(have - want)})",
                 )
             )
-    if facts.expected_balances is not None:
-        expected = facts.expected_balances
-        for currency, step in sorted(facts.tolerances.items()):
-            want = expected.get(currency, Decimal(0))
-            have = facts.venue_balances.get(currency, Decimal(0))
-            if abs(want - have) > step:
-                findings.append(
-                    Finding(
-                        kind=Kind.BALANCE,
-                        subject=currency,
-                        ledger=_number(want),
-                        venue=f"{_number(have)} (difference {_number(have - want)})",
-                    )
-                )
     return findings
 
 
