@@ -238,6 +238,30 @@ async def test_restart_reconciles_before_trading(pool: asyncpg.Pool, rds: aiored
     assert await paper_requests(pool) == {sent: 1}
 
 
+async def test_a_claimed_order_the_venue_cannot_answer_for_is_unknown_until_it_does(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    await healthy(rds)
+    ledger = Ledger(pool)
+    # Claimed and never sent (a burst cut short by a stop); its deadline is past.
+    claimed = await ledger.mint_client_id()
+    await ledger.record_intent(claimed, "manual", EXCHANGE, limit(Side.BUY, "0.1", "99"))
+    await ledger.claim_send(claimed, NOW - 1)
+    faults = PaperFaults(drop_queries=1)
+    async with running_executor(pool, rds, faults=faults) as h:
+        # The start-up query got no answer: UNKNOWN (not left SENDING), asked again later.
+        assert faults.drop_queries == 0
+        row = await h.ledger.order(claimed)
+        assert row is not None and row.state in (S.UNKNOWN, S.NEVER_PLACED)
+        await h.settle()
+        row = await h.ledger.order(claimed)
+        assert row is not None and row.state is S.NEVER_PLACED
+    history = await pool.fetch(
+        "SELECT to_state FROM order_events WHERE client_order_id = $1 ORDER BY id", claimed
+    )
+    assert [r["to_state"] for r in history][-2:] == ["UNKNOWN", "NEVER_PLACED"]
+
+
 async def test_the_kill_switch_denies_at_once_and_cancels_every_open_order(
     pool: asyncpg.Pool, rds: aioredis.Redis
 ) -> None:

@@ -774,6 +774,15 @@ class Executor:
         only once the order's deadline has passed."""
         answer = await self._venue.query(row.client_order_id, row.instrument)
         if answer.outcome is not Outcome.ACK:
+            if row.state is S.SENDING:
+                # Claimed (a burst cut short by a stop, or a send before a crash) and the venue
+                # cannot say yet: UNKNOWN, which blocks its instrument and is asked again.
+                await self._move(
+                    row.client_order_id,
+                    S.UNKNOWN,
+                    "executor",
+                    reason=f"no answer to the query: {answer.reason or answer.outcome.value}",
+                )
             return
         if answer.order is not None:
             await self._apply(answer.order, source)

@@ -54,6 +54,8 @@ class PaperFaults:
     lose_replies: int = 0
     # The request never reaches the venue (a timeout before the matching engine).
     drop_requests: int = 0
+    # A query by client id gets no answer (the venue is unreachable for a moment).
+    drop_queries: int = 0
 
 
 @dataclass
@@ -234,6 +236,9 @@ class PaperVenue:
         return CancelAllResult(outcome=Outcome.ACK, orders=orders)
 
     async def query(self, client_order_id: str, instrument: str) -> QueryResult:
+        if self.faults.drop_queries > 0:
+            self.faults.drop_queries -= 1
+            return QueryResult(outcome=Outcome.UNKNOWN, reason="injected: query dropped")
         record = await self._pool.fetchrow(
             "SELECT * FROM paper_orders WHERE exchange = $1 AND client_order_id = $2"
             " ORDER BY id DESC LIMIT 1",
