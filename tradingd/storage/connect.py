@@ -36,6 +36,9 @@ from tenacity import (
 
 from tradingd.config import redact_url
 
+# An attempt started just before the deadline still gets this long (seconds): the total wait may
+# pass the timeout by as much.
+ATTEMPT_FLOOR = 0.1
 # One attempt never waits longer than this for a connection, whatever the total timeout.
 ATTEMPT_TIMEOUT = 10.0
 
@@ -212,7 +215,7 @@ async def _with_retry(
             with attempt_state:
                 remaining = ATTEMPT_TIMEOUT
                 if deadline is not None:
-                    remaining = max(0.1, min(remaining, deadline - time.monotonic()))
+                    remaining = max(ATTEMPT_FLOOR, min(remaining, deadline - time.monotonic()))
                 return await attempt(remaining)
     except RetryError as gave_up:
         last = gave_up.last_attempt.exception()
