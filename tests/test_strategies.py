@@ -206,7 +206,7 @@ def test_grid_places_nothing_while_trading_is_not_allowed_or_without_both_sides(
         ticker("99.99", "100.01").__class__(
             exchange="binance",
             instrument_name="BTCUSDT",
-            best_bid_price=D(100),
+            best_bid_price_text="100",
             timestamp_us=0,
             received_us=0,
         )

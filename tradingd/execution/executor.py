@@ -56,7 +56,7 @@ from tradingd.execution.venue import (
     VenueOrder,
 )
 from tradingd.metrics import LatencyHistogram
-from tradingd.model import Bar, MarketEvent, Ticker, Trade
+from tradingd.model import Bar, MarketEvent, Ticker, Trade, optional_decimal
 from tradingd.queues import BoundedQueue
 from tradingd.state import StateUnavailable, may_trade, read_kill_switch
 from tradingd.strategies.api import (
@@ -118,10 +118,23 @@ class StrategyHostLike(Protocol):
 
 
 class _Market(msgspec.Struct):
-    last_price: Decimal | None = None
-    best_bid: Decimal | None = None
-    best_ask: Decimal | None = None
+    # The venue's text, kept as it comes (every trade passes here); read as Decimal on demand.
+    last_price_text: str | None = None
+    best_bid_text: str | None = None
+    best_ask_text: str | None = None
     updated_us: int = 0
+
+    @property
+    def last_price(self) -> Decimal | None:
+        return optional_decimal(self.last_price_text)
+
+    @property
+    def best_bid(self) -> Decimal | None:
+        return optional_decimal(self.best_bid_text)
+
+    @property
+    def best_ask(self) -> Decimal | None:
+        return optional_decimal(self.best_ask_text)
 
 
 class AccountsView(msgspec.Struct, frozen=True, kw_only=True):
@@ -644,15 +657,15 @@ class Executor:
                 if isinstance(event, Trade):
                     trades.append(event)
                     market = self._market.setdefault(event.instrument_name, _Market())
-                    market.last_price = event.price
+                    market.last_price_text = event.price_text
                     market.updated_us = max(market.updated_us, event.received_us)
                 elif isinstance(event, Ticker):
                     tickers.append(event)
                     market = self._market.setdefault(event.instrument_name, _Market())
-                    market.best_bid = event.best_bid_price
-                    market.best_ask = event.best_ask_price
-                    if market.last_price is None and event.last_price is not None:
-                        market.last_price = event.last_price
+                    market.best_bid_text = event.best_bid_price_text
+                    market.best_ask_text = event.best_ask_price_text
+                    if market.last_price_text is None and event.last_price_text is not None:
+                        market.last_price_text = event.last_price_text
                     market.updated_us = max(market.updated_us, event.received_us)
                 elif isinstance(event, Bar):
                     bars.append(event)

@@ -342,14 +342,15 @@ class PaperVenue:
                 await self._match(trade)
 
     async def _match(self, trade: Trade) -> None:
+        trade_price = trade.price
         crossed = [
             resting
             for resting in self._resting.values()
             if resting.request.instrument == trade.instrument_name
             and resting.request.price is not None
             and (
-                (resting.request.side is Side.BUY and trade.price < resting.request.price)
-                or (resting.request.side is Side.SELL and trade.price > resting.request.price)
+                (resting.request.side is Side.BUY and trade_price < resting.request.price)
+                or (resting.request.side is Side.SELL and trade_price > resting.request.price)
             )
         ]
         if not crossed:
