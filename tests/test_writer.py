@@ -251,16 +251,35 @@ async def test_a_duplicate_inside_a_batch_falls_back_with_an_exact_count(
     assert [r["trade_seq"] for r in rows] == list(range(100))
 
 
-async def test_an_overlap_across_batches_goes_straight_to_the_staging_path(
+async def test_an_overlap_across_batches_sends_only_the_known_trades_to_staging(
     conn: asyncpg.Connection, paths: PathSpy
 ) -> None:
     marks = TradeSeqMarks()
     assert await write_trades(conn, [trade(i) for i in range(100)], marks=marks) == 100
+    # 90-99 are at or below the mark (staging); 100-149 beyond it (COPY).
     assert await write_trades(conn, [trade(i) for i in range(90, 150)], marks=marks) == 50
+    assert paths.taken() == (2, 0, 1)
+    # A replay: nothing beyond the mark, no COPY at all.
+    assert await write_trades(conn, [trade(i) for i in range(140, 150)], marks=marks) == 0
+    assert paths.taken() == (2, 0, 2)
     # The overlap raised the mark: the batch after it is new again.
     assert await write_trades(conn, [trade(i) for i in range(150, 160)], marks=marks) == 10
-    assert paths.taken() == (2, 0, 1)
-    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 160
+    assert paths.taken() == (3, 0, 2)
+    rows = await stored_trades(conn)
+    assert [r["trade_seq"] for r in rows] == list(range(160))
+
+
+async def test_a_stored_trade_beyond_the_mark_sends_the_whole_batch_to_staging(
+    conn: asyncpg.Connection, paths: PathSpy
+) -> None:
+    marks = TradeSeqMarks()
+    assert await write_trades(conn, [trade(i) for i in range(100)], marks=marks) == 100
+    # Another writer stored 100-119, which this one's marks cannot know.
+    assert await write_trades(conn, [trade(i) for i in range(100, 120)]) == 20
+    assert await write_trades(conn, [trade(i) for i in range(90, 130)], marks=marks) == 10
+    assert paths.taken() == (3, 1, 1)
+    rows = await stored_trades(conn)
+    assert [r["trade_seq"] for r in rows] == list(range(130))
 
 
 async def test_an_overlap_after_a_restart_falls_back_with_an_exact_count(

@@ -317,16 +317,17 @@ class TradeSeqMarks:
     def __init__(self) -> None:
         self._highest: dict[tuple[str, str], int] = {}
 
-    def all_beyond(self, trades: Sequence[Trade]) -> bool:
-        """Whether every trade lies above its instrument's mark."""
+    def split(self, trades: Sequence[Trade]) -> tuple[Sequence[Trade], list[Trade]]:
+        """``trades`` as (those above their instrument's mark, those at or below it)."""
         highest = self._highest
         if not highest:
-            return True
+            return trades, []
+        beyond: list[Trade] = []
+        known: list[Trade] = []
         for t in trades:
             mark = highest.get((t.exchange, t.instrument_name))
-            if mark is not None and t.trade_seq <= mark:
-                return False
-        return True
+            (known if mark is not None and t.trade_seq <= mark else beyond).append(t)
+        return beyond, known
 
     def raise_to(self, trades: Sequence[Trade]) -> None:
         highest = self._highest
@@ -370,24 +371,25 @@ async def insert_trades(
     """Insert trades whose month partitions exist; return how many were new (not duplicates).
 
     Runs in the caller's transaction, or in its own when there is none (the staging table
-    empties at every commit). A batch ``marks`` does not rule out is first COPied straight into
-    ``public_trades`` under a savepoint; a duplicate there rolls it back and the batch takes
-    the staging + ``ON CONFLICT DO NOTHING`` path.
+    empties at every commit). The trades ``marks`` does not rule out are first COPied straight
+    into ``public_trades`` under a savepoint, the others take the staging + ``ON CONFLICT DO
+    NOTHING`` path; a duplicate in the COPY rolls it back and sends the whole batch that way.
     """
     if not trades:
         return 0
     if not conn.is_in_transaction():
         async with conn.transaction():
             return await insert_trades(conn, trades, marks=marks)
-    inserted = None
-    if marks is None or marks.all_beyond(trades):
+    fresh, known = marks.split(trades) if marks is not None else (trades, [])
+    inserted = 0
+    if fresh:
         try:
             async with conn.transaction():
-                inserted = await _copy_new_trades(conn, trades)
+                inserted = await _copy_new_trades(conn, fresh)
         except asyncpg.UniqueViolationError:
-            pass
-    if inserted is None:
-        inserted = await _insert_trades_skipping_duplicates(conn, trades)
+            fresh, known = [], list(trades)
+    if known:
+        inserted += await _insert_trades_skipping_duplicates(conn, known)
     if marks is not None:
         marks.raise_to(trades)
     return inserted
