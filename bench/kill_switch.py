@@ -154,8 +154,8 @@ class Drill:
 def _ticker(exchange: str, instrument: str, bid: Decimal, ask: Decimal) -> Ticker:
     now = _now_us()
     return Ticker(
-        exchange=exchange, instrument_name=instrument, best_bid_price=bid, best_ask_price=ask,
-        timestamp_us=now, received_us=now,
+        exchange=exchange, instrument_name=instrument, best_bid_price_text=str(bid),
+        best_ask_price_text=str(ask), timestamp_us=now, received_us=now,
     )  # fmt: skip
 
 

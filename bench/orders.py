@@ -182,8 +182,8 @@ def _trade(seq: int, at_us: int) -> Trade:
         market_type=MarketType.SPOT,
         trade_id=str(seq),
         trade_seq=seq,
-        price=Decimal(100),
-        quantity=Decimal(1),
+        price_text="100",
+        quantity_text="1",
         is_buyer_maker=seq % 2 == 0,
         trade_us=at_us,
         received_us=at_us,
@@ -194,8 +194,8 @@ def _ticker(at_us: int) -> Ticker:
     return Ticker(
         exchange=EXCHANGE,
         instrument_name="BTCUSDT",
-        best_bid_price=Decimal("99.99"),
-        best_ask_price=Decimal("100.01"),
+        best_bid_price_text="99.99",
+        best_ask_price_text="100.01",
         timestamp_us=at_us,
         received_us=at_us,
     )

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from tradingd.execution.accounting import Book, FillRecord
+from tradingd.model import optional_text
 from tradingd.strategies.api import (
     Accepted,
     Balance,
@@ -229,11 +230,11 @@ def bar(close: str | Decimal, i: int, *, closed: bool = True, instrument: str = 
         instrument_name=instrument,
         resolution="1m",
         tick_us=i * 60_000_000,
-        open=price,
-        high=price,
-        low=price,
-        close=price,
-        volume=D(1),
+        open_text=str(price),
+        high_text=str(price),
+        low_text=str(price),
+        close_text=str(price),
+        volume_text=str(D(1)),
         closed=closed,
         received_us=i * 60_000_000,
     )
@@ -243,8 +244,8 @@ def ticker(bid: str, ask: str, instrument: str = "BTCUSDT") -> Ticker:
     return Ticker(
         exchange="binance",
         instrument_name=instrument,
-        best_bid_price=D(bid),
-        best_ask_price=D(ask),
+        best_bid_price_text=optional_text(D(bid)),
+        best_ask_price_text=optional_text(D(ask)),
         timestamp_us=0,
         received_us=0,
     )

@@ -8,7 +8,6 @@ import asyncio
 import stat
 import subprocess
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -30,8 +29,8 @@ def trades(first_seq: int, count: int) -> list[Trade]:
             market_type=MarketType.SPOT,
             trade_id=str(seq),
             trade_seq=seq,
-            price=Decimal("60000.12345678"),
-            quantity=Decimal("0.001"),
+            price_text="60000.12345678",
+            quantity_text="0.001",
             is_buyer_maker=seq % 2 == 0,
             trade_us=at_us + seq,
             received_us=at_us + seq + 5,

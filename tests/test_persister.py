@@ -20,7 +20,7 @@ from loguru import logger
 
 from tradingd.actors.persister import Persister, Record, ticker_key
 from tradingd.config import PersisterConfig
-from tradingd.model import Bar, DeadLetter, MarketType, Ticker, Trade, datetime_to_us
+from tradingd.model import Bar, DeadLetter, MarketType, Ticker, Trade, datetime_to_us, optional_text
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.supervisor import ActorContext
 
@@ -36,8 +36,8 @@ def trade(seq: int, *, price: str = "97000.01000000", instrument: str = "BTCUSDT
         market_type=MarketType.SPOT,
         trade_id=str(seq),
         trade_seq=seq,
-        price=msgspec.json.decode(msgspec.json.encode(price), type=Decimal),
-        quantity=Decimal("0.00120000"),
+        price_text=price,
+        quantity_text="0.00120000",
         is_buyer_maker=bool(seq % 2),
         trade_us=at,
         received_us=at + 100,
@@ -48,11 +48,11 @@ def ticker(instrument: str, bid: str, *, at_us: int = JAN_2027_US) -> Ticker:
     return Ticker(
         exchange="deribit",
         instrument_name=instrument,
-        best_bid_price=Decimal(bid),
-        best_bid_amount=Decimal("10"),
-        best_ask_price=None,
-        best_ask_amount=None,
-        last_price=Decimal("97000.0"),
+        best_bid_price_text=optional_text(Decimal(bid)),
+        best_bid_amount_text="10",
+        best_ask_price_text=None,
+        best_ask_amount_text=None,
+        last_price_text="97000.0",
         timestamp_us=at_us,
         received_us=at_us + 50,
     )
@@ -206,11 +206,11 @@ async def test_graceful_drain_writes_everything(pool: asyncpg.Pool, redis: aiore
             instrument_name="BTCUSDT",
             resolution="1m",
             tick_us=JAN_2027_US + m * 60_000_000,
-            open=Decimal("1.0"),
-            high=Decimal("2.0"),
-            low=Decimal("0.5"),
-            close=Decimal("1.5"),
-            volume=Decimal("3.25"),
+            open_text="1.0",
+            high_text="2.0",
+            low_text="0.5",
+            close_text="1.5",
+            volume_text="3.25",
             closed=True,
             received_us=JAN_2027_US,
         )

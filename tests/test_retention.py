@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -37,8 +36,8 @@ def trades_in(month: date, count: int, first_seq: int) -> list[Trade]:
             market_type=MarketType.SPOT,
             trade_id=str(seq),
             trade_seq=seq,
-            price=Decimal("100.5"),
-            quantity=Decimal("0.1"),
+            price_text="100.5",
+            quantity_text="0.1",
             is_buyer_maker=False,
             trade_us=at_us + seq,
             received_us=at_us + seq,

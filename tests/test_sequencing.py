@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from decimal import Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,8 +26,8 @@ def trade(seq: int, instrument: str = "BTCUSDT", received_us: int | None = None)
         market_type=MarketType.SPOT,
         trade_id=str(seq),
         trade_seq=seq,
-        price=Decimal("1"),
-        quantity=Decimal("1"),
+        price_text="1",
+        quantity_text="1",
         is_buyer_maker=False,
         trade_us=seq,
         received_us=seq if received_us is None else received_us,

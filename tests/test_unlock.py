@@ -6,7 +6,6 @@ import asyncio
 import os
 import sys
 import time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +84,8 @@ async def seed_verified(pool: asyncpg.Pool, rds: aioredis.Redis, exchange: str) 
                     market_type=market,
                     trade_id=str(seq),
                     trade_seq=seq,
-                    price=Decimal("100.5"),
-                    quantity=Decimal("0.1"),
+                    price_text="100.5",
+                    quantity_text="0.1",
                     is_buyer_maker=False,
                     trade_us=now_us - (10 - seq) * 1_000_000,
                     received_us=now_us,

@@ -1,9 +1,12 @@
 """The canonical, exchange-agnostic market-data model shared by every adapter and actor.
 
-Prices and quantities are ``Decimal`` built straight from the venue's text (msgspec decodes
-JSON strings and JSON numbers into ``Decimal`` without a float round trip). Times are integer
-microseconds since the Unix epoch, UTC: exact at the venue's full precision, and cheap to carry
-through the hot path (they are converted to ``timestamptz`` inside PostgreSQL, in bulk).
+Market prices and quantities travel as the venue's own decimal text (``price_text``), checked
+once by the parser (``is_positive_decimal``, ``is_non_negative_decimal``): the text is already
+exact, PostgreSQL's ``numeric`` reads it as it is, and building a ``Decimal`` for every frame
+would cost more than parsing the frame. Whoever computes with a number asks for it: ``price``,
+``quantity`` and the like are ``Decimal`` properties built from the text on access. Times are
+integer microseconds since the Unix epoch, UTC: exact at the venue's full precision, and cheap to
+carry through the hot path (they are converted to ``timestamptz`` inside PostgreSQL, in bulk).
 """
 
 from __future__ import annotations
@@ -11,8 +14,61 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Final
 
 import msgspec
+
+# The range a market price or quantity must lie in: a sanity bound on what a venue sends, not a
+# venue rule. Beyond it a number is a corrupt frame, not a market.
+SMALLEST_AMOUNT: Final = Decimal("1e-20")
+TOO_LARGE_AMOUNT: Final = Decimal("1e20")
+_SMALLEST_FLOAT: Final = 1e-20
+_TOO_LARGE_FLOAT: Final = 1e20
+# Near a bound the float is not exact enough to decide; within this relative margin the exact
+# Decimal decides (rarely taken: no market trades at 1e-20 or 1e20).
+_NEAR: Final = 1e-9
+# A venue's number is short; a long text is a corrupt frame (and PostgreSQL caps numeric's digits).
+_LONGEST_TEXT: Final = 64
+
+
+def is_positive_decimal(text: str) -> bool:
+    """True when ``text`` is a decimal number in [1e-20, 1e20) that ``Decimal`` and
+    PostgreSQL's ``numeric`` both read as the same value.
+
+    ``float()`` is the fast first reading; it also accepts what the other two read differently
+    or not at all ("1_000", non-ASCII digits) or what is no amount ("nan", "inf"), refused here.
+    """
+    if len(text) > _LONGEST_TEXT or not text.isascii() or "_" in text:
+        return False
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    if _SMALLEST_FLOAT * (1 + _NEAR) < value < _TOO_LARGE_FLOAT * (1 - _NEAR):
+        return True
+    if not (_SMALLEST_FLOAT * (1 - _NEAR) <= value <= _TOO_LARGE_FLOAT * (1 + _NEAR)):
+        return False
+    return SMALLEST_AMOUNT <= Decimal(text) < TOO_LARGE_AMOUNT
+
+
+def is_non_negative_decimal(text: str) -> bool:
+    """``is_positive_decimal``, or a zero (a venue's "nothing on this side of the book")."""
+    if is_positive_decimal(text):
+        return True
+    if len(text) > _LONGEST_TEXT or not text.isascii() or "_" in text:
+        return False
+    try:
+        return float(text) == 0.0
+    except ValueError:
+        return False
+
+
+def optional_decimal(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def optional_text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
 
 
 class MarketType(enum.StrEnum):
@@ -60,13 +116,22 @@ class Trade(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     trade_id: str
     # The venue's per-instrument consecutive sequence (Binance ``t``, Deribit ``trade_seq``).
     trade_seq: int
-    price: Decimal
-    quantity: Decimal
+    # The venue's exact decimal text (see the module's docstring); ``price``/``quantity`` read it.
+    price_text: str
+    quantity_text: str
     # True when the taker sold (the buyer was the resting maker order).
     is_buyer_maker: bool
     was_best_price_match: bool | None = None
     trade_us: int
     received_us: int
+
+    @property
+    def price(self) -> Decimal:
+        return Decimal(self.price_text)
+
+    @property
+    def quantity(self) -> Decimal:
+        return Decimal(self.quantity_text)
 
 
 class Bar(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -75,28 +140,79 @@ class Bar(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     resolution: str
     # Bar open time.
     tick_us: int
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
+    # The venue's exact decimal text; ``open`` .. ``volume`` read it as ``Decimal``.
+    open_text: str
+    high_text: str
+    low_text: str
+    close_text: str
+    volume_text: str
     closed: bool
     received_us: int
+
+    @property
+    def open(self) -> Decimal:
+        return Decimal(self.open_text)
+
+    @property
+    def high(self) -> Decimal:
+        return Decimal(self.high_text)
+
+    @property
+    def low(self) -> Decimal:
+        return Decimal(self.low_text)
+
+    @property
+    def close(self) -> Decimal:
+        return Decimal(self.close_text)
+
+    @property
+    def volume(self) -> Decimal:
+        return Decimal(self.volume_text)
 
 
 class Ticker(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     exchange: str
     instrument_name: str
-    best_bid_price: Decimal | None = None
-    best_bid_amount: Decimal | None = None
-    best_ask_price: Decimal | None = None
-    best_ask_amount: Decimal | None = None
-    last_price: Decimal | None = None
-    mark_price: Decimal | None = None
-    index_price: Decimal | None = None
+    # The venue's exact decimal text, or None where the venue has no such number now; the
+    # properties without ``_text`` read it as ``Decimal``.
+    best_bid_price_text: str | None = None
+    best_bid_amount_text: str | None = None
+    best_ask_price_text: str | None = None
+    best_ask_amount_text: str | None = None
+    last_price_text: str | None = None
+    mark_price_text: str | None = None
+    index_price_text: str | None = None
     # Venue event time when the venue sends one (Binance bookTicker has none: receive time).
     timestamp_us: int
     received_us: int
+
+    @property
+    def best_bid_price(self) -> Decimal | None:
+        return optional_decimal(self.best_bid_price_text)
+
+    @property
+    def best_bid_amount(self) -> Decimal | None:
+        return optional_decimal(self.best_bid_amount_text)
+
+    @property
+    def best_ask_price(self) -> Decimal | None:
+        return optional_decimal(self.best_ask_price_text)
+
+    @property
+    def best_ask_amount(self) -> Decimal | None:
+        return optional_decimal(self.best_ask_amount_text)
+
+    @property
+    def last_price(self) -> Decimal | None:
+        return optional_decimal(self.last_price_text)
+
+    @property
+    def mark_price(self) -> Decimal | None:
+        return optional_decimal(self.mark_price_text)
+
+    @property
+    def index_price(self) -> Decimal | None:
+        return optional_decimal(self.index_price_text)
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

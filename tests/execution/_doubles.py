@@ -22,7 +22,7 @@ from tradingd.execution.ledger import Ledger
 from tradingd.execution.orders import OrderState
 from tradingd.execution.paper import PaperFaults, PaperVenue
 from tradingd.execution.risk import InstrumentInfo
-from tradingd.model import Bar, MarketEvent, MarketType, Ticker, Trade
+from tradingd.model import Bar, MarketEvent, MarketType, Ticker, Trade, optional_text
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.state import state_key
 from tradingd.strategies.api import FillView, InstrumentRules, OrderUpdate, SystemEvent
@@ -119,8 +119,8 @@ def trade(price: str, quantity: str, seq: int, at_us: int) -> Trade:
         market_type=MarketType.SPOT,
         trade_id=str(seq),
         trade_seq=seq,
-        price=Decimal(price),
-        quantity=Decimal(quantity),
+        price_text=str(Decimal(price)),
+        quantity_text=str(Decimal(quantity)),
         is_buyer_maker=True,
         trade_us=at_us,
         received_us=at_us,
@@ -131,8 +131,8 @@ def ticker(bid: str, ask: str, at_us: int) -> Ticker:
     return Ticker(
         exchange=EXCHANGE,
         instrument_name="BTCUSDT",
-        best_bid_price=Decimal(bid),
-        best_ask_price=Decimal(ask),
+        best_bid_price_text=optional_text(Decimal(bid)),
+        best_ask_price_text=optional_text(Decimal(ask)),
         timestamp_us=at_us,
         received_us=at_us,
     )

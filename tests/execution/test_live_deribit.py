@@ -20,7 +20,7 @@ from tradingd.adapters.deribit.execution import DeribitExecution
 from tradingd.execution.orders import OrderState
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import Outcome, PlaceRequest
-from tradingd.model import Ticker
+from tradingd.model import Ticker, optional_text
 from tradingd.strategies.api import InstrumentRules, OrderIntent, OrderType, Side, TimeInForce
 from tradingd.testing.fake_deribit import FakeDeribit
 from tradingd.testing.fake_deribit_trading import FakeDeribitTrading
@@ -51,8 +51,8 @@ def perp_ticker(venue: FakeDeribitTrading) -> Ticker:
     book = venue.fake.book(PERP)
     now = int(time.time() * 1_000_000)
     return Ticker(
-        exchange=EXCHANGE, instrument_name=PERP, best_bid_price=book.bid,
-        best_ask_price=book.ask, timestamp_us=now, received_us=now,
+        exchange=EXCHANGE, instrument_name=PERP, best_bid_price_text=optional_text(book.bid),
+        best_ask_price_text=optional_text(book.ask), timestamp_us=now, received_us=now,
     )  # fmt: skip
 
 

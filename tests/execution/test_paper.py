@@ -12,7 +12,7 @@ from tradingd.execution.orders import OrderState
 from tradingd.execution.paper import PaperFaults, PaperVenue
 from tradingd.execution.risk import InstrumentInfo
 from tradingd.execution.venue import Outcome, PlaceRequest, VenueOrder
-from tradingd.model import MarketType, Ticker, Trade
+from tradingd.model import MarketType, Ticker, Trade, optional_text
 from tradingd.strategies.api import InstrumentRules, OrderType, Side, TimeInForce
 
 S = OrderState
@@ -45,8 +45,8 @@ def ticker(bid: str, ask: str) -> Ticker:
     return Ticker(
         exchange="binance",
         instrument_name="BTCUSDT",
-        best_bid_price=Decimal(bid),
-        best_ask_price=Decimal(ask),
+        best_bid_price_text=optional_text(Decimal(bid)),
+        best_ask_price_text=optional_text(Decimal(ask)),
         timestamp_us=NOW,
         received_us=NOW,
     )
@@ -59,8 +59,8 @@ def trade(price: str, quantity: str, seq: int = 1) -> Trade:
         market_type=MarketType.SPOT,
         trade_id=str(seq),
         trade_seq=seq,
-        price=Decimal(price),
-        quantity=Decimal(quantity),
+        price_text=str(Decimal(price)),
+        quantity_text=str(Decimal(quantity)),
         is_buyer_maker=True,
         trade_us=NOW,
         received_us=NOW,

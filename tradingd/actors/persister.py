@@ -24,7 +24,6 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 
 import asyncpg
 import msgspec
@@ -98,22 +97,18 @@ def ticker_key(ticker: Ticker) -> str:
     return f"ticker:{ticker.exchange}:{ticker.instrument_name}"
 
 
-def _text(value: Decimal | None) -> str:
-    return "" if value is None else str(value)
-
-
 def ticker_fields(ticker: Ticker) -> dict[str, str]:
     """The Redis hash of a ticker: every field a string, "" where the venue sent nothing."""
     return {
         "exchange": ticker.exchange,
         "instrument_name": ticker.instrument_name,
-        "best_bid_price": _text(ticker.best_bid_price),
-        "best_bid_amount": _text(ticker.best_bid_amount),
-        "best_ask_price": _text(ticker.best_ask_price),
-        "best_ask_amount": _text(ticker.best_ask_amount),
-        "last_price": _text(ticker.last_price),
-        "mark_price": _text(ticker.mark_price),
-        "index_price": _text(ticker.index_price),
+        "best_bid_price": ticker.best_bid_price_text or "",
+        "best_bid_amount": ticker.best_bid_amount_text or "",
+        "best_ask_price": ticker.best_ask_price_text or "",
+        "best_ask_amount": ticker.best_ask_amount_text or "",
+        "last_price": ticker.last_price_text or "",
+        "mark_price": ticker.mark_price_text or "",
+        "index_price": ticker.index_price_text or "",
         "timestamp_us": str(ticker.timestamp_us),
         "received_us": str(ticker.received_us),
     }

@@ -70,11 +70,12 @@ ON CONFLICT DO NOTHING
 _UPSERT_BARS = f"""
 INSERT INTO ohlc AS o (exchange, instrument_name, resolution, tick, open, high, low, close,
                        volume, closed, updated_at)
-SELECT exchange, instrument_name, resolution, {_ts("tick_us")}, open, high, low, close, volume,
-       closed, now()
+SELECT exchange, instrument_name, resolution, {_ts("tick_us")}, open_text::numeric,
+       high_text::numeric, low_text::numeric, close_text::numeric, volume_text::numeric, closed,
+       now()
 FROM json_to_recordset($1::text::json) AS r(
-    exchange text, instrument_name text, resolution text, tick_us bigint, open numeric,
-    high numeric, low numeric, close numeric, volume numeric, closed boolean)
+    exchange text, instrument_name text, resolution text, tick_us bigint, open_text text,
+    high_text text, low_text text, close_text text, volume_text text, closed boolean)
 ON CONFLICT (exchange, instrument_name, resolution, tick) DO UPDATE
 SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, closed = EXCLUDED.closed, updated_at = EXCLUDED.updated_at
@@ -92,12 +93,14 @@ _INSERT_TICKER_SNAPSHOTS = f"""
 INSERT INTO tickers (exchange, instrument_name, snapshot_at, ticker_timestamp, best_bid_price,
                      best_bid_amount, best_ask_price, best_ask_amount, last_price, mark_price,
                      index_price)
-SELECT exchange, instrument_name, {_ts("$2::bigint")}, {_ts("timestamp_us")}, best_bid_price,
-       best_bid_amount, best_ask_price, best_ask_amount, last_price, mark_price, index_price
+SELECT exchange, instrument_name, {_ts("$2::bigint")}, {_ts("timestamp_us")},
+       best_bid_price_text::numeric, best_bid_amount_text::numeric, best_ask_price_text::numeric,
+       best_ask_amount_text::numeric, last_price_text::numeric, mark_price_text::numeric,
+       index_price_text::numeric
 FROM json_to_recordset($1::text::json) AS r(
-    exchange text, instrument_name text, timestamp_us bigint, best_bid_price numeric,
-    best_bid_amount numeric, best_ask_price numeric, best_ask_amount numeric,
-    last_price numeric, mark_price numeric, index_price numeric)
+    exchange text, instrument_name text, timestamp_us bigint, best_bid_price_text text,
+    best_bid_amount_text text, best_ask_price_text text, best_ask_amount_text text,
+    last_price_text text, mark_price_text text, index_price_text text)
 ON CONFLICT DO NOTHING
 """
 
@@ -207,8 +210,8 @@ async def ensure_trades_partition(conn: asyncpg.Connection, month: date) -> str:
 
 def trade_amount_texts(t: Trade) -> tuple[str, str]:
     """The trade's price and quantity as the venue's exact decimal text (PostgreSQL ``numeric``
-    input parses it, exponent notation included)."""
-    return str(t.price), str(t.quantity)
+    input reads it as it is)."""
+    return t.price_text, t.quantity_text
 
 
 def _staging_rows(trades: Sequence[Trade]) -> list[tuple[Any, ...]]:
