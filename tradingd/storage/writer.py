@@ -7,8 +7,8 @@ taken while the batch can be all new; a duplicate key rolls the savepoint back. 
 for duplicates, COPies the batch in binary into a per-connection TEMP staging table (the same
 price text, integer microseconds) and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``
 converts it in bulk. Measured on 1M trades (5,000 per batch, PostgreSQL 16, a busy 2-core
-box), PostgreSQL's CPU per trade: 13.8-16.6 us on the staging path (speculative insertion for
-``ON CONFLICT``, no multi-row inserts, the detour), 10.8-11.8 us on the COPY path, 5.3-5.7 us on
+box), PostgreSQL's CPU per trade: 13.8-17.1 us on the staging path (speculative insertion for
+``ON CONFLICT``, no multi-row inserts, the detour), 10.8-11.8 us on the COPY path, 5.3-5.9 us on
 the COPY path once ``public_trades`` had one index instead of two; the persister's Python
 spends about 1 us more per trade building the text than it did building staging rows. Binary
 COPY (not built) would spare PostgreSQL parsing the ISO times, about 0.8 us per trade, but
