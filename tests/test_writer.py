@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -12,14 +12,20 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import run_async
 from tradingd.model import Bar, DeadLetter, MarketType, Ticker, Trade, datetime_to_us
+from tradingd.storage import writer
 from tradingd.storage.writer import (
-    STAGING_CHUNK,
+    TRADES_COPY_COLUMNS,
+    TRADES_PER_TURN,
     SystemEvent,
     TradePartitions,
+    TradeSeqMarks,
+    copy_text_field,
+    encode_trades_copy_text,
     final_bars,
     insert_dead_letters,
     insert_system_events,
@@ -144,11 +150,15 @@ async def test_duplicates_never_cost_the_rest_of_their_batch(conn: asyncpg.Conne
     assert (count, low, high) == (150, 0, 149)
 
 
-async def test_a_large_batch_is_staged_in_chunks_that_give_up_the_loop(
-    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("path", ["copy", "staging"])
+async def test_a_large_batch_is_sent_in_chunks_that_give_up_the_loop(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    count = 4 * STAGING_CHUNK + 7
+    count = 4 * TRADES_PER_TURN + 7
     trades = [trade(i, price=f"{97000 + i}.{i:08d}") for i in range(count)]
+    marks = TradeSeqMarks()
+    if path == "staging":
+        marks.raise_to([trade(count)])  # every trade at or below the mark: no COPY attempted
     turns = 0
 
     async def count_turns() -> None:
@@ -157,25 +167,232 @@ async def test_a_large_batch_is_staged_in_chunks_that_give_up_the_loop(
             turns += 1
             await asyncio.sleep(0)  # one step per event-loop turn: it counts them
 
-    copies: list[tuple[int, int]] = []  # (turns counted when a COPY starts, its rows)
-    copy = asyncpg.Connection.copy_records_to_table
+    chunks: list[tuple[int, int]] = []  # (turns counted when a chunk is built, its rows)
+    if path == "copy":
+        encode = writer.encode_trades_copy_text
 
-    async def observed_copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> str:
-        copies.append((turns, len(kwargs["records"])))
-        return await copy(self, table, **kwargs)
+        def observed_encode(batch: Sequence[Trade]) -> bytes:
+            chunks.append((turns, len(batch)))
+            return encode(batch)
 
-    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", observed_copy)
+        monkeypatch.setattr(writer, "encode_trades_copy_text", observed_encode)
+    else:
+        copy = asyncpg.Connection.copy_records_to_table
+
+        async def observed_copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> str:
+            chunks.append((turns, len(kwargs["records"])))
+            return await copy(self, table, **kwargs)
+
+        monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", observed_copy)
     await TradePartitions().ensure(conn, trades)
     async with asyncio.TaskGroup() as group:
         counter = group.create_task(count_turns())
-        assert await insert_trades(conn, trades) == count
+        assert await insert_trades(conn, trades, marks=marks) == count
         counter.cancel()
-    assert [rows for _, rows in copies] == [STAGING_CHUNK] * 4 + [7]
+    assert [rows for _, rows in chunks] == [TRADES_PER_TURN] * 4 + [7]
     # Other work ran between every two chunks.
-    assert all(a < b for (a, _), (b, _) in itertools.pairwise(copies)), copies
+    assert all(a < b for (a, _), (b, _) in itertools.pairwise(chunks)), chunks
     rows = await stored_trades(conn)
     assert [r["trade_seq"] for r in rows] == list(range(count))
     assert [r["price"] for r in rows] == [f"{97000 + i}.{i:08d}" for i in range(count)]
+
+
+class PathSpy:
+    """Counts the COPY attempts straight into public_trades and the staging-path runs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.copies = 0
+        self.failed_copies = 0
+        self.staged = 0
+        copy = writer._copy_new_trades
+        stage = writer._insert_trades_skipping_duplicates
+
+        async def observed_copy(conn: asyncpg.Connection, trades: Sequence[Trade]) -> int:
+            self.copies += 1
+            try:
+                return await copy(conn, trades)
+            except asyncpg.UniqueViolationError:
+                self.failed_copies += 1
+                raise
+
+        async def observed_stage(conn: asyncpg.Connection, trades: Sequence[Trade]) -> int:
+            self.staged += 1
+            return await stage(conn, trades)
+
+        monkeypatch.setattr(writer, "_copy_new_trades", observed_copy)
+        monkeypatch.setattr(writer, "_insert_trades_skipping_duplicates", observed_stage)
+
+    def taken(self) -> tuple[int, int, int]:
+        return self.copies, self.failed_copies, self.staged
+
+
+@pytest.fixture
+def paths(monkeypatch: pytest.MonkeyPatch) -> PathSpy:
+    return PathSpy(monkeypatch)
+
+
+async def test_new_trades_take_the_copy_path(conn: asyncpg.Connection, paths: PathSpy) -> None:
+    marks = TradeSeqMarks()
+    first = [trade(i) for i in range(100)] + [trade(i, instrument="ETHUSDT") for i in range(50)]
+    assert await write_trades(conn, first, marks=marks) == 150
+    later = [trade(i) for i in range(100, 200)] + [trade(50, instrument="ETHUSDT")]
+    assert await write_trades(conn, later, marks=marks) == 101
+    assert paths.taken() == (2, 0, 0)
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 251
+
+
+async def test_a_duplicate_inside_a_batch_falls_back_with_an_exact_count(
+    conn: asyncpg.Connection, paths: PathSpy
+) -> None:
+    batch = [trade(i) for i in range(100)] + [trade(42)]
+    assert await write_trades(conn, batch, marks=TradeSeqMarks()) == 100
+    assert paths.taken() == (1, 1, 1)
+    rows = await stored_trades(conn)
+    assert [r["trade_seq"] for r in rows] == list(range(100))
+
+
+async def test_an_overlap_across_batches_sends_only_the_known_trades_to_staging(
+    conn: asyncpg.Connection, paths: PathSpy
+) -> None:
+    marks = TradeSeqMarks()
+    assert await write_trades(conn, [trade(i) for i in range(100)], marks=marks) == 100
+    # 90-99 are at or below the mark (staging); 100-149 beyond it (COPY).
+    assert await write_trades(conn, [trade(i) for i in range(90, 150)], marks=marks) == 50
+    assert paths.taken() == (2, 0, 1)
+    # A replay: nothing beyond the mark, no COPY at all.
+    assert await write_trades(conn, [trade(i) for i in range(140, 150)], marks=marks) == 0
+    assert paths.taken() == (2, 0, 2)
+    # The overlap raised the mark: the batch after it is new again.
+    assert await write_trades(conn, [trade(i) for i in range(150, 160)], marks=marks) == 10
+    assert paths.taken() == (3, 0, 2)
+    rows = await stored_trades(conn)
+    assert [r["trade_seq"] for r in rows] == list(range(160))
+
+
+async def test_a_stored_trade_beyond_the_mark_sends_the_whole_batch_to_staging(
+    conn: asyncpg.Connection, paths: PathSpy
+) -> None:
+    marks = TradeSeqMarks()
+    assert await write_trades(conn, [trade(i) for i in range(100)], marks=marks) == 100
+    # Another writer stored 100-119, which this one's marks cannot know.
+    assert await write_trades(conn, [trade(i) for i in range(100, 120)]) == 20
+    assert await write_trades(conn, [trade(i) for i in range(90, 130)], marks=marks) == 10
+    assert paths.taken() == (3, 1, 1)
+    rows = await stored_trades(conn)
+    assert [r["trade_seq"] for r in rows] == list(range(130))
+
+
+async def test_an_overlap_after_a_restart_falls_back_with_an_exact_count(
+    conn: asyncpg.Connection, paths: PathSpy
+) -> None:
+    assert await write_trades(conn, [trade(i) for i in range(100)], marks=TradeSeqMarks()) == 100
+    # A new process knows no marks: its first, overlapping batch pays one failed COPY.
+    restarted = TradeSeqMarks()
+    assert await write_trades(conn, [trade(i) for i in range(80, 130)], marks=restarted) == 30
+    assert await write_trades(conn, [trade(i) for i in range(130, 140)], marks=restarted) == 10
+    assert paths.taken() == (3, 1, 1)
+    rows = await stored_trades(conn)
+    assert [r["trade_seq"] for r in rows] == list(range(140))
+
+
+async def test_a_failed_copy_leaves_the_callers_transaction_usable(
+    conn: asyncpg.Connection, paths: PathSpy
+) -> None:
+    assert await write_trades(conn, [trade(1)]) == 1
+    async with conn.transaction():
+        await conn.execute("CREATE TEMP TABLE before_the_batch (x int)")
+        assert await insert_trades(conn, [trade(2), trade(1), trade(3)]) == 2
+        assert await conn.fetchval("SELECT count(*) FROM before_the_batch") == 0
+    assert paths.taken() == (2, 1, 1)
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 3
+
+
+# Any text a venue may send, except NUL (PostgreSQL's text cannot hold it) and lone surrogates
+# (not encodable as UTF-8).
+venue_texts = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1
+) | st.sampled_from(["\\", "\t", "\n", "\r", "\\N", "\\.", "a\\tb", "\r\n", "\\\\n"])
+
+
+def decode_copy_text_field(field: str) -> str | None:
+    """COPY text format's unescaping, as PostgreSQL applies it (the escapes the encoder uses)."""
+    if field == "\\N":
+        return None
+    escapes = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+    out: list[str] = []
+    chars = iter(field)
+    for char in chars:
+        out.append(escapes[next(chars)] if char == "\\" else char)
+    return "".join(out)
+
+
+def venue_trades(names_and_ids: list[tuple[str, str]]) -> list[Trade]:
+    return [
+        msgspec.structs.replace(trade(seq), instrument_name=name, trade_id=trade_id)
+        for seq, (name, trade_id) in enumerate(names_and_ids)
+    ]
+
+
+@given(st.lists(st.tuples(venue_texts, venue_texts), min_size=1, max_size=20))
+def test_copy_text_rows_decode_to_the_trades(names_and_ids: list[tuple[str, str]]) -> None:
+    trades = venue_trades(names_and_ids)
+    text = encode_trades_copy_text(trades).decode()
+    assert text.endswith("\n")
+    lines = text[:-1].split("\n")
+    assert len(lines) == len(trades)
+    for line, sent in zip(lines, trades, strict=True):
+        fields = dict(
+            zip(TRADES_COPY_COLUMNS, map(decode_copy_text_field, line.split("\t")), strict=True)
+        )
+        assert fields["exchange"] == sent.exchange
+        assert fields["instrument_name"] == sent.instrument_name
+        assert fields["trade_id"] == sent.trade_id
+        assert fields["trade_seq"] == str(sent.trade_seq)
+        assert (
+            fields["was_best_price_match"]
+            == {None: None, True: "t", False: "f"}[sent.was_best_price_match]
+        )
+
+
+@given(venue_texts)
+def test_copy_text_field_escapes_exactly_the_specials(text: str) -> None:
+    field = copy_text_field(text)
+    assert not {"\t", "\n", "\r"} & set(field)
+    assert decode_copy_text_field(field) == text or (text == "\\N" and field == "\\\\N")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(venue_texts, venue_texts), min_size=1, max_size=10, unique=True))
+def test_venue_text_is_stored_exactly(
+    migrated_database_url: str, names_and_ids: list[tuple[str, str]]
+) -> None:
+    trades = venue_trades(names_and_ids)
+
+    async def round_trip() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(migrated_database_url)
+        try:
+            await connection.execute("TRUNCATE public_trades")
+            assert await write_trades(connection, trades) == len(trades)
+            return await stored_trades(connection)
+        finally:
+            await connection.close()
+
+    rows = run_async(round_trip)
+    stored = [(r["instrument_name"], r["trade_id"], r["trade_seq"]) for r in rows]
+    assert stored == [(t.instrument_name, t.trade_id, t.trade_seq) for t in trades]
+
+
+async def test_nul_in_venue_text_is_refused_and_nothing_is_stored(
+    conn: asyncpg.Connection,
+) -> None:
+    # PostgreSQL's text cannot hold NUL: the batch is refused as a data error, which the
+    # persister isolates down to the one trade and keeps as a dead letter.
+    bad = msgspec.structs.replace(trade(2), trade_id="2\x00")
+    with pytest.raises(asyncpg.CharacterNotInRepertoireError):
+        await write_trades(conn, [trade(1), bad, trade(3)])
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 0
 
 
 async def test_partitions_created_per_month_and_cached(conn: asyncpg.Connection) -> None:

@@ -4,8 +4,8 @@ For each daily or monthly ``trades`` zip covering the requested dates (planned b
 ``tradingd.adapters.binance.public_data``): fetch its ``.CHECKSUM``, download the zip into the
 state directory while hashing it, refuse it on a mismatch (downloaded again once, then an error
 naming the file; nothing from a refused file is written), then write its rows in batches through
-the live trades' idempotent path (``insert_trades``: COPY into staging, ``INSERT ... ON CONFLICT
-DO NOTHING``), so overlaps with captured or earlier-loaded trades are harmless.
+the live trades' idempotent path (``insert_trades``: a duplicate sends its batch to ``INSERT ...
+ON CONFLICT DO NOTHING``), so overlaps with captured or earlier-loaded trades are harmless.
 
 Progress is recorded per file in ``trade_backfill_files`` in the same transaction as each batch:
 a run killed at any point resumes with the files already loaded skipped and the file in progress

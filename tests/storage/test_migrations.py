@@ -242,3 +242,38 @@ async def test_trade_partitions_are_utc_months_whatever_the_session_time_zone(
         )
     finally:
         await connection.close()
+
+
+# Every query of public_trades by trade_seq, as the daemon, the repairer and the backfill run it.
+_QUERIES_BY_SEQ = (
+    "SELECT max(trade_seq) FROM public_trades WHERE exchange = $1 AND instrument_name = $2",
+    "SELECT count(*) FROM public_trades WHERE exchange = $1 AND instrument_name = $2"
+    " AND trade_seq BETWEEN 10 AND 20",
+    "SELECT min(trade_seq) FROM public_trades WHERE exchange = $1 AND instrument_name = $2"
+    " AND trade_seq > 10",
+    "SELECT price FROM public_trades WHERE exchange = $1 AND instrument_name = $2"
+    " ORDER BY trade_seq DESC LIMIT 1",
+)
+
+
+async def test_trades_have_one_index_that_serves_the_queries_by_seq(
+    migrated_database_url: str,
+) -> None:
+    connection = await asyncpg.connect(migrated_database_url)
+    try:
+        await connection.fetchval("SELECT tradingd_ensure_trades_partition('2026-11-15')")
+        indexes = await connection.fetch(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'public_trades'"
+        )
+        assert [r["indexdef"] for r in indexes] == [
+            "CREATE UNIQUE INDEX public_trades_pkey ON ONLY public.public_trades USING btree"
+            " (exchange, instrument_name, trade_seq, trade_id, trade_timestamp)"
+        ]
+        await connection.execute("SET enable_seqscan = off")
+        for query in _QUERIES_BY_SEQ:
+            plan = await connection.fetchval(
+                "EXPLAIN (FORMAT JSON) " + query.replace("$1", "'binance'").replace("$2", "'X'")
+            )
+            assert "Seq Scan" not in plan and "_pkey" in plan, (query, plan)
+    finally:
+        await connection.close()

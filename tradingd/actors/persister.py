@@ -38,6 +38,7 @@ from tradingd.model import Bar, DeadLetter, Ticker, Trade
 from tradingd.queues import BoundedQueue
 from tradingd.storage.writer import (
     TradePartitions,
+    TradeSeqMarks,
     insert_dead_letters,
     insert_ticker_snapshots,
     insert_trades,
@@ -135,6 +136,7 @@ class Persister:
         self._on_committed = on_committed
         self._clock = clock
         self._partitions = TradePartitions()
+        self._seq_marks = TradeSeqMarks()
         # One lane per concurrent writer: the batches it took off the queue and has not yet
         # committed, kept across a restart of run().
         self._lanes: list[collections.deque[list[Record]]] = [
@@ -346,7 +348,7 @@ class Persister:
             await self._partitions.ensure(conn, trades)
             try:
                 async with conn.transaction():
-                    inserted = await insert_trades(conn, trades)
+                    inserted = await insert_trades(conn, trades, marks=self._seq_marks)
                     bar_rows = await upsert_bars(conn, bars)
                     letter_rows = await insert_dead_letters(conn, letters)
             except asyncpg.CheckViolationError as exc:
