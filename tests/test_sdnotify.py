@@ -22,6 +22,7 @@ from tradingd.sdnotify import (
     Notifier,
     clear_environment,
     encode_notification,
+    extending_start_timeout,
     one_line,
     watchdog_loop,
     watchdog_period,
@@ -390,3 +391,39 @@ async def test_watchdog_loop_treats_a_raising_health_check_as_unhealthy():
 async def test_watchdog_loop_rejects_a_non_positive_period():
     with pytest.raises(ValueError):
         await watchdog_loop(RecordingNotifier(), 0, lambda: True)
+
+
+async def test_a_long_start_up_step_keeps_extending_the_start_timeout(
+    manager: FakeManager, notifier: Notifier
+):
+    finish = asyncio.Event()
+
+    async def migration() -> str:
+        await finish.wait()
+        return "applied"
+
+    step = asyncio.create_task(
+        extending_start_timeout(migration(), notifier, what="migrations", period=0.02)
+    )
+    for _ in range(2):
+        status = await manager.next()
+        assert status["STATUS"].startswith("starting: migrations (running for ")
+        assert await manager.next() == {"EXTEND_TIMEOUT_USEC": "60000"}
+    finish.set()
+    assert await step == "applied"
+
+
+async def test_a_start_up_step_cancelled_takes_its_work_with_it(notifier: Notifier):
+    started = asyncio.Event()
+
+    async def migration() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    work = asyncio.ensure_future(migration())
+    step = asyncio.create_task(extending_start_timeout(work, notifier, what="x", period=60))
+    await started.wait()
+    step.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await step
+    assert work.cancelled()

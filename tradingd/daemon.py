@@ -43,7 +43,13 @@ from tradingd.model import Bar, Channel, DeadLetter, MarketEvent, Subscription, 
 from tradingd.observer import StateChangeObserver
 from tradingd.queues import BoundedQueue, OverflowPolicy
 from tradingd.reconcile import Reconciler, StartupStates
-from tradingd.sdnotify import Notifier, clear_environment, watchdog_loop, watchdog_period
+from tradingd.sdnotify import (
+    Notifier,
+    clear_environment,
+    extending_start_timeout,
+    watchdog_loop,
+    watchdog_period,
+)
 from tradingd.secrets import secret_store
 from tradingd.sequencing import Gap, SequenceTracker
 from tradingd.shared_state import SharedStateWatch
@@ -60,6 +66,10 @@ from tradingd.subscriptions import (
 from tradingd.supervisor import ActorSpec, RestartPolicy, Supervisor, SupervisorEscalation
 
 _T = TypeVar("_T")
+
+# Seconds between start-timeout extensions while migrations run: a migration that rebuilds an
+# index of a large table takes minutes, far beyond TimeoutStartSec=2min, and reports nothing.
+MIGRATION_HEARTBEAT = 20.0
 
 
 class Shutdown(Exception):
@@ -200,7 +210,9 @@ class Daemon:
             asyncio.ensure_future(open_storage(cfg, on_wait=on_wait, secrets=secrets))
         )
         self.notifier.status("starting: migrations")
-        applied = await migrate(self.storage.pool)
+        applied = await extending_start_timeout(
+            migrate(self.storage.pool), self.notifier, what="migrations", period=MIGRATION_HEARTBEAT
+        )
         if applied:
             logger.info("applied migrations: {}", ", ".join(applied))
         self.http = aiohttp.ClientSession()

@@ -19,7 +19,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from loguru import logger
 
@@ -197,6 +197,29 @@ def clear_environment(environ: MutableMapping[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     for name in (NOTIFY_SOCKET_ENV, WATCHDOG_USEC_ENV, WATCHDOG_PID_ENV):
         env.pop(name, None)
+
+
+_T = TypeVar("_T")
+
+
+async def extending_start_timeout(
+    work: Awaitable[_T], notifier: Notifier, *, what: str, period: float
+) -> _T:
+    """Await ``work`` (a start-up step that reports no progress of its own, such as a migration
+    rebuilding an index of a large table), and every ``period`` seconds it is still running show
+    for how long and push systemd's start timeout ``3 * period`` further on."""
+    future = asyncio.ensure_future(work)
+    started = time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=period)
+            if done:
+                return future.result()
+            notifier.status(f"starting: {what} (running for {time.monotonic() - started:.0f} s)")
+            notifier.extend_timeout(3 * period)
+    finally:
+        if not future.done():
+            future.cancel()
 
 
 async def watchdog_loop(
