@@ -475,44 +475,65 @@ def parse_ticker(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) 
 
 
 def _to_ticker(wire: _WireTicker, exchange: str, received_us: int) -> Ticker:
-    _market_type, combo = classify_instrument(wire.instrument_name)
-    best_bid_price = _optional_number_text(wire.best_bid_price)
-    best_bid_amount = _optional_number_text(wire.best_bid_amount)
-    best_ask_price = _optional_number_text(wire.best_ask_price)
-    best_ask_amount = _optional_number_text(wire.best_ask_amount)
-    last_price = _optional_number_text(wire.last_price)
-    mark_price = _optional_number_text(wire.mark_price)
-    index_price = _optional_number_text(wire.index_price)
-    book_check, book_rule = (
+    name = wire.instrument_name
+    known = _name_cache.get(name)
+    _market_type, combo = known if known is not None else classify_instrument(name)
+    price, price_rule = (
         (is_finite_decimal, _FINITE) if combo else (is_non_negative_decimal, _NON_NEGATIVE)
     )
-    last_check, last_rule = (
-        (is_finite_decimal, _FINITE) if combo else (is_positive_decimal, _POSITIVE)
-    )
-    for text, what, check, rule in (
-        (best_bid_amount, "best_bid_amount", is_non_negative_decimal, _NON_NEGATIVE),
-        (best_ask_amount, "best_ask_amount", is_non_negative_decimal, _NON_NEGATIVE),
-        (best_bid_price, "best_bid_price", book_check, book_rule),
-        (best_ask_price, "best_ask_price", book_check, book_rule),
-        (mark_price, "mark_price", book_check, book_rule),
-        (last_price, "last_price", last_check, last_rule),
-        (index_price, "index_price", is_positive_decimal, _POSITIVE),
-    ):
-        if text is not None and not check(text):
-            raise _refused(what, rule, text)
+    # Spelled out field by field: a helper call per number costs a tenth of the ticker's parse.
+    bid_price: str | None = str(wire.best_bid_price, "latin-1")
+    if bid_price in _NO_NUMBER:
+        bid_price = None
+    elif not price(bid_price):
+        raise _refused("best_bid_price", price_rule, bid_price)
+    bid_amount: str | None = str(wire.best_bid_amount, "latin-1")
+    if bid_amount in _NO_NUMBER:
+        bid_amount = None
+    elif not is_non_negative_decimal(bid_amount):
+        raise _refused("best_bid_amount", _NON_NEGATIVE, bid_amount)
+    ask_price: str | None = str(wire.best_ask_price, "latin-1")
+    if ask_price in _NO_NUMBER:
+        ask_price = None
+    elif not price(ask_price):
+        raise _refused("best_ask_price", price_rule, ask_price)
+    ask_amount: str | None = str(wire.best_ask_amount, "latin-1")
+    if ask_amount in _NO_NUMBER:
+        ask_amount = None
+    elif not is_non_negative_decimal(ask_amount):
+        raise _refused("best_ask_amount", _NON_NEGATIVE, ask_amount)
+    last_price: str | None = str(wire.last_price, "latin-1")
+    if last_price in _NO_NUMBER:
+        last_price = None
+    elif not (is_finite_decimal(last_price) if combo else is_positive_decimal(last_price)):
+        raise _refused("last_price", _FINITE if combo else _POSITIVE, last_price)
+    mark_price: str | None = str(wire.mark_price, "latin-1")
+    if mark_price in _NO_NUMBER:
+        mark_price = None
+    elif not price(mark_price):
+        raise _refused("mark_price", price_rule, mark_price)
+    index_price: str | None = str(wire.index_price, "latin-1")
+    if index_price in _NO_NUMBER:
+        index_price = None
+    elif not is_positive_decimal(index_price):
+        raise _refused("index_price", _POSITIVE, index_price)
     return Ticker(
         exchange=exchange,
-        instrument_name=wire.instrument_name,
-        best_bid_price_text=best_bid_price,
-        best_bid_amount_text=best_bid_amount,
-        best_ask_price_text=best_ask_price,
-        best_ask_amount_text=best_ask_amount,
+        instrument_name=name,
+        best_bid_price_text=bid_price,
+        best_bid_amount_text=bid_amount,
+        best_ask_price_text=ask_price,
+        best_ask_amount_text=ask_amount,
         last_price_text=last_price,
         mark_price_text=mark_price,
         index_price_text=index_price,
         timestamp_us=wire.timestamp * 1000,
         received_us=received_us,
     )
+
+
+# An empty Raw (left out) or JSON null.
+_NO_NUMBER: Final = frozenset(("", "null"))
 
 
 def _bar_texts(
