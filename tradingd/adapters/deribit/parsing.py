@@ -1,10 +1,10 @@
 """Deribit wire format → canonical records: pure functions, no I/O, no clock reads.
 
-Every frame is a JSON-RPC 2.0 message, decoded in one pass: ``params.data`` is decoded as
-trades when it is an array (the busiest channel) and kept as ``msgspec.Raw`` otherwise (or
-``result``); an object payload is then decoded by a precompiled decoder chosen from the channel
-prefix. A frame that fails the one-pass decode is decoded again in two stages, so that the
-error names the channel and says what is wrong.
+Every frame is a JSON-RPC 2.0 message. Trades and tickers, the busy channels, are decoded with
+the envelope in one pass (``params.data`` as a trades array or a ticker object). Any other frame,
+or one that fails that decode, is decoded in two stages: the envelope with ``params.data`` (or
+``result``) kept as ``msgspec.Raw``, then the payload by a precompiled decoder chosen from the
+channel prefix, so that an error names the channel and says what is wrong.
 
 Deribit sends prices and amounts as JSON numbers. Each is kept as ``msgspec.Raw`` and stored as
 its exact text, as sent (``1.10`` stays ``1.10``; no float or ``Decimal`` is built per frame),
@@ -395,18 +395,9 @@ def _positive(value: Decimal, what: str) -> None:
     raise ParseError(f"{what} must be a positive number, got {value}")
 
 
-def _number_text(raw: msgspec.Raw) -> str:
-    # latin-1 reads any bytes: what is no JSON number (a string, null, non-ASCII) still becomes
-    # text, which the number rules then refuse.
-    return str(raw, "latin-1")
-
-
-def _optional_number_text(raw: msgspec.Raw) -> str | None:
-    """None for a field left out or null; the number's text otherwise."""
-    if not raw:
-        return None
-    text = str(raw, "latin-1")
-    return None if text == "null" else text
+# A number's text is ``str(raw, _AS_TEXT)``: latin-1 reads any bytes, so what is no JSON number
+# (a string, null, non-ASCII) still becomes text, which the number rules then refuse.
+_AS_TEXT: Final = "latin-1"
 
 
 def _refused(what: str, rule: str, text: str) -> ParseError:
@@ -438,8 +429,8 @@ def _to_trades(wire_trades: list[_WireTrade], exchange: str, received_us: int) -
         name = wire.instrument_name
         known = names.get(name)
         market_type, combo = known if known is not None else classify_instrument(name)
-        price = str(wire.price, "latin-1")
-        amount = str(wire.amount, "latin-1")
+        price = str(wire.price, _AS_TEXT)
+        amount = str(wire.amount, _AS_TEXT)
         if not is_positive_decimal(amount):
             raise _refused(f"trade {wire.trade_id} amount", _POSITIVE, amount)
         if not (is_finite_decimal(price) if combo else is_positive_decimal(price)):
@@ -482,41 +473,48 @@ def _to_ticker(wire: _WireTicker, exchange: str, received_us: int) -> Ticker:
         (is_finite_decimal, _FINITE) if combo else (is_non_negative_decimal, _NON_NEGATIVE)
     )
     # Spelled out field by field: a helper call per number costs a tenth of the ticker's parse.
-    bid_price: str | None = str(wire.best_bid_price, "latin-1")
-    if bid_price in _NO_NUMBER:
-        bid_price = None
-    elif not price(bid_price):
-        raise _refused("best_bid_price", price_rule, bid_price)
-    bid_amount: str | None = str(wire.best_bid_amount, "latin-1")
-    if bid_amount in _NO_NUMBER:
-        bid_amount = None
-    elif not is_non_negative_decimal(bid_amount):
-        raise _refused("best_bid_amount", _NON_NEGATIVE, bid_amount)
-    ask_price: str | None = str(wire.best_ask_price, "latin-1")
-    if ask_price in _NO_NUMBER:
-        ask_price = None
-    elif not price(ask_price):
-        raise _refused("best_ask_price", price_rule, ask_price)
-    ask_amount: str | None = str(wire.best_ask_amount, "latin-1")
-    if ask_amount in _NO_NUMBER:
-        ask_amount = None
-    elif not is_non_negative_decimal(ask_amount):
-        raise _refused("best_ask_amount", _NON_NEGATIVE, ask_amount)
-    last_price: str | None = str(wire.last_price, "latin-1")
-    if last_price in _NO_NUMBER:
-        last_price = None
-    elif not (is_finite_decimal(last_price) if combo else is_positive_decimal(last_price)):
-        raise _refused("last_price", _FINITE if combo else _POSITIVE, last_price)
-    mark_price: str | None = str(wire.mark_price, "latin-1")
-    if mark_price in _NO_NUMBER:
-        mark_price = None
-    elif not price(mark_price):
-        raise _refused("mark_price", price_rule, mark_price)
-    index_price: str | None = str(wire.index_price, "latin-1")
-    if index_price in _NO_NUMBER:
-        index_price = None
-    elif not is_positive_decimal(index_price):
-        raise _refused("index_price", _POSITIVE, index_price)
+    text = str(wire.best_bid_price, _AS_TEXT)
+    bid_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not price(text):
+            raise _refused("best_bid_price", price_rule, text)
+        bid_price = text
+    text = str(wire.best_bid_amount, _AS_TEXT)
+    bid_amount: str | None = None
+    if text not in _NO_NUMBER:
+        if not is_non_negative_decimal(text):
+            raise _refused("best_bid_amount", _NON_NEGATIVE, text)
+        bid_amount = text
+    text = str(wire.best_ask_price, _AS_TEXT)
+    ask_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not price(text):
+            raise _refused("best_ask_price", price_rule, text)
+        ask_price = text
+    text = str(wire.best_ask_amount, _AS_TEXT)
+    ask_amount: str | None = None
+    if text not in _NO_NUMBER:
+        if not is_non_negative_decimal(text):
+            raise _refused("best_ask_amount", _NON_NEGATIVE, text)
+        ask_amount = text
+    text = str(wire.last_price, _AS_TEXT)
+    last_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not (is_finite_decimal(text) if combo else is_positive_decimal(text)):
+            raise _refused("last_price", _FINITE if combo else _POSITIVE, text)
+        last_price = text
+    text = str(wire.mark_price, _AS_TEXT)
+    mark_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not price(text):
+            raise _refused("mark_price", price_rule, text)
+        mark_price = text
+    text = str(wire.index_price, _AS_TEXT)
+    index_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not is_positive_decimal(text):
+            raise _refused("index_price", _POSITIVE, text)
+        index_price = text
     return Ticker(
         exchange=exchange,
         instrument_name=name,
@@ -550,11 +548,11 @@ def _bar_texts(
         (is_finite_decimal, _FINITE) if combo else (is_non_negative_decimal, _NON_NEGATIVE)
     )
     texts = (
-        _number_text(open_),
-        _number_text(high),
-        _number_text(low),
-        _number_text(close),
-        _number_text(volume),
+        str(open_, _AS_TEXT),
+        str(high, _AS_TEXT),
+        str(low, _AS_TEXT),
+        str(close, _AS_TEXT),
+        str(volume, _AS_TEXT),
     )
     for text, what in zip(texts[:4], ("open", "high", "low", "close"), strict=True):
         if not check(text):
