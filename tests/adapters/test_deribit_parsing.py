@@ -786,6 +786,33 @@ def test_almost_valid_payloads_raise_only_parse_error(
     _only_parse_errors(notification("chart.trades.BTC-FS-30SEP22_PERP.1", bar))
 
 
+def _outcome(parse_data: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return parse_data(*args, **kwargs)
+    except ParseError as exc:
+        return f"refused: {exc}"
+
+
+@HYPOTHESIS
+@given(st.lists(trade_like, min_size=0, max_size=3), ticker_like)
+def test_one_pass_frames_read_like_their_payload_alone(
+    trades: list[dict[str, Any]], ticker: dict[str, Any]
+) -> None:
+    """Trades and tickers are decoded with the envelope; the records, or the reason for
+    refusing, are those of the payload's own decoder."""
+    for channel, data, parse_data in (
+        ("trades.BTC-PERPETUAL.100ms", trades, parse_trades),
+        ("ticker.BTC-PERPETUAL.100ms", ticker, parse_ticker),
+    ):
+        alone = _outcome(parse_data, ENCODE(data), exchange=EXCHANGE, received_us=RECEIVED)
+        framed = _outcome(parse, notification(channel, data))
+        if isinstance(alone, str):
+            assert framed == f"refused: {channel}: {alone.removeprefix('refused: ')}"
+        else:
+            expected = alone if channel.startswith("trades.") else [alone]
+            assert framed.kind is FrameKind.DATA and framed.records == expected
+
+
 positive_decimals = st.decimals(
     min_value=Decimal("1e-8"), max_value=Decimal("1e12"), allow_nan=False, allow_infinity=False
 ).filter(lambda value: len(str(value)) <= 64)  # longer is a corrupt frame (tradingd.model)
