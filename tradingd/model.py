@@ -29,6 +29,7 @@ _TOO_LARGE_FLOAT: Final = 1e20
 _NEAR: Final = 1e-9
 # A venue's number is short; a long text is a corrupt frame (and PostgreSQL caps numeric's digits).
 _LONGEST_TEXT: Final = 64
+_MAGNITUDE_FIRST: Final = frozenset("0123456789.")
 
 
 def is_positive_decimal(text: str) -> bool:
@@ -61,6 +62,20 @@ def is_non_negative_decimal(text: str) -> bool:
         return float(text) == 0.0
     except ValueError:
         return False
+
+
+def is_finite_decimal(text: str) -> bool:
+    """``is_non_negative_decimal``, or its negative (a combo's price: a spread of two prices
+    may be worth nothing or less than nothing)."""
+    if is_non_negative_decimal(text):
+        return True
+    # A second sign, a space or an empty magnitude after the minus is no number.
+    return (
+        len(text) > 1
+        and text[0] == "-"
+        and text[1] in _MAGNITUDE_FIRST
+        and is_positive_decimal(text[1:])
+    )
 
 
 def optional_decimal(text: str | None) -> Decimal | None:

@@ -244,20 +244,46 @@ def test_tardis_combo_ticker_with_negative_prices() -> None:
 # ---------------------------------------------------------------------------- ccxt
 
 # ccxt's fixture tooling turned numbers into strings; Deribit sends these as JSON integers.
+# ccxt's fixtures store every number as a string; Deribit sends JSON numbers, which the parser
+# keeps as their exact text (a JSON string is no number to it). Restored here: integers as int,
+# decimals as Decimal (written back as a JSON number with the same text).
 _STRINGIFIED_INTEGERS = {"trade_seq", "timestamp", "tick_direction", "usIn", "usOut", "usDiff"}
+_STRINGIFIED_DECIMALS = {
+    "amount",
+    "best_ask_amount",
+    "best_ask_price",
+    "best_bid_amount",
+    "best_bid_price",
+    "contracts",
+    "high",
+    "index_price",
+    "last_price",
+    "low",
+    "mark_price",
+    "max_price",
+    "min_price",
+    "price",
+    "price_change",
+    "volume",
+    "volume_notional",
+    "volume_usd",
+}
 
 
 def _unstringify(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            key: int(item)
-            if key in _STRINGIFIED_INTEGERS and isinstance(item, str)
-            else _unstringify(item)
-            for key, item in value.items()
-        }
+        return {key: _unstringify_field(key, item) for key, item in value.items()}
     if isinstance(value, list):
         return [_unstringify(item) for item in value]
     return value
+
+
+def _unstringify_field(key: str, item: Any) -> Any:
+    if isinstance(item, str) and key in _STRINGIFIED_INTEGERS:
+        return int(item)
+    if isinstance(item, str) and key in _STRINGIFIED_DECIMALS:
+        return Decimal(item)
+    return _unstringify(item)
 
 
 def ccxt_responses(method: str) -> list[dict[str, Any]]:

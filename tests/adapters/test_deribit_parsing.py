@@ -225,6 +225,79 @@ def test_impossible_trades_are_parse_errors(overrides: dict[str, Any], reason: s
     assert caught.value.channel == "trades.BTC-PERPETUAL.100ms"
 
 
+def _frame_with_numbers(price: bytes, amount: bytes, name: bytes = b"BTC-PERPETUAL") -> bytes:
+    """A trades notification with the price and amount spelt exactly as given."""
+    return (
+        b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.%s.100ms",'
+        b'"data":[{"trade_seq":7,"trade_id":"7","timestamp":1590484512188,"price":%s,'
+        b'"instrument_name":"%s","direction":"buy","amount":%s}]}}' % (name, price, name, amount)
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.10",  # not the shortest form: kept, not "1.1"
+        "1.2e2",
+        "1E-7",
+        "92294.50",
+        "0.30000000000000001",  # 17 digits: a float would read 0.3
+        "12345678901234567890.5e-10",  # more digits than a double holds
+        "0.000000000000000000010",
+    ],
+)
+def test_numbers_are_stored_exactly_as_the_venue_wrote_them(text: str) -> None:
+    (trade,) = parse(_frame_with_numbers(text.encode(), text.encode())).records
+    assert trade.price_text == text and trade.quantity_text == text
+    assert trade.price == Decimal(text)
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (b"0", "got 0"),
+        (b"0.0", "got 0.0"),
+        (b"-10", "got -10"),
+        (b"-0", "got -0"),
+        (b'"NaN"', 'got "NaN"'),
+        (b'"Infinity"', 'got "Infinity"'),
+        (b'"1.5"', 'got "1.5"'),  # a JSON string is no JSON number
+        (b"null", "got null"),
+        (b"true", "got true"),
+        (b"[1]", "got [1]"),
+        (b"1e20", "got 1e20"),
+        (b"1e400", "got 1e400"),
+        (b"1e-21", "got 1e-21"),
+        (b"1." + b"0" * 63, "(65 characters)"),
+    ],
+)
+def test_bad_amounts_are_refused_with_the_reason(amount: bytes, shown: str) -> None:
+    with pytest.raises(NotificationError) as caught:
+        parse(_frame_with_numbers(b"100.5", amount))
+    reason = str(caught.value)
+    assert "trade 7 amount must be a positive number in [1e-20, 1e20)" in reason
+    assert shown in reason
+
+
+def test_a_64_character_amount_is_still_a_number() -> None:
+    text = "1." + "0" * 62
+    (trade,) = parse(_frame_with_numbers(b"100.5", text.encode())).records
+    assert trade.quantity_text == text
+
+
+@pytest.mark.parametrize("price", [b"0", b"-13.5", b"-0.0", b"1e-7"])
+def test_combo_prices_may_be_zero_or_negative_but_stay_in_range(price: bytes) -> None:
+    frame = _frame_with_numbers(price, b"1", b"BTC-FS-30SEP22_PERP")
+    (trade,) = parse(frame).records
+    assert trade.price_text == price.decode()
+
+
+@pytest.mark.parametrize("price", [b"-1e20", b"-1e-21", b'"-1"', b"null", b"1e20"])
+def test_impossible_combo_prices_are_refused(price: bytes) -> None:
+    with pytest.raises(NotificationError, match="price must be zero or a number of magnitude"):
+        parse(_frame_with_numbers(price, b"1", b"BTC-FS-30SEP22_PERP"))
+
+
 def test_combo_trades_may_have_negative_or_zero_prices() -> None:
     data = [_trade(instrument_name="BTC-FS-30SEP22_PERP", price=-13.5), _trade(price=0)]
     data[1]["instrument_name"] = "BTC-CS-19MAY26-70000_75000"
@@ -713,9 +786,36 @@ def test_almost_valid_payloads_raise_only_parse_error(
     _only_parse_errors(notification("chart.trades.BTC-FS-30SEP22_PERP.1", bar))
 
 
+def _outcome(parse_data: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return parse_data(*args, **kwargs)
+    except ParseError as exc:
+        return f"refused: {exc}"
+
+
+@HYPOTHESIS
+@given(st.lists(trade_like, min_size=0, max_size=3), ticker_like)
+def test_one_pass_frames_read_like_their_payload_alone(
+    trades: list[dict[str, Any]], ticker: dict[str, Any]
+) -> None:
+    """Trades and tickers are decoded with the envelope; the records, or the reason for
+    refusing, are those of the payload's own decoder."""
+    for channel, data, parse_data in (
+        ("trades.BTC-PERPETUAL.100ms", trades, parse_trades),
+        ("ticker.BTC-PERPETUAL.100ms", ticker, parse_ticker),
+    ):
+        alone = _outcome(parse_data, ENCODE(data), exchange=EXCHANGE, received_us=RECEIVED)
+        framed = _outcome(parse, notification(channel, data))
+        if isinstance(alone, str):
+            assert framed == f"refused: {channel}: {alone.removeprefix('refused: ')}"
+        else:
+            expected = alone if channel.startswith("trades.") else [alone]
+            assert framed.kind is FrameKind.DATA and framed.records == expected
+
+
 positive_decimals = st.decimals(
     min_value=Decimal("1e-8"), max_value=Decimal("1e12"), allow_nan=False, allow_infinity=False
-)
+).filter(lambda value: len(str(value)) <= 64)  # longer is a corrupt frame (tradingd.model)
 
 
 @HYPOTHESIS
@@ -757,6 +857,45 @@ def test_valid_trades_round_trip_exactly(
         assert trade.trade_seq == seq and trade.trade_us == timestamp * 1000
         assert trade.is_buyer_maker is sell and trade.trade_id == trade_id
         assert trade.market_type is MarketType.OPTION
+
+
+in_range_numbers = st.one_of(
+    st.decimals(
+        min_value=Decimal("1e-20"),
+        max_value=Decimal("1e20"),
+        allow_nan=False,
+        allow_infinity=False,
+    ).filter(lambda value: value < Decimal("1e20") and len(str(value)) <= 64),
+    st.floats(min_value=1e-20, max_value=1e20, exclude_max=True),
+)
+
+
+@HYPOTHESIS
+@given(in_range_numbers, in_range_numbers, st.booleans())
+def test_numbers_the_fake_venue_writes_are_stored_with_the_same_value(
+    price: Decimal | float, amount: Decimal | float, negative_combo: bool
+) -> None:
+    """The fake venue writes Decimals and floats as JSON numbers (msgspec, ``number`` format),
+    as Deribit writes doubles: whatever it writes, the record holds the same value."""
+    name = "BTC-FS-30SEP22_PERP" if negative_combo else "BTC-PERPETUAL"
+    signed_price = -price if negative_combo else price
+    frame = notification(
+        f"trades.{name}.100ms", [_trade(price=signed_price, amount=amount, instrument_name=name)]
+    )
+    (trade,) = parse(frame).records
+    written = json.loads(frame, parse_float=Decimal, parse_int=Decimal)["params"]["data"][0]
+    assert trade.price_text == ENCODE(signed_price).decode()  # the very text written
+    assert trade.price == written["price"] == Decimal(str(signed_price))
+    assert trade.quantity == written["amount"] == Decimal(str(amount))
+    ticker = parse(
+        notification(
+            f"ticker.{name}.100ms",
+            dict(
+                TICKER_DATA, instrument_name=name, best_bid_price=signed_price, index_price=amount
+            ),
+        )
+    ).records[0]
+    assert ticker.best_bid_price == trade.price and ticker.index_price == trade.quantity
 
 
 def test_json_module_agrees_with_the_decimal_text() -> None:

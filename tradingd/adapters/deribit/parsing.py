@@ -1,9 +1,14 @@
 """Deribit wire format → canonical records: pure functions, no I/O, no clock reads.
 
-Every frame is a JSON-RPC 2.0 message. The envelope is decoded first with ``params.data`` (or
-``result``) kept as ``msgspec.Raw``; the payload is then decoded by a precompiled decoder chosen
-from the channel prefix. Deribit sends prices and amounts as JSON numbers: msgspec decodes them
-straight into ``Decimal`` from the number's text, so nothing goes through a float.
+Every frame is a JSON-RPC 2.0 message. Trades and tickers, the busy channels, are decoded with
+the envelope in one pass (``params.data`` as a trades array or a ticker object). Any other frame,
+or one that fails that decode, is decoded in two stages: the envelope with ``params.data`` (or
+``result``) kept as ``msgspec.Raw``, then the payload by a precompiled decoder chosen from the
+channel prefix, so that an error names the channel and says what is wrong.
+
+Deribit sends prices and amounts as JSON numbers. Each is kept as ``msgspec.Raw`` and stored as
+its exact text, as sent (``1.10`` stays ``1.10``; no float or ``Decimal`` is built per frame),
+once ``tradingd.model``'s rules accept it.
 
 Anything that is not what the protocol says raises ``ParseError`` with the reason.
 """
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Final, Literal
 
@@ -28,7 +33,9 @@ from tradingd.model import (
     Subscription,
     Ticker,
     Trade,
-    optional_text,
+    is_finite_decimal,
+    is_non_negative_decimal,
+    is_positive_decimal,
     resolution_us,
 )
 
@@ -81,6 +88,16 @@ class _Params(msgspec.Struct, gc=False):
     type: str = ""
 
 
+class _WireTrade(msgspec.Struct, gc=False):
+    trade_id: Name
+    trade_seq: Annotated[int, Meta(ge=0)]
+    timestamp: Millis
+    price: msgspec.Raw
+    amount: msgspec.Raw
+    direction: Literal["buy", "sell"]
+    instrument_name: Name
+
+
 class RpcError(msgspec.Struct, frozen=True, gc=False):
     code: int
     message: str = ""
@@ -101,45 +118,52 @@ class _Envelope(msgspec.Struct, gc=False):
     error: RpcError | None = None
 
 
-class _WireTrade(msgspec.Struct, gc=False):
-    trade_id: Name
-    trade_seq: Annotated[int, Meta(ge=0)]
-    timestamp: Millis
-    price: Decimal
-    amount: Decimal
-    direction: Literal["buy", "sell"]
-    instrument_name: Name
-
-
+# A number field left out is an empty Raw; a JSON null is the Raw text "null".
 class _WireTicker(msgspec.Struct, gc=False):
     instrument_name: Name
     timestamp: Millis
-    best_bid_price: Decimal | None = None
-    best_bid_amount: Decimal | None = None
-    best_ask_price: Decimal | None = None
-    best_ask_amount: Decimal | None = None
-    last_price: Decimal | None = None
-    mark_price: Decimal | None = None
-    index_price: Decimal | None = None
+    best_bid_price: msgspec.Raw = msgspec.Raw()
+    best_bid_amount: msgspec.Raw = msgspec.Raw()
+    best_ask_price: msgspec.Raw = msgspec.Raw()
+    best_ask_amount: msgspec.Raw = msgspec.Raw()
+    last_price: msgspec.Raw = msgspec.Raw()
+    mark_price: msgspec.Raw = msgspec.Raw()
+    index_price: msgspec.Raw = msgspec.Raw()
+
+
+class _DecodedParams(msgspec.Struct, gc=False):
+    channel: str = ""
+    # The shapes of the busy channels' data, decoded with the envelope (one pass); anything else
+    # fails that decode, and is read again as sent (``_Params``).
+    data: list[_WireTrade] | _WireTicker | None = None
+    type: str = ""
+
+
+class _DecodedEnvelope(msgspec.Struct, gc=False):
+    method: str = ""
+    params: _DecodedParams | None = None
+    id: int | str | None = None
+    result: msgspec.Raw = msgspec.Raw()
+    error: RpcError | None = None
 
 
 class _WireBar(msgspec.Struct, gc=False):
     tick: Millis
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
+    open: msgspec.Raw
+    high: msgspec.Raw
+    low: msgspec.Raw
+    close: msgspec.Raw
+    volume: msgspec.Raw
 
 
 class _WireChart(msgspec.Struct, gc=False):
     status: str = "ok"
     ticks: list[Millis] = []
-    open: list[Decimal] = []
-    high: list[Decimal] = []
-    low: list[Decimal] = []
-    close: list[Decimal] = []
-    volume: list[Decimal] = []
+    open: list[msgspec.Raw] = []
+    high: list[msgspec.Raw] = []
+    low: list[msgspec.Raw] = []
+    close: list[msgspec.Raw] = []
+    volume: list[msgspec.Raw] = []
 
 
 class _WireTradesPage(msgspec.Struct, gc=False):
@@ -163,6 +187,7 @@ class _WireInstrument(msgspec.Struct, gc=False):
 # msgspec reports invalid UTF-8 inside a JSON string as UnicodeDecodeError.
 _DECODE_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError)
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
+_DECODED_ENVELOPE = msgspec.json.Decoder(_DecodedEnvelope)
 _TRADES = msgspec.json.Decoder(list[_WireTrade])
 _TICKER = msgspec.json.Decoder(_WireTicker)
 _BAR = msgspec.json.Decoder(_WireBar)
@@ -276,22 +301,32 @@ class NotificationError(ParseError):
 def parse_frame(frame: bytes | str, *, exchange: str, received_us: int) -> ParsedFrame:
     """One WebSocket text frame → its canonical records or what the session must do with it."""
     try:
-        envelope = _ENVELOPE.decode(frame)
-    except _DECODE_ERRORS as exc:
-        raise ParseError(f"not a JSON-RPC frame: {exc}") from None
+        envelope: _DecodedEnvelope | _Envelope = _DECODED_ENVELOPE.decode(frame)
+    except _DECODE_ERRORS:
+        envelope = _decode_envelope(frame)
     method = envelope.method
     params = envelope.params
     if method == "subscription":
         if params is None or not params.channel:
             raise ParseError("subscription notification without params.channel")
         channel = params.channel
+        data = params.data
         try:
-            records = _parse_notification(channel, params.data, exchange, received_us)
+            if isinstance(data, list) and channel.startswith("trades."):
+                if not data:
+                    raise ParseError("trades notification with no trades")
+                return ParsedFrame(_DATA, _to_trades(data, exchange, received_us), channel)
+            if isinstance(data, _WireTicker) and channel.startswith("ticker."):
+                return ParsedFrame(_DATA, [_to_ticker(data, exchange, received_us)], channel)
+            if not isinstance(data, msgspec.Raw):
+                # Decoded in another channel's shape (or null): this channel's decoder reads it.
+                data = _data_as_sent(frame)
+            records = _parse_notification(channel, data, exchange, received_us)
         except (*_DECODE_ERRORS, ParseError) as exc:
             raise NotificationError(f"{channel}: {exc}", channel) from None
         if records is None:
             return ParsedFrame(FrameKind.IGNORED, [], channel, None, method)
-        return ParsedFrame(FrameKind.DATA, records, channel)
+        return ParsedFrame(_DATA, records, channel)
     if method == "heartbeat":
         kind = params.type if params is not None else ""
         if kind == "test_request":
@@ -306,6 +341,23 @@ def parse_frame(frame: bytes | str, *, exchange: str, received_us: int) -> Parse
             FrameKind.REPLY, [], "", RpcReply(envelope.id, envelope.result, envelope.error)
         )
     raise ParseError("neither a notification nor a response (no method, result or error)")
+
+
+_DATA: Final = FrameKind.DATA
+
+
+def _decode_envelope(frame: bytes | str) -> _Envelope:
+    """The envelope with ``params.data`` as sent: the payload's errors are then the payload
+    decoder's, named by channel."""
+    try:
+        return _ENVELOPE.decode(frame)
+    except _DECODE_ERRORS as exc:
+        raise ParseError(f"not a JSON-RPC frame: {exc}") from None
+
+
+def _data_as_sent(frame: bytes | str) -> msgspec.Raw:
+    params = _decode_envelope(frame).params
+    return msgspec.Raw() if params is None else params.data
 
 
 def _parse_notification(
@@ -343,18 +395,19 @@ def _positive(value: Decimal, what: str) -> None:
     raise ParseError(f"{what} must be a positive number, got {value}")
 
 
-def _non_negative(value: Decimal, what: str) -> None:
-    try:
-        if _ZERO <= value < _INFINITY:
-            return
-    except InvalidOperation:
-        pass
-    raise ParseError(f"{what} must be a non-negative number, got {value}")
+# A number's text is ``str(raw, _AS_TEXT)``: latin-1 reads any bytes, so what is no JSON number
+# (a string, null, non-ASCII) still becomes text, which the number rules then refuse.
+_AS_TEXT: Final = "latin-1"
 
 
-def _finite(value: Decimal, what: str) -> None:
-    if not value.is_finite():
-        raise ParseError(f"{what} must be a finite number, got {value}")
+def _refused(what: str, rule: str, text: str) -> ParseError:
+    shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+    return ParseError(f"{what} must be {rule}, got {shown}")
+
+
+_POSITIVE: Final = "a positive number in [1e-20, 1e20)"
+_NON_NEGATIVE: Final = "zero or a positive number in [1e-20, 1e20)"
+_FINITE: Final = "zero or a number of magnitude in [1e-20, 1e20)"
 
 
 def parse_trades(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) -> list[Trade]:
@@ -371,17 +424,17 @@ def parse_trades(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) 
 def _to_trades(wire_trades: list[_WireTrade], exchange: str, received_us: int) -> list[Trade]:
     trades: list[Trade] = []
     append = trades.append
+    names = _name_cache
     for wire in wire_trades:
         name = wire.instrument_name
-        known = _name_cache.get(name)
+        known = names.get(name)
         market_type, combo = known if known is not None else classify_instrument(name)
-        price = wire.price
-        amount = wire.amount
-        _positive(amount, f"trade {wire.trade_id} amount")
-        if combo:
-            _finite(price, f"trade {wire.trade_id} price")
-        else:
-            _positive(price, f"trade {wire.trade_id} price")
+        price = str(wire.price, _AS_TEXT)
+        amount = str(wire.amount, _AS_TEXT)
+        if not is_positive_decimal(amount):
+            raise _refused(f"trade {wire.trade_id} amount", _POSITIVE, amount)
+        if not (is_finite_decimal(price) if combo else is_positive_decimal(price)):
+            raise _refused(f"trade {wire.trade_id} price", _FINITE if combo else _POSITIVE, price)
         append(
             Trade(
                 exchange=exchange,
@@ -389,8 +442,8 @@ def _to_trades(wire_trades: list[_WireTrade], exchange: str, received_us: int) -
                 market_type=market_type,
                 trade_id=wire.trade_id,
                 trade_seq=wire.trade_seq,
-                price_text=str(price),
-                quantity_text=str(amount),
+                price_text=price,
+                quantity_text=amount,
                 is_buyer_maker=wire.direction == "sell",
                 trade_us=wire.timestamp * 1000,
                 received_us=received_us,
@@ -409,48 +462,111 @@ def parse_ticker(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) 
         wire = _TICKER.decode(data)
     except _DECODE_ERRORS as exc:
         raise ParseError(f"ticker schema: {exc}") from None
-    _market_type, combo = classify_instrument(wire.instrument_name)
-    price_check = _finite if combo else _non_negative
-    for value, what, check in (
-        (wire.best_bid_amount, "best_bid_amount", _non_negative),
-        (wire.best_ask_amount, "best_ask_amount", _non_negative),
-        (wire.best_bid_price, "best_bid_price", price_check),
-        (wire.best_ask_price, "best_ask_price", price_check),
-        (wire.mark_price, "mark_price", price_check),
-        (wire.last_price, "last_price", _finite if combo else _positive),
-        (wire.index_price, "index_price", _positive),
-    ):
-        if value is not None:
-            check(value, what)
+    return _to_ticker(wire, exchange, received_us)
+
+
+def _to_ticker(wire: _WireTicker, exchange: str, received_us: int) -> Ticker:
+    name = wire.instrument_name
+    known = _name_cache.get(name)
+    _market_type, combo = known if known is not None else classify_instrument(name)
+    price, price_rule = (
+        (is_finite_decimal, _FINITE) if combo else (is_non_negative_decimal, _NON_NEGATIVE)
+    )
+    # Spelled out field by field: a helper call per number costs a tenth of the ticker's parse.
+    # A book number is nearly always positive: ``is_positive_decimal`` first accepts it in one
+    # call (the wider rule would call it too, one call deeper).
+    text = str(wire.best_bid_price, _AS_TEXT)
+    bid_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not (is_positive_decimal(text) or price(text)):
+            raise _refused("best_bid_price", price_rule, text)
+        bid_price = text
+    text = str(wire.best_bid_amount, _AS_TEXT)
+    bid_amount: str | None = None
+    if text not in _NO_NUMBER:
+        if not (is_positive_decimal(text) or is_non_negative_decimal(text)):
+            raise _refused("best_bid_amount", _NON_NEGATIVE, text)
+        bid_amount = text
+    text = str(wire.best_ask_price, _AS_TEXT)
+    ask_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not (is_positive_decimal(text) or price(text)):
+            raise _refused("best_ask_price", price_rule, text)
+        ask_price = text
+    text = str(wire.best_ask_amount, _AS_TEXT)
+    ask_amount: str | None = None
+    if text not in _NO_NUMBER:
+        if not (is_positive_decimal(text) or is_non_negative_decimal(text)):
+            raise _refused("best_ask_amount", _NON_NEGATIVE, text)
+        ask_amount = text
+    text = str(wire.last_price, _AS_TEXT)
+    last_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not (is_finite_decimal(text) if combo else is_positive_decimal(text)):
+            raise _refused("last_price", _FINITE if combo else _POSITIVE, text)
+        last_price = text
+    text = str(wire.mark_price, _AS_TEXT)
+    mark_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not (is_positive_decimal(text) or price(text)):
+            raise _refused("mark_price", price_rule, text)
+        mark_price = text
+    text = str(wire.index_price, _AS_TEXT)
+    index_price: str | None = None
+    if text not in _NO_NUMBER:
+        if not is_positive_decimal(text):
+            raise _refused("index_price", _POSITIVE, text)
+        index_price = text
     return Ticker(
         exchange=exchange,
-        instrument_name=wire.instrument_name,
-        best_bid_price_text=optional_text(wire.best_bid_price),
-        best_bid_amount_text=optional_text(wire.best_bid_amount),
-        best_ask_price_text=optional_text(wire.best_ask_price),
-        best_ask_amount_text=optional_text(wire.best_ask_amount),
-        last_price_text=optional_text(wire.last_price),
-        mark_price_text=optional_text(wire.mark_price),
-        index_price_text=optional_text(wire.index_price),
+        instrument_name=name,
+        best_bid_price_text=bid_price,
+        best_bid_amount_text=bid_amount,
+        best_ask_price_text=ask_price,
+        best_ask_amount_text=ask_amount,
+        last_price_text=last_price,
+        mark_price_text=mark_price,
+        index_price_text=index_price,
         timestamp_us=wire.timestamp * 1000,
         received_us=received_us,
     )
 
 
-def _check_ohlc(
-    open_: Decimal,
-    high: Decimal,
-    low: Decimal,
-    close: Decimal,
-    volume: Decimal,
+# An empty Raw (left out) or JSON null.
+_NO_NUMBER: Final = frozenset(("", "null"))
+
+
+def _bar_texts(
+    open_: msgspec.Raw,
+    high: msgspec.Raw,
+    low: msgspec.Raw,
+    close: msgspec.Raw,
+    volume: msgspec.Raw,
     combo: bool,
-) -> None:
-    check = _finite if combo else _non_negative
-    for value, what in ((open_, "open"), (high, "high"), (low, "low"), (close, "close")):
-        check(value, what)
-    _non_negative(volume, "volume")
-    if not (low <= open_ <= high and low <= close <= high):
-        raise ParseError(f"inconsistent bar: open {open_} high {high} low {low} close {close}")
+) -> tuple[str, str, str, str, str]:
+    """A bar's numbers as sent, once checked: prices by the instrument's rule, the volume
+    non-negative, and open and close within [low, high]."""
+    check, rule = (
+        (is_finite_decimal, _FINITE) if combo else (is_non_negative_decimal, _NON_NEGATIVE)
+    )
+    texts = (
+        str(open_, _AS_TEXT),
+        str(high, _AS_TEXT),
+        str(low, _AS_TEXT),
+        str(close, _AS_TEXT),
+        str(volume, _AS_TEXT),
+    )
+    for text, what in zip(texts[:4], ("open", "high", "low", "close"), strict=True):
+        if not check(text):
+            raise _refused(what, rule, text)
+    if not is_non_negative_decimal(texts[4]):
+        raise _refused("volume", _NON_NEGATIVE, texts[4])
+    open_value, high_value, low_value, close_value = (Decimal(text) for text in texts[:4])
+    if not (low_value <= open_value <= high_value and low_value <= close_value <= high_value):
+        raise ParseError(
+            f"inconsistent bar: open {texts[0]} high {texts[1]} low {texts[2]} close {texts[3]}"
+        )
+    return texts
 
 
 def parse_bar(
@@ -467,17 +583,19 @@ def parse_bar(
     except _DECODE_ERRORS as exc:
         raise ParseError(f"bar schema: {exc}") from None
     _market_type, combo = classify_instrument(instrument_name)
-    _check_ohlc(wire.open, wire.high, wire.low, wire.close, wire.volume, combo)
+    open_, high, low, close, volume = _bar_texts(
+        wire.open, wire.high, wire.low, wire.close, wire.volume, combo
+    )
     return Bar(
         exchange=exchange,
         instrument_name=instrument_name,
         resolution=resolution,
         tick_us=wire.tick * 1000,
-        open_text=str(wire.open),
-        high_text=str(wire.high),
-        low_text=str(wire.low),
-        close_text=str(wire.close),
-        volume_text=str(wire.volume),
+        open_text=open_,
+        high_text=high,
+        low_text=low,
+        close_text=close,
+        volume_text=volume,
         closed=False,
         received_us=received_us,
     )
@@ -560,15 +678,17 @@ def parse_chart_data(
     if chart.status != "ok":
         raise ParseError(f"chart data status {chart.status!r}")
     count = len(chart.ticks)
-    columns: Sequence[list[Decimal]] = (chart.open, chart.high, chart.low, chart.close)
-    if any(len(column) != count for column in (*columns, chart.volume)):
+    columns = (chart.open, chart.high, chart.low, chart.close, chart.volume)
+    if any(len(column) != count for column in columns):
         raise ParseError("chart data columns have different lengths")
     _market_type, combo = classify_instrument(instrument_name)
     bars: list[Bar] = []
-    for index, tick in enumerate(chart.ticks):
-        open_, high, low, close = (column[index] for column in columns)
-        volume = chart.volume[index]
-        _check_ohlc(open_, high, low, close, volume, combo)
+    for tick, open_raw, high_raw, low_raw, close_raw, volume_raw in zip(
+        chart.ticks, *columns, strict=True
+    ):
+        open_, high, low, close, volume = _bar_texts(
+            open_raw, high_raw, low_raw, close_raw, volume_raw, combo
+        )
         tick_us = tick * 1000
         bars.append(
             Bar(
@@ -576,11 +696,11 @@ def parse_chart_data(
                 instrument_name=instrument_name,
                 resolution=resolution,
                 tick_us=tick_us,
-                open_text=str(open_),
-                high_text=str(high),
-                low_text=str(low),
-                close_text=str(close),
-                volume_text=str(volume),
+                open_text=open_,
+                high_text=high,
+                low_text=low,
+                close_text=close,
+                volume_text=volume,
                 closed=tick_us + period_us <= now_us,
                 received_us=received_us,
             )
