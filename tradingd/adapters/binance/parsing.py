@@ -2,8 +2,10 @@
 
 Nothing here reads a clock or touches a socket; the receive time is passed in. Frames are
 decoded in two steps: the combined-stream envelope with ``data`` kept as ``msgspec.Raw``, then
-``data`` with the typed decoder chosen by the stream name's suffix. Prices and quantities are
-decoded straight from the venue's text into ``Decimal``.
+``data`` with the typed decoder chosen by the stream name's suffix; the common market frames
+(trade, kline, bookTicker) are recognised by their stream name near the start and decoded in one
+pass. Prices and quantities stay the venue's text, checked by the model's one rule
+(``is_positive_decimal``): the records carry the text, never a ``Decimal`` built per frame.
 
 Times: the adapter asks Binance for microseconds (``timeUnit=MICROSECOND`` on the WebSocket,
 ``X-MBX-TIME-UNIT: MICROSECOND`` on REST); recordings made without that option are in
@@ -13,7 +15,7 @@ milliseconds, so every parser takes the unit the venue was asked for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Final, Literal
 
 import msgspec
@@ -29,7 +31,8 @@ from tradingd.model import (
     Subscription,
     Ticker,
     Trade,
-    optional_text,
+    is_non_negative_decimal,
+    is_positive_decimal,
 )
 from tradingd.model import resolution_us as canonical_resolution_us
 
@@ -57,12 +60,8 @@ _RESOLUTION_OF_INTERVAL: Final = {
 }
 _INTERVAL_OF_RESOLUTION: Final = {r: i for i, r in _RESOLUTION_OF_INTERVAL.items()}
 
-# Binance accepts and sends plain decimals of at most 20 integer and 20 fraction digits
-# (the -1100 regex); anything outside cannot be a real price or quantity, and would not fit
-# the database's numeric columns either.
-_SMALLEST: Final = Decimal("1e-20")
-_TOO_LARGE: Final = Decimal("1e20")
-_ZERO: Final = Decimal(0)
+# A class attribute of an enum is looked up through its metaclass: slow enough to show per frame.
+_SPOT: Final = MarketType.SPOT
 # A venue time outside 2000..2100 means a corrupt frame or a time unit other than the one
 # asked for (a millisecond value read as microseconds lands in 1970).
 _EARLIEST_US: Final = 946_684_800_000_000
@@ -135,48 +134,62 @@ class _Envelope(msgspec.Struct):
     E: int | None = None
 
 
-class _TradeData(msgspec.Struct):
+# Wire structs hold only str, int, bool and each other: no reference cycles, so the garbage
+# collector need not track them (gc=False), which also makes them cheaper to build.
+
+
+class _TradeData(msgspec.Struct, gc=False):
     s: str
     t: int
-    p: Decimal
-    q: Decimal
+    p: str
+    q: str
     T: int
     m: bool
     M: bool | None = None
 
 
-class _TradeFrame(msgspec.Struct):
+class _TradeFrame(msgspec.Struct, gc=False):
     """A whole combined-stream trade frame, for the one-pass fast path."""
 
     stream: str
     data: _TradeData
 
 
-class _Kline(msgspec.Struct):
+class _Kline(msgspec.Struct, gc=False):
     t: int
     T: int
     i: str
-    o: Decimal
-    c: Decimal
-    h: Decimal
-    l: Decimal  # noqa: E741  (the venue's field name)
-    v: Decimal
+    o: str
+    c: str
+    h: str
+    l: str  # noqa: E741  (the venue's field name)
+    v: str
     x: bool
 
 
-class _KlineData(msgspec.Struct):
+class _KlineData(msgspec.Struct, gc=False):
     s: str
     k: _Kline
 
 
-class _BookTickerData(msgspec.Struct):
+class _KlineFrame(msgspec.Struct, gc=False):
+    stream: str
+    data: _KlineData
+
+
+class _BookTickerData(msgspec.Struct, gc=False):
     s: str
-    b: Decimal
-    B: Decimal
-    a: Decimal
-    A: Decimal
+    b: str
+    B: str
+    a: str
+    A: str
     # Spot sends no event time; some captures (and USD-M) carry one.
     E: int | None = None
+
+
+class _BookTickerFrame(msgspec.Struct, gc=False):
+    stream: str
+    data: _BookTickerData
 
 
 class _ShutdownData(msgspec.Struct):
@@ -184,22 +197,22 @@ class _ShutdownData(msgspec.Struct):
     E: int | None = None
 
 
-class _RestTrade(msgspec.Struct):
+class _RestTrade(msgspec.Struct, gc=False):
     id: int
-    price: Decimal
-    qty: Decimal
+    price: str
+    qty: str
     time: int
     isBuyerMaker: bool
     isBestMatch: bool | None = None
 
 
-class _RestKline(msgspec.Struct, array_like=True):
+class _RestKline(msgspec.Struct, array_like=True, gc=False):
     open_time: int
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
     close_time: int
 
 
@@ -242,13 +255,16 @@ class _RestError(msgspec.Struct):
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
 _trade_decoder: Final = msgspec.json.Decoder(_TradeData)
 _trade_frame_decoder: Final = msgspec.json.Decoder(_TradeFrame)
-# Trade frames dominate the stream: they are recognised by their stream name near the start
-# and decoded in one pass. Anything unusual falls back to the general path, which also words
-# the errors.
-_TRADE_MARK: Final = b'@trade"'
-_TRADE_MARK_WITHIN: Final = 64
 _kline_decoder: Final = msgspec.json.Decoder(_KlineData)
+_kline_frame_decoder: Final = msgspec.json.Decoder(_KlineFrame)
 _book_ticker_decoder: Final = msgspec.json.Decoder(_BookTickerData)
+_book_ticker_frame_decoder: Final = msgspec.json.Decoder(_BookTickerFrame)
+# Market frames are recognised by the "@" of their stream name near the start and decoded in one
+# pass. Anything unusual falls back to the general path, which also words the errors.
+_STREAM_KIND_AT_WITHIN: Final = 64
+_TRADE_KIND: Final = b'trade"'
+_KLINE_KIND: Final = b"kline_"
+_BOOK_TICKER_KIND: Final = b'bookTicker"'
 _shutdown_decoder: Final = msgspec.json.Decoder(_ShutdownData)
 _rest_trades_decoder: Final = msgspec.json.Decoder(list[_RestTrade])
 _rest_klines_decoder: Final = msgspec.json.Decoder(list[_RestKline])
@@ -281,29 +297,48 @@ def _route_of(stream: str) -> int:
     return _IGNORED
 
 
-def _positive(value: Decimal, what: str, stream: str) -> Decimal:
-    try:
-        if _SMALLEST <= value < _TOO_LARGE:
-            return value
-    except InvalidOperation:
-        pass
-    raise FrameParseError(f"{what} {value} is not a positive price or quantity", stream)
+def _not_positive(what: str, text: str, stream: str) -> FrameParseError:
+    return FrameParseError(
+        f"{what} {text!r} is not a positive decimal number in [1e-20, 1e20)", stream
+    )
 
 
-def _non_negative(value: Decimal, what: str, stream: str) -> Decimal:
-    try:
-        if value == _ZERO or _SMALLEST <= value < _TOO_LARGE:
-            return value
-    except InvalidOperation:
-        pass
-    raise FrameParseError(f"{what} {value} is not a non-negative price or quantity", stream)
+def _positive(text: str, what: str, stream: str) -> str:
+    if is_positive_decimal(text):
+        return text
+    raise _not_positive(what, text, stream)
+
+
+def _price_or_empty(text: str, what: str, stream: str) -> str | None:
+    """A book side's price or quantity; None for the zero that says the side is empty."""
+    if is_positive_decimal(text):
+        return text
+    if is_non_negative_decimal(text):
+        return None
+    raise FrameParseError(
+        f"{what} {text!r} is not a zero or a positive decimal number in [1e-20, 1e20)", stream
+    )
+
+
+def _at_most(low: str, high: str) -> bool:
+    """``low <= high`` exactly, for texts already checked by the model's rule."""
+    low_float, high_float = float(low), float(high)
+    # Rounding to float keeps order (a < b => float(a) <= float(b)); only a tie needs the exact
+    # numbers.
+    if low_float != high_float:
+        return low_float < high_float
+    return low == high or Decimal(low) <= Decimal(high)
 
 
 def _venue_time(value: int, factor: int, what: str, stream: str) -> int:
     us = value * factor
     if _EARLIEST_US <= us < _LATEST_US:
         return us
-    raise FrameParseError(
+    raise _not_a_venue_time(value, factor, what, stream)
+
+
+def _not_a_venue_time(value: int, factor: int, what: str, stream: str) -> FrameParseError:
+    return FrameParseError(
         f"{what} {value} is not a time in the years 2000..2100 "
         f"(expected {'microseconds' if factor == 1 else 'milliseconds'})",
         stream,
@@ -344,14 +379,22 @@ class BinanceParser:
         self._pending[request_id] = kind
 
     def parse_frame(self, frame: bytes | str, received_us: int) -> list[MarketEvent]:
-        if type(frame) is bytes and frame.find(_TRADE_MARK, 0, _TRADE_MARK_WITHIN) > 0:
-            try:
-                fast = _trade_frame_decoder.decode(frame)
-            except msgspec.MsgspecError:
-                pass
-            else:
-                if self._route(fast.stream) == _TRADE:
-                    return self._trade_record(fast.data, fast.stream, received_us)
+        if type(frame) is bytes:
+            kind_at = frame.find(b"@", 0, _STREAM_KIND_AT_WITHIN) + 1
+            # Trades dominate the stream: their one-pass path is spelled out here, one call less.
+            if kind_at and frame.startswith(_TRADE_KIND, kind_at):
+                try:
+                    trade = _trade_frame_decoder.decode(frame)
+                except msgspec.MsgspecError:
+                    pass
+                else:
+                    # A stream not yet routed takes the general path once, which routes it.
+                    if self._routes.get(trade.stream) == _TRADE:
+                        return self._trade_record(trade.data, trade.stream, received_us)
+            elif kind_at:
+                events = self._one_pass(frame, kind_at, received_us)
+                if events is not None:
+                    return events
         try:
             envelope = _envelope_decoder.decode(frame)
         except msgspec.MsgspecError as exc:
@@ -369,6 +412,22 @@ class BinanceParser:
                 raise FrameParseError(_describe(exc), stream) from None
         return self._control(envelope, received_us)
 
+    def _one_pass(self, frame: bytes, kind_at: int, received_us: int) -> list[MarketEvent] | None:
+        """The records of a market frame decoded in one pass, or None to take the general path
+        (an unusual frame, or one that is wrong: the general path words the error)."""
+        try:
+            if frame.startswith(_BOOK_TICKER_KIND, kind_at):
+                book = _book_ticker_frame_decoder.decode(frame)
+                if self._route(book.stream) == _BOOK_TICKER:
+                    return self._book_ticker_record(book.data, book.stream, received_us)
+            elif frame.startswith(_KLINE_KIND, kind_at):
+                kline = _kline_frame_decoder.decode(frame)
+                if self._route(kline.stream) == _KLINE:
+                    return self._kline_record(kline.data, kline.stream, received_us)
+        except msgspec.MsgspecError:
+            pass
+        return None
+
     def _route(self, stream: str) -> int:
         route = self._routes.get(stream)
         if route is None:
@@ -382,26 +441,39 @@ class BinanceParser:
         return self._trade_record(_trade_decoder.decode(data), stream, received_us)
 
     def _trade_record(self, trade: _TradeData, stream: str, received_us: int) -> list[MarketEvent]:
-        if trade.t < 0:
-            raise FrameParseError(f"trade id {trade.t} is negative", stream)
+        trade_seq = trade.t
+        if trade_seq < 0:
+            raise FrameParseError(f"trade id {trade_seq} is negative", stream)
+        price = trade.p
+        if not is_positive_decimal(price):
+            raise _not_positive("trade price", price, stream)
+        quantity = trade.q
+        if not is_positive_decimal(quantity):
+            raise _not_positive("trade quantity", quantity, stream)
+        # _venue_time's rule, inline: a call costs as much as the check.
+        trade_us = trade.T * self._factor
+        if not _EARLIEST_US <= trade_us < _LATEST_US:
+            raise _not_a_venue_time(trade.T, self._factor, "trade time", stream)
         return [
             Trade(
                 exchange=self.exchange,
                 instrument_name=trade.s,
-                market_type=MarketType.SPOT,
-                trade_id=str(trade.t),
-                trade_seq=trade.t,
-                price_text=str(_positive(trade.p, "trade price", stream)),
-                quantity_text=str(_positive(trade.q, "trade quantity", stream)),
+                market_type=_SPOT,
+                trade_id=str(trade_seq),
+                trade_seq=trade_seq,
+                price_text=price,
+                quantity_text=quantity,
                 is_buyer_maker=trade.m,
                 was_best_price_match=trade.M,
-                trade_us=_venue_time(trade.T, self._factor, "trade time", stream),
+                trade_us=trade_us,
                 received_us=received_us,
             )
         ]
 
     def _kline(self, data: msgspec.Raw, stream: str, received_us: int) -> list[MarketEvent]:
-        kline = _kline_decoder.decode(data)
+        return self._kline_record(_kline_decoder.decode(data), stream, received_us)
+
+    def _kline_record(self, kline: _KlineData, stream: str, received_us: int) -> list[MarketEvent]:
         k = kline.k
         resolution = _RESOLUTION_OF_INTERVAL.get(k.i)
         if resolution is None:
@@ -423,25 +495,29 @@ class BinanceParser:
         return [bar]
 
     def _book_ticker(self, data: msgspec.Raw, stream: str, received_us: int) -> list[MarketEvent]:
-        book = _book_ticker_decoder.decode(data)
-        bid_price = _non_negative(book.b, "best bid price", stream)
-        bid_amount = _non_negative(book.B, "best bid quantity", stream)
-        ask_price = _non_negative(book.a, "best ask price", stream)
-        ask_amount = _non_negative(book.A, "best ask quantity", stream)
+        return self._book_ticker_record(_book_ticker_decoder.decode(data), stream, received_us)
+
+    def _book_ticker_record(
+        self, book: _BookTickerData, stream: str, received_us: int
+    ) -> list[MarketEvent]:
+        # A price of zero is Binance's way of saying that side of the book is empty.
+        bid_price = _price_or_empty(book.b, "best bid price", stream)
+        bid_amount = _price_or_empty(book.B, "best bid quantity", stream)
+        ask_price = _price_or_empty(book.a, "best ask price", stream)
+        ask_amount = _price_or_empty(book.A, "best ask quantity", stream)
         timestamp_us = (
             received_us
             if book.E is None
             else _venue_time(book.E, self._factor, "event time", stream)
         )
-        # A price of zero is Binance's way of saying that side of the book is empty.
         return [
             Ticker(
                 exchange=self.exchange,
                 instrument_name=book.s,
-                best_bid_price_text=optional_text(bid_price if bid_price else None),
-                best_bid_amount_text=optional_text(bid_amount if bid_price else None),
-                best_ask_price_text=optional_text(ask_price if ask_price else None),
-                best_ask_amount_text=optional_text(ask_amount if ask_price else None),
+                best_bid_price_text=bid_price,
+                best_bid_amount_text=None if bid_price is None else bid_amount,
+                best_ask_price_text=ask_price,
+                best_ask_amount_text=None if ask_price is None else ask_amount,
                 timestamp_us=timestamp_us,
                 received_us=received_us,
             )
@@ -493,21 +569,30 @@ def _checked_bar(
     instrument_name: str,
     resolution: str,
     tick_us: int,
-    open_: Decimal,
-    high: Decimal,
-    low: Decimal,
-    close: Decimal,
-    volume: Decimal,
+    open_: str,
+    high: str,
+    low: str,
+    close: str,
+    volume: str,
     closed: bool,
     received_us: int,
     stream: str,
 ) -> Bar:
-    open_ = _positive(open_, "bar open", stream)
-    high = _positive(high, "bar high", stream)
-    low = _positive(low, "bar low", stream)
-    close = _positive(close, "bar close", stream)
-    volume = _non_negative(volume, "bar volume", stream)
-    if not (low <= open_ <= high and low <= close <= high):
+    _positive(open_, "bar open", stream)
+    _positive(high, "bar high", stream)
+    _positive(low, "bar low", stream)
+    _positive(close, "bar close", stream)
+    if not is_non_negative_decimal(volume):
+        raise FrameParseError(
+            f"bar volume {volume!r} is not a zero or a positive decimal number in [1e-20, 1e20)",
+            stream,
+        )
+    if not (
+        _at_most(low, open_)
+        and _at_most(open_, high)
+        and _at_most(low, close)
+        and _at_most(close, high)
+    ):
         raise FrameParseError(
             f"bar prices are inconsistent: open {open_} high {high} low {low} close {close}",
             stream,
@@ -517,11 +602,11 @@ def _checked_bar(
         instrument_name=instrument_name,
         resolution=resolution,
         tick_us=tick_us,
-        open_text=str(open_),
-        high_text=str(high),
-        low_text=str(low),
-        close_text=str(close),
-        volume_text=str(volume),
+        open_text=open_,
+        high_text=high,
+        low_text=low,
+        close_text=close,
+        volume_text=volume,
         closed=closed,
         received_us=received_us,
     )
@@ -614,11 +699,11 @@ def parse_rest_trades(
             Trade(
                 exchange=exchange,
                 instrument_name=instrument_name,
-                market_type=MarketType.SPOT,
+                market_type=_SPOT,
                 trade_id=str(row.id),
                 trade_seq=row.id,
-                price_text=str(_positive(row.price, f"{where} price", "")),
-                quantity_text=str(_positive(row.qty, f"{where} quantity", "")),
+                price_text=_positive(row.price, f"{where} price", ""),
+                quantity_text=_positive(row.qty, f"{where} quantity", ""),
                 is_buyer_maker=row.isBuyerMaker,
                 was_best_price_match=row.isBestMatch,
                 trade_us=_venue_time(row.time, factor, f"{where} time", ""),
