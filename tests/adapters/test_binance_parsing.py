@@ -183,6 +183,13 @@ def test_book_ticker_with_an_empty_side() -> None:
     assert isinstance(ticker, Ticker)
     assert ticker.best_bid_price is None and ticker.best_bid_amount is None
     assert ticker.best_ask_price == Decimal("25.36520000")
+    # A quantity of zero at a price is what the venue says: kept.
+    (ticker,) = parser().parse_frame(with_data(BOOK_TICKER_FRAME, B="0.00000000"), RECEIVED_US)
+    assert isinstance(ticker, Ticker)
+    assert (ticker.best_bid_price_text, ticker.best_bid_amount_text) == (
+        "25.35190000",
+        "0.00000000",
+    )
 
 
 def test_unknown_valid_stream_types_are_ignored_and_counted() -> None:

@@ -260,11 +260,12 @@ _kline_frame_decoder: Final = msgspec.json.Decoder(_KlineFrame)
 _book_ticker_decoder: Final = msgspec.json.Decoder(_BookTickerData)
 _book_ticker_frame_decoder: Final = msgspec.json.Decoder(_BookTickerFrame)
 # Market frames are recognised by the "@" of their stream name near the start and decoded in one
-# pass. Anything unusual falls back to the general path, which also words the errors.
+# pass by the decoder the next byte picks; the decoded stream's route then confirms the kind.
+# Anything unusual falls back to the general path, which also words the errors.
 _STREAM_KIND_AT_WITHIN: Final = 64
-_TRADE_KIND: Final = b'trade"'
-_KLINE_KIND: Final = b"kline_"
-_BOOK_TICKER_KIND: Final = b'bookTicker"'
+_TRADE_INITIAL: Final = ord("t")
+_KLINE_INITIAL: Final = ord("k")
+_BOOK_TICKER_INITIAL: Final = ord("b")
 _shutdown_decoder: Final = msgspec.json.Decoder(_ShutdownData)
 _rest_trades_decoder: Final = msgspec.json.Decoder(list[_RestTrade])
 _rest_klines_decoder: Final = msgspec.json.Decoder(list[_RestKline])
@@ -309,25 +310,40 @@ def _positive(text: str, what: str, stream: str) -> str:
     raise _not_positive(what, text, stream)
 
 
-def _price_or_empty(text: str, what: str, stream: str) -> str | None:
-    """A book side's price or quantity; None for the zero that says the side is empty."""
-    if is_positive_decimal(text):
-        return text
+def _non_negative(text: str, what: str, stream: str) -> str:
     if is_non_negative_decimal(text):
-        return None
+        return text
     raise FrameParseError(
         f"{what} {text!r} is not a zero or a positive decimal number in [1e-20, 1e20)", stream
     )
 
 
-def _at_most(low: str, high: str) -> bool:
-    """``low <= high`` exactly, for texts already checked by the model's rule."""
-    low_float, high_float = float(low), float(high)
-    # Rounding to float keeps order (a < b => float(a) <= float(b)); only a tie needs the exact
-    # numbers.
-    if low_float != high_float:
-        return low_float < high_float
-    return low == high or Decimal(low) <= Decimal(high)
+def _book_side(price: str, quantity: str, side: str, stream: str) -> tuple[str | None, str | None]:
+    """A book side's price and quantity; both None when the price is the zero that says the side
+    is empty."""
+    _non_negative(price, f"best {side} price", stream)
+    _non_negative(quantity, f"best {side} quantity", stream)
+    if is_positive_decimal(price):
+        return price, quantity
+    return None, None
+
+
+def _is_consistent_bar(open_: str, high: str, low: str, close: str) -> bool:
+    """``low <= open, close <= high`` exactly, for texts the model's rule accepted."""
+    o, h, lo, c = float(open_), float(high), float(low), float(close)
+    # Rounding to float keeps order (a < b => float(a) <= float(b)): a strict float order, or an
+    # identical text, decides; only a float tie between different texts needs the exact numbers.
+    if (
+        (lo < o or low == open_)
+        and (o < h or open_ == high)
+        and (lo < c or low == close)
+        and (c < h or close == high)
+    ):
+        return True
+    if lo > o or o > h or lo > c or c > h:
+        return False
+    exact_low, exact_high = Decimal(low), Decimal(high)
+    return exact_low <= Decimal(open_) <= exact_high and exact_low <= Decimal(close) <= exact_high
 
 
 def _venue_time(value: int, factor: int, what: str, stream: str) -> int:
@@ -381,8 +397,9 @@ class BinanceParser:
     def parse_frame(self, frame: bytes | str, received_us: int) -> list[MarketEvent]:
         if type(frame) is bytes:
             kind_at = frame.find(b"@", 0, _STREAM_KIND_AT_WITHIN) + 1
+            initial = frame[kind_at] if 0 < kind_at < len(frame) else 0
             # Trades dominate the stream: their one-pass path is spelled out here, one call less.
-            if kind_at and frame.startswith(_TRADE_KIND, kind_at):
+            if initial == _TRADE_INITIAL:
                 try:
                     trade = _trade_frame_decoder.decode(frame)
                 except msgspec.MsgspecError:
@@ -391,8 +408,8 @@ class BinanceParser:
                     # A stream not yet routed takes the general path once, which routes it.
                     if self._routes.get(trade.stream) == _TRADE:
                         return self._trade_record(trade.data, trade.stream, received_us)
-            elif kind_at:
-                events = self._one_pass(frame, kind_at, received_us)
+            elif initial:
+                events = self._one_pass(frame, initial, received_us)
                 if events is not None:
                     return events
         try:
@@ -412,17 +429,17 @@ class BinanceParser:
                 raise FrameParseError(_describe(exc), stream) from None
         return self._control(envelope, received_us)
 
-    def _one_pass(self, frame: bytes, kind_at: int, received_us: int) -> list[MarketEvent] | None:
+    def _one_pass(self, frame: bytes, initial: int, received_us: int) -> list[MarketEvent] | None:
         """The records of a market frame decoded in one pass, or None to take the general path
         (an unusual frame, or one that is wrong: the general path words the error)."""
         try:
-            if frame.startswith(_BOOK_TICKER_KIND, kind_at):
+            if initial == _BOOK_TICKER_INITIAL:
                 book = _book_ticker_frame_decoder.decode(frame)
-                if self._route(book.stream) == _BOOK_TICKER:
+                if self._routes.get(book.stream) == _BOOK_TICKER:
                     return self._book_ticker_record(book.data, book.stream, received_us)
-            elif frame.startswith(_KLINE_KIND, kind_at):
+            elif initial == _KLINE_INITIAL:
                 kline = _kline_frame_decoder.decode(frame)
-                if self._route(kline.stream) == _KLINE:
+                if self._routes.get(kline.stream) == _KLINE:
                     return self._kline_record(kline.data, kline.stream, received_us)
         except msgspec.MsgspecError:
             pass
@@ -500,11 +517,19 @@ class BinanceParser:
     def _book_ticker_record(
         self, book: _BookTickerData, stream: str, received_us: int
     ) -> list[MarketEvent]:
-        # A price of zero is Binance's way of saying that side of the book is empty.
-        bid_price = _price_or_empty(book.b, "best bid price", stream)
-        bid_amount = _price_or_empty(book.B, "best bid quantity", stream)
-        ask_price = _price_or_empty(book.a, "best ask price", stream)
-        ask_amount = _price_or_empty(book.A, "best ask quantity", stream)
+        bid_price: str | None = book.b
+        bid_amount: str | None = book.B
+        ask_price: str | None = book.a
+        ask_amount: str | None = book.A
+        if not (
+            is_positive_decimal(book.b)
+            and is_positive_decimal(book.B)
+            and is_positive_decimal(book.a)
+            and is_positive_decimal(book.A)
+        ):
+            # A price of zero is Binance's way of saying that side of the book is empty.
+            bid_price, bid_amount = _book_side(book.b, book.B, "bid", stream)
+            ask_price, ask_amount = _book_side(book.a, book.A, "ask", stream)
         timestamp_us = (
             received_us
             if book.E is None
@@ -515,9 +540,9 @@ class BinanceParser:
                 exchange=self.exchange,
                 instrument_name=book.s,
                 best_bid_price_text=bid_price,
-                best_bid_amount_text=None if bid_price is None else bid_amount,
+                best_bid_amount_text=bid_amount,
                 best_ask_price_text=ask_price,
-                best_ask_amount_text=None if ask_price is None else ask_amount,
+                best_ask_amount_text=ask_amount,
                 timestamp_us=timestamp_us,
                 received_us=received_us,
             )
@@ -578,21 +603,20 @@ def _checked_bar(
     received_us: int,
     stream: str,
 ) -> Bar:
-    _positive(open_, "bar open", stream)
-    _positive(high, "bar high", stream)
-    _positive(low, "bar low", stream)
-    _positive(close, "bar close", stream)
-    if not is_non_negative_decimal(volume):
-        raise FrameParseError(
-            f"bar volume {volume!r} is not a zero or a positive decimal number in [1e-20, 1e20)",
-            stream,
-        )
     if not (
-        _at_most(low, open_)
-        and _at_most(open_, high)
-        and _at_most(low, close)
-        and _at_most(close, high)
+        is_positive_decimal(open_)
+        and is_positive_decimal(high)
+        and is_positive_decimal(low)
+        and is_positive_decimal(close)
+        and is_non_negative_decimal(volume)
     ):
+        # Which one: the rare path words the error.
+        _positive(open_, "bar open", stream)
+        _positive(high, "bar high", stream)
+        _positive(low, "bar low", stream)
+        _positive(close, "bar close", stream)
+        _non_negative(volume, "bar volume", stream)
+    if not _is_consistent_bar(open_, high, low, close):
         raise FrameParseError(
             f"bar prices are inconsistent: open {open_} high {high} low {low} close {close}",
             stream,
