@@ -259,10 +259,9 @@ _kline_decoder: Final = msgspec.json.Decoder(_KlineData)
 _kline_frame_decoder: Final = msgspec.json.Decoder(_KlineFrame)
 _book_ticker_decoder: Final = msgspec.json.Decoder(_BookTickerData)
 _book_ticker_frame_decoder: Final = msgspec.json.Decoder(_BookTickerFrame)
-# Market frames are recognised by the "@" of their stream name near the start and decoded in one
-# pass by the decoder the next byte picks; the decoded stream's route then confirms the kind.
-# Anything unusual falls back to the general path, which also words the errors.
-_STREAM_KIND_AT_WITHIN: Final = 64
+# Market frames are recognised by the first "@" (their stream name's, in the venue's key order)
+# and decoded in one pass by the decoder the next byte picks; the decoded stream's route then
+# confirms the kind. Anything unusual falls back to the general path, which also words the errors.
 _TRADE_INITIAL: Final = ord("t")
 _KLINE_INITIAL: Final = ord("k")
 _BOOK_TICKER_INITIAL: Final = ord("b")
@@ -396,22 +395,26 @@ class BinanceParser:
 
     def parse_frame(self, frame: bytes | str, received_us: int) -> list[MarketEvent]:
         if type(frame) is bytes:
-            kind_at = frame.find(b"@", 0, _STREAM_KIND_AT_WITHIN) + 1
-            initial = frame[kind_at] if 0 < kind_at < len(frame) else 0
-            # Trades dominate the stream: their one-pass path is spelled out here, one call less.
-            if initial == _TRADE_INITIAL:
-                try:
+            # The one-pass paths are spelled out here rather than in a method: a call costs as
+            # much as a check. A stream not yet routed takes the general path once, which routes
+            # it; a frame that does not decode takes it too, which words the error. (Without an
+            # "@", find gives -1 and the initial is the frame's first byte: no kind's.)
+            try:
+                initial = frame[frame.find(b"@") + 1]
+                if initial == _TRADE_INITIAL:
                     trade = _trade_frame_decoder.decode(frame)
-                except msgspec.MsgspecError:
-                    pass
-                else:
-                    # A stream not yet routed takes the general path once, which routes it.
                     if self._routes.get(trade.stream) == _TRADE:
                         return self._trade_record(trade.data, trade.stream, received_us)
-            elif initial:
-                events = self._one_pass(frame, initial, received_us)
-                if events is not None:
-                    return events
+                elif initial == _BOOK_TICKER_INITIAL:
+                    book = _book_ticker_frame_decoder.decode(frame)
+                    if self._routes.get(book.stream) == _BOOK_TICKER:
+                        return self._book_ticker_record(book.data, book.stream, received_us)
+                elif initial == _KLINE_INITIAL:
+                    kline = _kline_frame_decoder.decode(frame)
+                    if self._routes.get(kline.stream) == _KLINE:
+                        return self._kline_record(kline.data, kline.stream, received_us)
+            except (msgspec.MsgspecError, IndexError):
+                pass
         try:
             envelope = _envelope_decoder.decode(frame)
         except msgspec.MsgspecError as exc:
@@ -428,22 +431,6 @@ class BinanceParser:
             except msgspec.MsgspecError as exc:
                 raise FrameParseError(_describe(exc), stream) from None
         return self._control(envelope, received_us)
-
-    def _one_pass(self, frame: bytes, initial: int, received_us: int) -> list[MarketEvent] | None:
-        """The records of a market frame decoded in one pass, or None to take the general path
-        (an unusual frame, or one that is wrong: the general path words the error)."""
-        try:
-            if initial == _BOOK_TICKER_INITIAL:
-                book = _book_ticker_frame_decoder.decode(frame)
-                if self._routes.get(book.stream) == _BOOK_TICKER:
-                    return self._book_ticker_record(book.data, book.stream, received_us)
-            elif initial == _KLINE_INITIAL:
-                kline = _kline_frame_decoder.decode(frame)
-                if self._routes.get(kline.stream) == _KLINE:
-                    return self._kline_record(kline.data, kline.stream, received_us)
-        except msgspec.MsgspecError:
-            pass
-        return None
 
     def _route(self, stream: str) -> int:
         route = self._routes.get(stream)
@@ -495,20 +482,15 @@ class BinanceParser:
         resolution = _RESOLUTION_OF_INTERVAL.get(k.i)
         if resolution is None:
             raise FrameParseError(f"unknown kline interval {k.i!r}", stream)
+        # _venue_time's rule, inline: a call costs as much as the check.
+        tick_us = k.t * self._factor
+        if not _EARLIEST_US <= tick_us < _LATEST_US:
+            raise _not_a_venue_time(k.t, self._factor, "kline open time", stream)
+        # Positional, in the signature's order: passing twelve keywords costs as much as a check.
         bar = _checked_bar(
-            exchange=self.exchange,
-            instrument_name=kline.s,
-            resolution=resolution,
-            tick_us=_venue_time(k.t, self._factor, "kline open time", stream),
-            open_=k.o,
-            high=k.h,
-            low=k.l,
-            close=k.c,
-            volume=k.v,
-            closed=k.x,
-            received_us=received_us,
-            stream=stream,
-        )
+            self.exchange, kline.s, resolution, tick_us, k.o, k.h, k.l, k.c, k.v, k.x,
+            received_us, stream,
+        )  # fmt: skip
         return [bar]
 
     def _book_ticker(self, data: msgspec.Raw, stream: str, received_us: int) -> list[MarketEvent]:
@@ -589,7 +571,6 @@ class BinanceParser:
 
 
 def _checked_bar(
-    *,
     exchange: str,
     instrument_name: str,
     resolution: str,
