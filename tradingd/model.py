@@ -40,13 +40,14 @@ def is_positive_decimal(text: str) -> bool:
 
     ``float()`` is the fast first reading; it also accepts what the other two read differently
     or not at all ("1_000", non-ASCII digits) or what is no amount ("nan", "inf"), refused here.
-    Every parser runs this on every price of every frame, hence one flat function.
+    Every parser runs this on every price of every frame, hence one flat function, and
+    ``float()`` first: a frame's text is short, and the usual text passes every test.
     """
+    try:
+        value = float(text)
+    except ValueError:
+        return False
     if len(text) <= _LONGEST_TEXT and text.isascii() and "_" not in text:
-        try:
-            value = float(text)
-        except ValueError:
-            return False
         if _SURELY_ABOVE_SMALLEST < value < _SURELY_BELOW_TOO_LARGE:
             return True
         return _MAYBE_ABOVE_SMALLEST <= value <= _MAYBE_BELOW_TOO_LARGE and _exactly_in_range(text)
@@ -55,11 +56,11 @@ def is_positive_decimal(text: str) -> bool:
 
 def is_non_negative_decimal(text: str) -> bool:
     """``is_positive_decimal``, or a zero (a venue's "nothing on this side of the book")."""
+    try:
+        value = float(text)
+    except ValueError:
+        return False
     if len(text) <= _LONGEST_TEXT and text.isascii() and "_" not in text:
-        try:
-            value = float(text)
-        except ValueError:
-            return False
         if _SURELY_ABOVE_SMALLEST < value < _SURELY_BELOW_TOO_LARGE:
             return True
         if value == 0.0:
