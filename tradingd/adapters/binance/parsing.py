@@ -499,15 +499,19 @@ class BinanceParser:
     def _book_ticker_record(
         self, book: _BookTickerData, stream: str, received_us: int
     ) -> list[MarketEvent]:
-        bid_price: str | None = book.b
-        bid_amount: str | None = book.B
-        ask_price: str | None = book.a
-        ask_amount: str | None = book.A
+        bid_price: str | None
+        bid_amount: str | None
+        ask_price: str | None
+        ask_amount: str | None
+        bid_price = book.b
+        bid_amount = book.B
+        ask_price = book.a
+        ask_amount = book.A
         if not (
-            is_positive_decimal(book.b)
-            and is_positive_decimal(book.B)
-            and is_positive_decimal(book.a)
-            and is_positive_decimal(book.A)
+            is_positive_decimal(bid_price)
+            and is_positive_decimal(bid_amount)
+            and is_positive_decimal(ask_price)
+            and is_positive_decimal(ask_amount)
         ):
             # A price of zero is Binance's way of saying that side of the book is empty.
             bid_price, bid_amount = _book_side(book.b, book.B, "bid", stream)
