@@ -107,6 +107,11 @@ def test_trade_frame_becomes_a_trade_with_every_field() -> None:
     )
     assert f"{trade.price:f}" == "0.00100000"  # the venue's text, digit for digit
 
+    tiny = with_data(TRADE_FRAME, p="0.00000010")
+    (trade,) = parser().parse_frame(tiny, RECEIVED_US)
+    assert isinstance(trade, Trade)
+    assert trade.price_text == "0.00000010"  # not str(Decimal)'s "1.0E-7"
+
 
 def test_trade_accepts_str_input_and_legacy_fields() -> None:
     legacy = with_data(TRADE_FRAME, b=88, a=50)  # buyer/seller order ids, removed in 2024
@@ -690,6 +695,7 @@ def test_valid_trades_keep_every_field_exactly(
     (trade,) = BinanceParser("binance").parse_frame(frame, RECEIVED_US)
     assert isinstance(trade, Trade)
     assert (trade.trade_id, trade.trade_seq) == (str(trade_id), trade_id)
+    assert (trade.price_text, trade.quantity_text) == (price, quantity)  # the wire's text
     assert (f"{trade.price:f}", f"{trade.quantity:f}") == (price, quantity)
     assert (trade.trade_us, trade.is_buyer_maker, trade.instrument_name) == (
         trade_us,
