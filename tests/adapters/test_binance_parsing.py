@@ -702,3 +702,29 @@ def test_valid_trades_keep_every_field_exactly(
         maker,
         symbol,
     )
+
+
+bar_prices = st.sampled_from(
+    ["1", "1.0", "1.00000000000000001", "0.99999999999999999", "2", "1.5", "1.50", "0.5"]
+)
+
+
+@given(open_=bar_prices, high=bar_prices, low=bar_prices, close=bar_prices)
+def test_a_bar_is_accepted_exactly_when_its_prices_are_in_order(
+    open_: str, high: str, low: str, close: str
+) -> None:
+    """Texts equal as floats but not as decimals, or equal as decimals but not as texts."""
+    frame = with_kline(o=open_, h=high, l=low, c=close)
+    d_open, d_high, d_low, d_close = map(Decimal, (open_, high, low, close))
+    if d_low <= d_open <= d_high and d_low <= d_close <= d_high:
+        (bar,) = parser().parse_frame(frame, RECEIVED_US)
+        assert isinstance(bar, Bar)
+        assert (bar.open_text, bar.high_text, bar.low_text, bar.close_text) == (
+            open_,
+            high,
+            low,
+            close,
+        )
+    else:
+        with pytest.raises(FrameParseError, match="inconsistent"):
+            parser().parse_frame(frame, RECEIVED_US)

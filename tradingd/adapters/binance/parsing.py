@@ -327,20 +327,8 @@ def _book_side(price: str, quantity: str, side: str, stream: str) -> tuple[str |
     return None, None
 
 
-def _is_consistent_bar(open_: str, high: str, low: str, close: str) -> bool:
-    """``low <= open, close <= high`` exactly, for texts the model's rule accepted."""
-    o, h, lo, c = float(open_), float(high), float(low), float(close)
-    # Rounding to float keeps order (a < b => float(a) <= float(b)): a strict float order, or an
-    # identical text, decides; only a float tie between different texts needs the exact numbers.
-    if (
-        (lo < o or low == open_)
-        and (o < h or open_ == high)
-        and (lo < c or low == close)
-        and (c < h or close == high)
-    ):
-        return True
-    if lo > o or o > h or lo > c or c > h:
-        return False
+def _is_exactly_consistent_bar(open_: str, high: str, low: str, close: str) -> bool:
+    """``low <= open, close <= high`` by the exact numbers (``_checked_bar`` tries floats first)."""
     exact_low, exact_high = Decimal(low), Decimal(high)
     return exact_low <= Decimal(open_) <= exact_high and exact_low <= Decimal(close) <= exact_high
 
@@ -601,7 +589,22 @@ def _checked_bar(
         _positive(low, "bar low", stream)
         _positive(close, "bar close", stream)
         _non_negative(volume, "bar volume", stream)
-    if not _is_consistent_bar(open_, high, low, close):
+    # Rounding to float keeps order (a < b => float(a) <= float(b)): a strict float order, or an
+    # identical text, decides; a float order the other way refutes; only a float tie between
+    # different texts needs the exact numbers. Inline: a call costs as much as this check.
+    o, h, lo, c = float(open_), float(high), float(low), float(close)
+    if not (
+        (lo < o or low == open_)
+        and (o < h or open_ == high)
+        and (lo < c or low == close)
+        and (c < h or close == high)
+    ) and (
+        lo > o
+        or o > h
+        or lo > c
+        or c > h
+        or not _is_exactly_consistent_bar(open_, high, low, close)
+    ):
         raise FrameParseError(
             f"bar prices are inconsistent: open {open_} high {high} low {low} close {close}",
             stream,
