@@ -73,7 +73,8 @@ def render(results: dict[str, Any]) -> str:
                             name,
                             "ratio tradingd / cryptofeed",
                             *_summary_cells(case["ratio"], 2),
-                            "≥ 4x",
+                            # The goal: 4x on trade rows, 2x on every other row.
+                            "≥ 4x" if "trade" in case["kind"] else "≥ 2x",
                         ]
                     )
                 )

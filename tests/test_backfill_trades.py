@@ -170,8 +170,9 @@ def test_a_written_line_parses_back_to_the_same_trade(
         market_type=MarketType.SPOT,
         trade_id=str(seq),
         trade_seq=seq,
-        price_text=str(price),
-        quantity_text=str(quantity),
+        # As the repository writes them (plain, never "1E-8"): the parsed text is the file's.
+        price_text=f"{price:f}",
+        quantity_text=f"{quantity:f}",
         is_buyer_maker=maker,
         was_best_price_match=True,
         trade_us=day_us(day) + offset_ms * 1000,

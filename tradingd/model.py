@@ -22,14 +22,17 @@ import msgspec
 # venue rule. Beyond it a number is a corrupt frame, not a market.
 SMALLEST_AMOUNT: Final = Decimal("1e-20")
 TOO_LARGE_AMOUNT: Final = Decimal("1e20")
-_SMALLEST_FLOAT: Final = 1e-20
-_TOO_LARGE_FLOAT: Final = 1e20
-# Near a bound the float is not exact enough to decide; within this relative margin the exact
-# Decimal decides (rarely taken: no market trades at 1e-20 or 1e20).
+# Near a bound the float is not exact enough to decide; within this relative margin of a bound
+# the exact Decimal decides (rarely taken: no market trades at 1e-20 or 1e20).
 _NEAR: Final = 1e-9
+_SURELY_ABOVE_SMALLEST: Final = 1e-20 * (1 + _NEAR)
+_SURELY_BELOW_TOO_LARGE: Final = 1e20 * (1 - _NEAR)
+_MAYBE_ABOVE_SMALLEST: Final = 1e-20 * (1 - _NEAR)
+_MAYBE_BELOW_TOO_LARGE: Final = 1e20 * (1 + _NEAR)
 # A venue's number is short; a long text is a corrupt frame (and PostgreSQL caps numeric's digits).
 _LONGEST_TEXT: Final = 64
 _MAGNITUDE_FIRST: Final = frozenset("0123456789.")
+_ZERO: Final = Decimal(0)
 
 
 def is_positive_decimal(text: str) -> bool:
@@ -37,31 +40,52 @@ def is_positive_decimal(text: str) -> bool:
     PostgreSQL's ``numeric`` both read as the same value.
 
     ``float()`` is the fast first reading; it also accepts what the other two read differently
-    or not at all ("1_000", non-ASCII digits) or what is no amount ("nan", "inf"), refused here.
+    or not at all ("1_000", non-ASCII digits, surrounding whitespace) or what is no amount
+    ("nan", "inf"), refused here.
+    Every parser runs this on every price of every frame, hence one flat function, and
+    ``float()`` first: a frame's text is short, and the usual text passes every test.
     """
-    if len(text) > _LONGEST_TEXT or not text.isascii() or "_" in text:
-        return False
     try:
         value = float(text)
     except ValueError:
         return False
-    if _SMALLEST_FLOAT * (1 + _NEAR) < value < _TOO_LARGE_FLOAT * (1 - _NEAR):
-        return True
-    if not (_SMALLEST_FLOAT * (1 - _NEAR) <= value <= _TOO_LARGE_FLOAT * (1 + _NEAR)):
-        return False
-    return SMALLEST_AMOUNT <= Decimal(text) < TOO_LARGE_AMOUNT
+    if _plain(text):
+        if _SURELY_ABOVE_SMALLEST < value < _SURELY_BELOW_TOO_LARGE:
+            return True
+        return _MAYBE_ABOVE_SMALLEST <= value <= _MAYBE_BELOW_TOO_LARGE and _exactly_in_range(text)
+    return False
 
 
 def is_non_negative_decimal(text: str) -> bool:
     """``is_positive_decimal``, or a zero (a venue's "nothing on this side of the book")."""
-    if is_positive_decimal(text):
-        return True
-    if len(text) > _LONGEST_TEXT or not text.isascii() or "_" in text:
-        return False
     try:
-        return float(text) == 0.0
+        value = float(text)
     except ValueError:
         return False
+    if _plain(text):
+        if _SURELY_ABOVE_SMALLEST < value < _SURELY_BELOW_TOO_LARGE:
+            return True
+        if value == 0.0:
+            # "1e-400" reads as a float zero but is a (too small) number, not a zero.
+            return Decimal(text) == _ZERO
+        return _MAYBE_ABOVE_SMALLEST <= value <= _MAYBE_BELOW_TOO_LARGE and _exactly_in_range(text)
+    return False
+
+
+def _plain(text: str) -> bool:
+    # float() also reads "1_000", non-ASCII digits and surrounding whitespace; the text goes to
+    # PostgreSQL as it is (a tab or newline would end a COPY field or row), so none of those.
+    return (
+        len(text) <= _LONGEST_TEXT
+        and text.isascii()
+        and "_" not in text
+        and text[0] > " "
+        and text[-1] > " "
+    )
+
+
+def _exactly_in_range(text: str) -> bool:
+    return SMALLEST_AMOUNT <= Decimal(text) < TOO_LARGE_AMOUNT
 
 
 def is_finite_decimal(text: str) -> bool:

@@ -346,7 +346,7 @@ async def test_poison_frames_become_dead_letters_and_the_stream_goes_on(
     first, second = of_type(records, DeadLetter)
     assert first.source == "ws:btcusdt@trade"
     assert first.payload == poison
-    assert "Invalid decimal" in first.error
+    assert first.error == "trade price 'abc' is not a positive decimal number in [1e-20, 1e20)"
     assert first.exchange == "binance"
     assert second.source == f"ws:{fake.ws_url}/stream"
     assert second.payload == b"not json at all"
@@ -355,6 +355,37 @@ async def test_poison_frames_become_dead_letters_and_the_stream_goes_on(
     assert "Invalid request" in error.detail
     assert [t.trade_seq for t in of_type(records, Trade)] == [p["t"] for p in published]
     assert session.parser.ignored == {"depth@100ms": 1}
+    await session.close()
+
+
+# Texts float() reads (or almost) that are no plain in-range decimal.
+NOT_AMOUNTS = ["1_0", "\u0661", "nan", "0", "-1", "1e400", "1" * 65]
+
+
+async def test_prices_that_are_no_plain_decimal_become_dead_letters_naming_the_text(
+    fake: FakeBinance, adapter: BinanceAdapter
+) -> None:
+    session = await adapter.connect(ALL_CHANNELS[:1])
+    await fake.wait_subscribed("BTCUSDT", "trades")
+    poisons = [
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":%s,'
+        b'"q":"1","T":1767225600000000,"m":true,"M":true}}' % json.dumps(text).encode()
+        for text in NOT_AMOUNTS
+    ]
+    for poison in poisons:
+        fake.inject_raw(poison)
+    published = fake.publish_trades("BTCUSDT", 1)
+
+    records, _ = await collect(session, lambda r: len(of_type(r, Trade)) == 1)
+
+    letters = of_type(records, DeadLetter)
+    assert [letter.payload for letter in letters] == poisons
+    assert [letter.error for letter in letters] == [
+        f"trade price {text!r} is not a positive decimal number in [1e-20, 1e20)"
+        for text in NOT_AMOUNTS
+    ]
+    assert {letter.source for letter in letters} == {"ws:btcusdt@trade"}
+    assert [t.trade_seq for t in of_type(records, Trade)] == [p["t"] for p in published]
     await session.close()
 
 

@@ -107,6 +107,11 @@ def test_trade_frame_becomes_a_trade_with_every_field() -> None:
     )
     assert f"{trade.price:f}" == "0.00100000"  # the venue's text, digit for digit
 
+    tiny = with_data(TRADE_FRAME, p="0.00000010")
+    (trade,) = parser().parse_frame(tiny, RECEIVED_US)
+    assert isinstance(trade, Trade)
+    assert trade.price_text == "0.00000010"  # not str(Decimal)'s "1.0E-7"
+
 
 def test_trade_accepts_str_input_and_legacy_fields() -> None:
     legacy = with_data(TRADE_FRAME, b=88, a=50)  # buyer/seller order ids, removed in 2024
@@ -183,6 +188,13 @@ def test_book_ticker_with_an_empty_side() -> None:
     assert isinstance(ticker, Ticker)
     assert ticker.best_bid_price is None and ticker.best_bid_amount is None
     assert ticker.best_ask_price == Decimal("25.36520000")
+    # A quantity of zero at a price is what the venue says: kept.
+    (ticker,) = parser().parse_frame(with_data(BOOK_TICKER_FRAME, B="0.00000000"), RECEIVED_US)
+    assert isinstance(ticker, Ticker)
+    assert (ticker.best_bid_price_text, ticker.best_bid_amount_text) == (
+        "25.35190000",
+        "0.00000000",
+    )
 
 
 def test_unknown_valid_stream_types_are_ignored_and_counted() -> None:
@@ -263,24 +275,26 @@ def test_error_frames_become_error_notices(frame: bytes, detail: str) -> None:
         (b"[1,2]", "schema mismatch", ""),
         (b'{"foo":1}', "neither a stream frame", ""),
         (b'{"stream":"nostream","data":{}}', "malformed stream name", "nostream"),
-        (with_data(TRADE_FRAME, p="abc"), "schema mismatch: Invalid decimal", "bnbbtc@trade"),
-        (with_data(TRADE_FRAME, p="-1"), "trade price -1 is not a positive", "bnbbtc@trade"),
-        (with_data(TRADE_FRAME, p="0"), "trade price 0 is not a positive", "bnbbtc@trade"),
-        (with_data(TRADE_FRAME, q="0.0"), "trade quantity 0.0 is not", "bnbbtc@trade"),
-        (with_data(TRADE_FRAME, q="-5"), "trade quantity -5 is not", "bnbbtc@trade"),
-        (with_data(TRADE_FRAME, p="NaN"), "trade price NaN", "bnbbtc@trade"),
-        (with_data(TRADE_FRAME, p="sNaN"), "trade price sNaN", "bnbbtc@trade"),
-        (with_data(TRADE_FRAME, q="Infinity"), "trade quantity Infinity", "bnbbtc@trade"),
-        (with_data(TRADE_FRAME, p="1e400"), "trade price 1E+400", "bnbbtc@trade"),
+        (with_data(TRADE_FRAME, p="abc"), "trade price 'abc' is not a positive", "bnbbtc@trade"),
+        (with_data(TRADE_FRAME, p=1.5), "schema mismatch: Expected `str`", "bnbbtc@trade"),
+        (with_data(TRADE_FRAME, q="0.0"), "trade quantity '0.0' is not", "bnbbtc@trade"),
+        (with_data(TRADE_FRAME, q="-5"), "trade quantity '-5' is not", "bnbbtc@trade"),
+        (with_data(TRADE_FRAME, p="NaN"), "trade price 'NaN'", "bnbbtc@trade"),
+        (with_data(TRADE_FRAME, p="sNaN"), "trade price 'sNaN'", "bnbbtc@trade"),
+        (with_data(TRADE_FRAME, q="Infinity"), "trade quantity 'Infinity'", "bnbbtc@trade"),
+        (with_data(TRADE_FRAME, p="1e-21"), "trade price '1e-21'", "bnbbtc@trade"),
         (with_data(TRADE_FRAME, t=-3), "trade id -3 is negative", "bnbbtc@trade"),
         (with_data(TRADE_FRAME, t="12"), "schema mismatch", "bnbbtc@trade"),
         (with_data(TRADE_FRAME, T=1767225600000), "not a time in the years", "bnbbtc@trade"),
         (with_data(TRADE_FRAME, m="yes"), "Expected `bool`", "bnbbtc@trade"),
         (with_kline(i="2m"), "unknown kline interval '2m'", "bnbbtc@kline_1m"),
         (with_kline(h="0.0001"), "bar prices are inconsistent", "bnbbtc@kline_1m"),
-        (with_kline(v="-1"), "bar volume -1", "bnbbtc@kline_1m"),
-        (with_data(BOOK_TICKER_FRAME, a="-25"), "best ask price -25", "bnbusdt@bookTicker"),
-        (with_data(BOOK_TICKER_FRAME, A=None), "Expected `decimal`", "bnbusdt@bookTicker"),
+        (with_kline(o="0"), "bar open '0' is not a positive", "bnbbtc@kline_1m"),
+        (with_kline(v="-1"), "bar volume '-1' is not a zero", "bnbbtc@kline_1m"),
+        (with_kline(v="1e-400"), "bar volume '1e-400' is not a zero", "bnbbtc@kline_1m"),
+        (with_data(BOOK_TICKER_FRAME, a="-25"), "best ask price '-25'", "bnbusdt@bookTicker"),
+        (with_data(BOOK_TICKER_FRAME, b="nan"), "best bid price 'nan'", "bnbusdt@bookTicker"),
+        (with_data(BOOK_TICKER_FRAME, A=None), "Expected `str`", "bnbusdt@bookTicker"),
     ],
 )
 def test_impossible_frames_raise_parse_error_with_a_precise_reason(
@@ -291,6 +305,63 @@ def test_impossible_frames_raise_parse_error_with_a_precise_reason(
     assert reason in str(caught.value)
     assert caught.value.stream == stream
     assert isinstance(caught.value, ParseError)
+
+
+# Texts float() reads (or almost) that are no plain in-range decimal: refused, the text quoted.
+NOT_AMOUNTS = ["1_0", "\u0661", "nan", "inf", "0", "-1", "1e400", "1" * 65, "", " ", "0x10"]
+
+
+@pytest.mark.parametrize("text", NOT_AMOUNTS)
+@pytest.mark.parametrize("field", ["p", "q"])
+def test_a_trade_amount_that_is_no_plain_decimal_is_refused_with_its_text(
+    text: str, field: str
+) -> None:
+    what = {"p": "trade price", "q": "trade quantity"}[field]
+    frame = with_data(TRADE_FRAME, **{field: text})
+    with pytest.raises(FrameParseError) as caught:
+        parser().parse_frame(frame, RECEIVED_US)
+    assert str(caught.value) == (
+        f"{what} {text!r} is not a positive decimal number in [1e-20, 1e20)"
+    )
+    assert caught.value.stream == "bnbbtc@trade"
+
+
+@pytest.mark.parametrize("text", [t for t in NOT_AMOUNTS if t != "0"])
+def test_a_book_amount_that_is_no_plain_decimal_is_refused_with_its_text(text: str) -> None:
+    with pytest.raises(FrameParseError, match="best bid quantity") as caught:
+        parser().parse_frame(with_data(BOOK_TICKER_FRAME, B=text), RECEIVED_US)
+    assert repr(text) in str(caught.value)
+
+
+def test_the_one_pass_and_the_general_path_agree() -> None:
+    """Frames the one-pass path reads (bytes) and the same frames as str (general path)."""
+    union = (
+        b'{"stream":"btcusdt@trade","data":{"e":"aggTrade","E":1767225600000123,"s":"BTCUSDT",'
+        b'"a":7,"t":7,"p":"60650.10000000","q":"0.00100000","f":7,"l":7,"T":1767225600000120,'
+        b'"m":false,"M":true}}'
+    )
+    for frame in (TRADE_FRAME, union, KLINE_FRAME, BOOK_TICKER_FRAME):
+        warm = parser()
+        general = warm.parse_frame(frame.decode(), RECEIVED_US)
+        assert warm.parse_frame(frame, RECEIVED_US) == general
+        assert parser().parse_frame(frame, RECEIVED_US) == general
+    (trade,) = parser().parse_frame(union, RECEIVED_US)
+    assert isinstance(trade, Trade)
+    assert (trade.trade_seq, trade.price_text, trade.quantity_text) == (
+        7,
+        "60650.10000000",
+        "0.00100000",
+    )
+
+
+def test_bar_order_is_exact_beyond_float_precision() -> None:
+    """Prices equal as floats but not as decimals: the exact numbers decide."""
+    high = "1.00000000000000001"
+    (bar,) = parser().parse_frame(with_kline(o="1", l="1", c="1", h=high), RECEIVED_US)
+    assert isinstance(bar, Bar)
+    assert bar.high_text == high
+    with pytest.raises(FrameParseError, match="inconsistent"):
+        parser().parse_frame(with_kline(o=high, l="1", c="1", h="1"), RECEIVED_US)
 
 
 def test_microsecond_parser_rejects_millisecond_times() -> None:
@@ -473,7 +544,7 @@ def test_rest_trades() -> None:
 
 def test_rest_trades_refuse_impossible_values() -> None:
     body = b'[{"id":1,"price":"0","qty":"1","time":1499865549590123,"isBuyerMaker":true}]'
-    with pytest.raises(ParseError, match="price 0 is not a positive"):
+    with pytest.raises(ParseError, match="price '0' is not a positive"):
         parse_rest_trades(body, exchange="binance", instrument_name="X", received_us=1)
 
 
@@ -624,9 +695,36 @@ def test_valid_trades_keep_every_field_exactly(
     (trade,) = BinanceParser("binance").parse_frame(frame, RECEIVED_US)
     assert isinstance(trade, Trade)
     assert (trade.trade_id, trade.trade_seq) == (str(trade_id), trade_id)
+    assert (trade.price_text, trade.quantity_text) == (price, quantity)  # the wire's text
     assert (f"{trade.price:f}", f"{trade.quantity:f}") == (price, quantity)
     assert (trade.trade_us, trade.is_buyer_maker, trade.instrument_name) == (
         trade_us,
         maker,
         symbol,
     )
+
+
+bar_prices = st.sampled_from(
+    ["1", "1.0", "1.00000000000000001", "0.99999999999999999", "2", "1.5", "1.50", "0.5"]
+)
+
+
+@given(open_=bar_prices, high=bar_prices, low=bar_prices, close=bar_prices)
+def test_a_bar_is_accepted_exactly_when_its_prices_are_in_order(
+    open_: str, high: str, low: str, close: str
+) -> None:
+    """Texts equal as floats but not as decimals, or equal as decimals but not as texts."""
+    frame = with_kline(o=open_, h=high, l=low, c=close)
+    d_open, d_high, d_low, d_close = map(Decimal, (open_, high, low, close))
+    if d_low <= d_open <= d_high and d_low <= d_close <= d_high:
+        (bar,) = parser().parse_frame(frame, RECEIVED_US)
+        assert isinstance(bar, Bar)
+        assert (bar.open_text, bar.high_text, bar.low_text, bar.close_text) == (
+            open_,
+            high,
+            low,
+            close,
+        )
+    else:
+        with pytest.raises(FrameParseError, match="inconsistent"):
+            parser().parse_frame(frame, RECEIVED_US)

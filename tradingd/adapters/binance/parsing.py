@@ -2,8 +2,10 @@
 
 Nothing here reads a clock or touches a socket; the receive time is passed in. Frames are
 decoded in two steps: the combined-stream envelope with ``data`` kept as ``msgspec.Raw``, then
-``data`` with the typed decoder chosen by the stream name's suffix. Prices and quantities are
-decoded straight from the venue's text into ``Decimal``.
+``data`` with the typed decoder chosen by the stream name's suffix; the common market frames
+(trade, kline, bookTicker) are recognised by their stream name near the start and decoded in one
+pass. Prices and quantities stay the venue's text, checked by the model's one rule
+(``is_positive_decimal``): the records carry the text, never a ``Decimal`` built per frame.
 
 Times: the adapter asks Binance for microseconds (``timeUnit=MICROSECOND`` on the WebSocket,
 ``X-MBX-TIME-UNIT: MICROSECOND`` on REST); recordings made without that option are in
@@ -13,7 +15,7 @@ milliseconds, so every parser takes the unit the venue was asked for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Final, Literal
 
 import msgspec
@@ -29,7 +31,8 @@ from tradingd.model import (
     Subscription,
     Ticker,
     Trade,
-    optional_text,
+    is_non_negative_decimal,
+    is_positive_decimal,
 )
 from tradingd.model import resolution_us as canonical_resolution_us
 
@@ -57,12 +60,8 @@ _RESOLUTION_OF_INTERVAL: Final = {
 }
 _INTERVAL_OF_RESOLUTION: Final = {r: i for i, r in _RESOLUTION_OF_INTERVAL.items()}
 
-# Binance accepts and sends plain decimals of at most 20 integer and 20 fraction digits
-# (the -1100 regex); anything outside cannot be a real price or quantity, and would not fit
-# the database's numeric columns either.
-_SMALLEST: Final = Decimal("1e-20")
-_TOO_LARGE: Final = Decimal("1e20")
-_ZERO: Final = Decimal(0)
+# A class attribute of an enum is looked up through its metaclass: slow enough to show per frame.
+_SPOT: Final = MarketType.SPOT
 # A venue time outside 2000..2100 means a corrupt frame or a time unit other than the one
 # asked for (a millisecond value read as microseconds lands in 1970).
 _EARLIEST_US: Final = 946_684_800_000_000
@@ -135,48 +134,62 @@ class _Envelope(msgspec.Struct):
     E: int | None = None
 
 
-class _TradeData(msgspec.Struct):
+# Wire structs hold only str, int, bool and each other: no reference cycles, so the garbage
+# collector need not track them (gc=False), which also makes them cheaper to build.
+
+
+class _TradeData(msgspec.Struct, gc=False):
     s: str
     t: int
-    p: Decimal
-    q: Decimal
+    p: str
+    q: str
     T: int
     m: bool
     M: bool | None = None
 
 
-class _TradeFrame(msgspec.Struct):
+class _TradeFrame(msgspec.Struct, gc=False):
     """A whole combined-stream trade frame, for the one-pass fast path."""
 
     stream: str
     data: _TradeData
 
 
-class _Kline(msgspec.Struct):
+class _Kline(msgspec.Struct, gc=False):
     t: int
     T: int
     i: str
-    o: Decimal
-    c: Decimal
-    h: Decimal
-    l: Decimal  # noqa: E741  (the venue's field name)
-    v: Decimal
+    o: str
+    c: str
+    h: str
+    l: str  # noqa: E741  (the venue's field name)
+    v: str
     x: bool
 
 
-class _KlineData(msgspec.Struct):
+class _KlineData(msgspec.Struct, gc=False):
     s: str
     k: _Kline
 
 
-class _BookTickerData(msgspec.Struct):
+class _KlineFrame(msgspec.Struct, gc=False):
+    stream: str
+    data: _KlineData
+
+
+class _BookTickerData(msgspec.Struct, gc=False):
     s: str
-    b: Decimal
-    B: Decimal
-    a: Decimal
-    A: Decimal
+    b: str
+    B: str
+    a: str
+    A: str
     # Spot sends no event time; some captures (and USD-M) carry one.
     E: int | None = None
+
+
+class _BookTickerFrame(msgspec.Struct, gc=False):
+    stream: str
+    data: _BookTickerData
 
 
 class _ShutdownData(msgspec.Struct):
@@ -184,22 +197,22 @@ class _ShutdownData(msgspec.Struct):
     E: int | None = None
 
 
-class _RestTrade(msgspec.Struct):
+class _RestTrade(msgspec.Struct, gc=False):
     id: int
-    price: Decimal
-    qty: Decimal
+    price: str
+    qty: str
     time: int
     isBuyerMaker: bool
     isBestMatch: bool | None = None
 
 
-class _RestKline(msgspec.Struct, array_like=True):
+class _RestKline(msgspec.Struct, array_like=True, gc=False):
     open_time: int
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
     close_time: int
 
 
@@ -242,13 +255,16 @@ class _RestError(msgspec.Struct):
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
 _trade_decoder: Final = msgspec.json.Decoder(_TradeData)
 _trade_frame_decoder: Final = msgspec.json.Decoder(_TradeFrame)
-# Trade frames dominate the stream: they are recognised by their stream name near the start
-# and decoded in one pass. Anything unusual falls back to the general path, which also words
-# the errors.
-_TRADE_MARK: Final = b'@trade"'
-_TRADE_MARK_WITHIN: Final = 64
 _kline_decoder: Final = msgspec.json.Decoder(_KlineData)
+_kline_frame_decoder: Final = msgspec.json.Decoder(_KlineFrame)
 _book_ticker_decoder: Final = msgspec.json.Decoder(_BookTickerData)
+_book_ticker_frame_decoder: Final = msgspec.json.Decoder(_BookTickerFrame)
+# Market frames are recognised by the first "@" (their stream name's, in the venue's key order)
+# and decoded in one pass by the decoder the next byte picks; the decoded stream's route then
+# confirms the kind. Anything unusual falls back to the general path, which also words the errors.
+_TRADE_INITIAL: Final = ord("t")
+_KLINE_INITIAL: Final = ord("k")
+_BOOK_TICKER_INITIAL: Final = ord("b")
 _shutdown_decoder: Final = msgspec.json.Decoder(_ShutdownData)
 _rest_trades_decoder: Final = msgspec.json.Decoder(list[_RestTrade])
 _rest_klines_decoder: Final = msgspec.json.Decoder(list[_RestKline])
@@ -281,29 +297,51 @@ def _route_of(stream: str) -> int:
     return _IGNORED
 
 
-def _positive(value: Decimal, what: str, stream: str) -> Decimal:
-    try:
-        if _SMALLEST <= value < _TOO_LARGE:
-            return value
-    except InvalidOperation:
-        pass
-    raise FrameParseError(f"{what} {value} is not a positive price or quantity", stream)
+def _not_positive(what: str, text: str, stream: str) -> FrameParseError:
+    return FrameParseError(
+        f"{what} {text!r} is not a positive decimal number in [1e-20, 1e20)", stream
+    )
 
 
-def _non_negative(value: Decimal, what: str, stream: str) -> Decimal:
-    try:
-        if value == _ZERO or _SMALLEST <= value < _TOO_LARGE:
-            return value
-    except InvalidOperation:
-        pass
-    raise FrameParseError(f"{what} {value} is not a non-negative price or quantity", stream)
+def _positive(text: str, what: str, stream: str) -> str:
+    if is_positive_decimal(text):
+        return text
+    raise _not_positive(what, text, stream)
+
+
+def _non_negative(text: str, what: str, stream: str) -> str:
+    if is_non_negative_decimal(text):
+        return text
+    raise FrameParseError(
+        f"{what} {text!r} is not a zero or a positive decimal number in [1e-20, 1e20)", stream
+    )
+
+
+def _book_side(price: str, quantity: str, side: str, stream: str) -> tuple[str | None, str | None]:
+    """A book side's price and quantity; both None when the price is the zero that says the side
+    is empty."""
+    _non_negative(price, f"best {side} price", stream)
+    _non_negative(quantity, f"best {side} quantity", stream)
+    if is_positive_decimal(price):
+        return price, quantity
+    return None, None
+
+
+def _is_exactly_consistent_bar(open_: str, high: str, low: str, close: str) -> bool:
+    """``low <= open, close <= high`` by the exact numbers (``_checked_bar`` tries floats first)."""
+    exact_low, exact_high = Decimal(low), Decimal(high)
+    return exact_low <= Decimal(open_) <= exact_high and exact_low <= Decimal(close) <= exact_high
 
 
 def _venue_time(value: int, factor: int, what: str, stream: str) -> int:
     us = value * factor
     if _EARLIEST_US <= us < _LATEST_US:
         return us
-    raise FrameParseError(
+    raise _not_a_venue_time(value, factor, what, stream)
+
+
+def _not_a_venue_time(value: int, factor: int, what: str, stream: str) -> FrameParseError:
+    return FrameParseError(
         f"{what} {value} is not a time in the years 2000..2100 "
         f"(expected {'microseconds' if factor == 1 else 'milliseconds'})",
         stream,
@@ -344,14 +382,27 @@ class BinanceParser:
         self._pending[request_id] = kind
 
     def parse_frame(self, frame: bytes | str, received_us: int) -> list[MarketEvent]:
-        if type(frame) is bytes and frame.find(_TRADE_MARK, 0, _TRADE_MARK_WITHIN) > 0:
+        if type(frame) is bytes:
+            # The one-pass paths are spelled out here rather than in a method: a call costs as
+            # much as a check. A stream not yet routed takes the general path once, which routes
+            # it; a frame that does not decode takes it too, which words the error. (Without an
+            # "@", find gives -1 and the initial is the frame's first byte: no kind's.)
             try:
-                fast = _trade_frame_decoder.decode(frame)
-            except msgspec.MsgspecError:
+                initial = frame[frame.find(b"@") + 1]
+                if initial == _TRADE_INITIAL:
+                    trade = _trade_frame_decoder.decode(frame)
+                    if self._routes.get(trade.stream) == _TRADE:
+                        return self._trade_record(trade.data, trade.stream, received_us)
+                elif initial == _BOOK_TICKER_INITIAL:
+                    book = _book_ticker_frame_decoder.decode(frame)
+                    if self._routes.get(book.stream) == _BOOK_TICKER:
+                        return self._book_ticker_record(book.data, book.stream, received_us)
+                elif initial == _KLINE_INITIAL:
+                    kline = _kline_frame_decoder.decode(frame)
+                    if self._routes.get(kline.stream) == _KLINE:
+                        return self._kline_record(kline.data, kline.stream, received_us)
+            except (msgspec.MsgspecError, IndexError):
                 pass
-            else:
-                if self._route(fast.stream) == _TRADE:
-                    return self._trade_record(fast.data, fast.stream, received_us)
         try:
             envelope = _envelope_decoder.decode(frame)
         except msgspec.MsgspecError as exc:
@@ -382,66 +433,90 @@ class BinanceParser:
         return self._trade_record(_trade_decoder.decode(data), stream, received_us)
 
     def _trade_record(self, trade: _TradeData, stream: str, received_us: int) -> list[MarketEvent]:
-        if trade.t < 0:
-            raise FrameParseError(f"trade id {trade.t} is negative", stream)
+        trade_seq = trade.t
+        if trade_seq < 0:
+            raise FrameParseError(f"trade id {trade_seq} is negative", stream)
+        price = trade.p
+        if not is_positive_decimal(price):
+            raise _not_positive("trade price", price, stream)
+        quantity = trade.q
+        if not is_positive_decimal(quantity):
+            raise _not_positive("trade quantity", quantity, stream)
+        # _venue_time's rule, inline: a call costs as much as the check.
+        trade_us = trade.T * self._factor
+        if not _EARLIEST_US <= trade_us < _LATEST_US:
+            raise _not_a_venue_time(trade.T, self._factor, "trade time", stream)
         return [
             Trade(
                 exchange=self.exchange,
                 instrument_name=trade.s,
-                market_type=MarketType.SPOT,
-                trade_id=str(trade.t),
-                trade_seq=trade.t,
-                price_text=str(_positive(trade.p, "trade price", stream)),
-                quantity_text=str(_positive(trade.q, "trade quantity", stream)),
+                market_type=_SPOT,
+                trade_id=str(trade_seq),
+                trade_seq=trade_seq,
+                price_text=price,
+                quantity_text=quantity,
                 is_buyer_maker=trade.m,
                 was_best_price_match=trade.M,
-                trade_us=_venue_time(trade.T, self._factor, "trade time", stream),
+                trade_us=trade_us,
                 received_us=received_us,
             )
         ]
 
     def _kline(self, data: msgspec.Raw, stream: str, received_us: int) -> list[MarketEvent]:
-        kline = _kline_decoder.decode(data)
+        return self._kline_record(_kline_decoder.decode(data), stream, received_us)
+
+    def _kline_record(self, kline: _KlineData, stream: str, received_us: int) -> list[MarketEvent]:
         k = kline.k
         resolution = _RESOLUTION_OF_INTERVAL.get(k.i)
         if resolution is None:
             raise FrameParseError(f"unknown kline interval {k.i!r}", stream)
+        # _venue_time's rule, inline: a call costs as much as the check.
+        tick_us = k.t * self._factor
+        if not _EARLIEST_US <= tick_us < _LATEST_US:
+            raise _not_a_venue_time(k.t, self._factor, "kline open time", stream)
+        # Positional, in the signature's order: passing twelve keywords costs as much as a check.
         bar = _checked_bar(
-            exchange=self.exchange,
-            instrument_name=kline.s,
-            resolution=resolution,
-            tick_us=_venue_time(k.t, self._factor, "kline open time", stream),
-            open_=k.o,
-            high=k.h,
-            low=k.l,
-            close=k.c,
-            volume=k.v,
-            closed=k.x,
-            received_us=received_us,
-            stream=stream,
-        )
+            self.exchange, kline.s, resolution, tick_us, k.o, k.h, k.l, k.c, k.v, k.x,
+            received_us, stream,
+        )  # fmt: skip
         return [bar]
 
     def _book_ticker(self, data: msgspec.Raw, stream: str, received_us: int) -> list[MarketEvent]:
-        book = _book_ticker_decoder.decode(data)
-        bid_price = _non_negative(book.b, "best bid price", stream)
-        bid_amount = _non_negative(book.B, "best bid quantity", stream)
-        ask_price = _non_negative(book.a, "best ask price", stream)
-        ask_amount = _non_negative(book.A, "best ask quantity", stream)
+        return self._book_ticker_record(_book_ticker_decoder.decode(data), stream, received_us)
+
+    def _book_ticker_record(
+        self, book: _BookTickerData, stream: str, received_us: int
+    ) -> list[MarketEvent]:
+        bid_price: str | None
+        bid_amount: str | None
+        ask_price: str | None
+        ask_amount: str | None
+        bid_price = book.b
+        bid_amount = book.B
+        ask_price = book.a
+        ask_amount = book.A
+        if not (
+            is_positive_decimal(bid_price)
+            and is_positive_decimal(bid_amount)
+            and is_positive_decimal(ask_price)
+            and is_positive_decimal(ask_amount)
+        ):
+            # A price of zero is Binance's way of saying that side of the book is empty.
+            bid_price, bid_amount = _book_side(book.b, book.B, "bid", stream)
+            ask_price, ask_amount = _book_side(book.a, book.A, "ask", stream)
         timestamp_us = (
             received_us
             if book.E is None
             else _venue_time(book.E, self._factor, "event time", stream)
         )
-        # A price of zero is Binance's way of saying that side of the book is empty.
         return [
             Ticker(
                 exchange=self.exchange,
                 instrument_name=book.s,
-                best_bid_price_text=optional_text(bid_price if bid_price else None),
-                best_bid_amount_text=optional_text(bid_amount if bid_price else None),
-                best_ask_price_text=optional_text(ask_price if ask_price else None),
-                best_ask_amount_text=optional_text(ask_amount if ask_price else None),
+                best_bid_price_text=bid_price,
+                best_bid_amount_text=bid_amount,
+                best_ask_price_text=ask_price,
+                best_ask_amount_text=ask_amount,
                 timestamp_us=timestamp_us,
                 received_us=received_us,
             )
@@ -488,26 +563,48 @@ class BinanceParser:
 
 
 def _checked_bar(
-    *,
     exchange: str,
     instrument_name: str,
     resolution: str,
     tick_us: int,
-    open_: Decimal,
-    high: Decimal,
-    low: Decimal,
-    close: Decimal,
-    volume: Decimal,
+    open_: str,
+    high: str,
+    low: str,
+    close: str,
+    volume: str,
     closed: bool,
     received_us: int,
     stream: str,
 ) -> Bar:
-    open_ = _positive(open_, "bar open", stream)
-    high = _positive(high, "bar high", stream)
-    low = _positive(low, "bar low", stream)
-    close = _positive(close, "bar close", stream)
-    volume = _non_negative(volume, "bar volume", stream)
-    if not (low <= open_ <= high and low <= close <= high):
+    if not (
+        is_positive_decimal(open_)
+        and is_positive_decimal(high)
+        and is_positive_decimal(low)
+        and is_positive_decimal(close)
+        and is_non_negative_decimal(volume)
+    ):
+        # Which one: the rare path words the error.
+        _positive(open_, "bar open", stream)
+        _positive(high, "bar high", stream)
+        _positive(low, "bar low", stream)
+        _positive(close, "bar close", stream)
+        _non_negative(volume, "bar volume", stream)
+    # Rounding to float keeps order (a < b => float(a) <= float(b)): a strict float order, or an
+    # identical text, decides; a float order the other way refutes; only a float tie between
+    # different texts needs the exact numbers. Inline: a call costs as much as this check.
+    o, h, lo, c = float(open_), float(high), float(low), float(close)
+    if not (
+        (lo < o or low == open_)
+        and (o < h or open_ == high)
+        and (lo < c or low == close)
+        and (c < h or close == high)
+    ) and (
+        lo > o
+        or o > h
+        or lo > c
+        or c > h
+        or not _is_exactly_consistent_bar(open_, high, low, close)
+    ):
         raise FrameParseError(
             f"bar prices are inconsistent: open {open_} high {high} low {low} close {close}",
             stream,
@@ -517,11 +614,11 @@ def _checked_bar(
         instrument_name=instrument_name,
         resolution=resolution,
         tick_us=tick_us,
-        open_text=str(open_),
-        high_text=str(high),
-        low_text=str(low),
-        close_text=str(close),
-        volume_text=str(volume),
+        open_text=open_,
+        high_text=high,
+        low_text=low,
+        close_text=close,
+        volume_text=volume,
         closed=closed,
         received_us=received_us,
     )
@@ -614,11 +711,11 @@ def parse_rest_trades(
             Trade(
                 exchange=exchange,
                 instrument_name=instrument_name,
-                market_type=MarketType.SPOT,
+                market_type=_SPOT,
                 trade_id=str(row.id),
                 trade_seq=row.id,
-                price_text=str(_positive(row.price, f"{where} price", "")),
-                quantity_text=str(_positive(row.qty, f"{where} quantity", "")),
+                price_text=_positive(row.price, f"{where} price", ""),
+                quantity_text=_positive(row.qty, f"{where} quantity", ""),
                 is_buyer_maker=row.isBuyerMaker,
                 was_best_price_match=row.isBestMatch,
                 trade_us=_venue_time(row.time, factor, f"{where} time", ""),

@@ -21,12 +21,12 @@ import calendar
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Final
 
 import msgspec
 
-from tradingd.model import MarketType, Trade
+from tradingd.model import MarketType, Trade, is_positive_decimal
 
 _MICROSECOND_THRESHOLD: Final = 100_000_000_000_000
 _CHECKSUM: Final = re.compile(rb"^\s*([0-9a-fA-F]{64})\s+\*?(\S+)\s*$")
@@ -131,14 +131,12 @@ def _flag(value: bytes, what: str) -> bool:
     raise ValueError(f"{what} {value!r} is not True/False")
 
 
-def _amount(value: bytes, what: str) -> Decimal:
-    try:
-        amount = Decimal(value.decode("ascii"))
-    except (InvalidOperation, UnicodeDecodeError):
-        raise ValueError(f"{what} {value!r} is not a decimal number") from None
-    if not amount.is_finite() or amount <= 0:
-        raise ValueError(f"{what} {value!r} is not positive")
-    return amount
+def _amount(value: bytes, what: str) -> str:
+    """The file's exact decimal text, checked by the model's rule."""
+    text = value.decode("ascii", errors="replace")
+    if is_positive_decimal(text):
+        return text
+    raise ValueError(f"{what} {value!r} is not a positive decimal number in [1e-20, 1e20)")
 
 
 def file_time_us(value: int) -> int:
@@ -185,8 +183,8 @@ def parse_trade_lines(
                 market_type=MarketType.SPOT,
                 trade_id=str(trade_id),
                 trade_seq=trade_id,
-                price_text=str(_amount(fields[1], "price")),
-                quantity_text=str(_amount(fields[2], "quantity")),
+                price_text=_amount(fields[1], "price"),
+                quantity_text=_amount(fields[2], "quantity"),
                 is_buyer_maker=_flag(fields[5], "isBuyerMaker"),
                 was_best_price_match=_flag(fields[6], "isBestMatch") if len(fields) == 7 else None,
                 trade_us=time_us,
