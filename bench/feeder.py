@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import Any, Final
 
@@ -164,15 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         default=60.0,
         help="seconds a connection may leave a ping unanswered (the venue's limit: 60)",
     )
-    parser.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="lower this process's CPU priority by this much (the venue is remote in production)",
-    )
     args = parser.parse_args(argv)
-    if args.nice:
-        os.nice(args.nice)
     instruments = [n for n in args.instruments.split(",") if n]
     uvloop.run(serve(args.seed, instruments, args.pong_timeout))
 

@@ -209,13 +209,6 @@ async def read_status(redis: aioredis.Redis) -> DaemonStatus | None:
         return None
 
 
-# The feeder's CPU priority (nice value). In production the venue is remote; here it shares the
-# cores with the daemon and PostgreSQL, and at equal priority the daemon's event loop waited
-# for a core half the time at 50,000 msgs/s. Niced, the feeder gets the CPU the daemon and
-# PostgreSQL leave (it still gets all of it when they are idle).
-FEEDER_NICE = 10
-
-
 class FeederProcess:
     """``python -m bench.feeder``: a fake exchange in its own process, driven by JSON lines."""
 
@@ -226,13 +219,11 @@ class FeederProcess:
         instruments: Sequence[str],
         seed: int = 7,
         pong_timeout: float = 60.0,
-        nice: int = FEEDER_NICE,
     ) -> None:
         self.log_path = log_path
         self.instruments = list(instruments)
         self.seed = seed
         self.pong_timeout = pong_timeout
-        self.nice = nice
         self.process: asyncio.subprocess.Process | None = None
         self.ws_url = ""
         self.rest_url = ""
@@ -255,8 +246,6 @@ class FeederProcess:
                 ",".join(self.instruments),
                 "--pong-timeout",
                 str(self.pong_timeout),
-                "--nice",
-                str(self.nice),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,

@@ -72,6 +72,7 @@ async def _at_rate(
         runs.append(
             {
                 "offered": published,
+                "offered_per_s": published / seconds,
                 "observed": latency.count,
                 "p50_us": latency.p50,
                 "p99_us": latency.p99,
@@ -113,6 +114,7 @@ _SUMMARIZED = (
     "gc2_pause_max_us",
     "gc1_pause_max_us",
     "runqueue_share",
+    "offered_per_s",
 )
 
 
@@ -157,7 +159,8 @@ async def bench_tick(
                     )
                     data = results["rates"][str(int(rate))]
                     progress(
-                        f"  tick to strategy at {rate:>7,.0f} msgs/s: "
+                        f"  tick to strategy at {rate:>7,.0f} msgs/s "
+                        f"(offered {data['offered_per_s']['median']:,.0f}/s): "
                         f"p50 {data['p50_us']['median'] / 1000:.3f} ms, "
                         f"p99 {data['p99_us']['median'] / 1000:.3f} ms; loop stall (probe "
                         f"lateness) p99 {data['loop_lag_p99_us']['median'] / 1000:.2f} ms, "
