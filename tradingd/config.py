@@ -94,7 +94,7 @@ class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 class PersisterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     batch_size: PositiveInt = 5000
-    flush_interval: PositiveFloat = 0.02
+    flush_interval: PositiveFloat = 0.05
     writers: Annotated[int, Meta(ge=1, le=8)] = 3
     queue_size: PositiveInt = 200_000
     ticker_snapshot_interval: PositiveFloat = 60.0
