@@ -42,6 +42,7 @@ class StallTotals:
         self.runqueue_us = 0
         # Over every wake-up of the window, stalled or not.
         self.window_wall_us = 0
+        self.window_cpu_us = 0
         self.window_runqueue_us = 0
 
     def as_dict(self) -> dict[str, float]:
@@ -52,6 +53,9 @@ class StallTotals:
             "stall_runqueue_us": self.runqueue_us,
             # Share of the window the loop thread was runnable but had no core.
             "runqueue_share": self.window_runqueue_us / max(self.window_wall_us, 1),
+            # Share of the window the loop thread ran: with the above near 1, the loop is never
+            # idle and every tick waits behind the backlog.
+            "cpu_share": self.window_cpu_us / max(self.window_wall_us, 1),
         }
 
 
@@ -60,6 +64,8 @@ class LoopLagProbe:
         self.interval = interval
         self.lag = LatencyHistogram("bench.loop_lag_us")
         self.stalled = StallTotals()
+        # Whether the loop thread's schedstat is readable (else ``stalled`` has no CPU or wait).
+        self.schedstat = False
         # The cyclic garbage collector's pauses (they stall the loop too), by generation.
         self.gc_pauses = [LatencyHistogram(f"bench.gc{n}_pause_us") for n in range(3)]
         self._gc_started = 0
@@ -100,6 +106,7 @@ class LoopLagProbe:
             schedstat: int | None = os.open(_SCHEDSTAT, os.O_RDONLY)
         except OSError:
             schedstat = None
+        self.schedstat = schedstat is not None
         try:
             previous = time.perf_counter_ns()
             cpu0, wait0 = _read_schedstat(schedstat)
@@ -115,6 +122,7 @@ class LoopLagProbe:
                 totals = self.stalled
                 totals.window_wall_us += (now - previous) // 1000
                 totals.window_runqueue_us += (wait - wait0) // 1000
+                totals.window_cpu_us += (cpu - cpu0) // 1000
                 if lag_us > STALL:
                     totals.count += 1
                     totals.wall_us += (now - previous) // 1000

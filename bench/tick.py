@@ -82,6 +82,7 @@ async def _at_rate(
                 **{f"gc{n}_pauses": h.count for n, h in enumerate(probe.gc_pauses)},
                 **{f"gc{n}_pause_max_us": h.max for n, h in enumerate(probe.gc_pauses)},
                 **probe.stalled.as_dict(),
+                "schedstat": probe.schedstat,
             }
         )
     return {
@@ -93,6 +94,8 @@ async def _at_rate(
 
 def _stall_split(runs: Sequence[dict[str, float]]) -> str:
     """Where the stalled wake-ups' time went, over all runs at one rate."""
+    if not all(r["schedstat"] for r in runs):
+        return "no schedstat to split stalls by"
     wall = sum(r["stall_wall_us"] for r in runs)
     if not wall:
         return "no stalls"
@@ -114,6 +117,7 @@ _SUMMARIZED = (
     "gc2_pause_max_us",
     "gc1_pause_max_us",
     "runqueue_share",
+    "cpu_share",
     "offered_per_s",
 )
 
@@ -167,7 +171,8 @@ async def bench_tick(
                         f"max {data['loop_lag_max_us']['median'] / 1000:.2f} ms; longest GC pause "
                         f"gen1 {data['gc1_pause_max_us']['median'] / 1000:.2f} ms, "
                         f"gen2 {data['gc2_pause_max_us']['median'] / 1000:.2f} ms; "
-                        f"waiting for a core {data['runqueue_share']['median']:.0%} of the time, "
+                        f"the loop thread on a core {data['cpu_share']['median']:.0%} and "
+                        f"waiting for one {data['runqueue_share']['median']:.0%} of the time, "
                         f"{_stall_split(data['runs'])} "
                         f"(median of {repeats} runs of {seconds:g} s)"
                     )
