@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,13 @@ async def _measure(
     try:
         await asyncio.sleep(warmup)
         meter.start()
+        loop_wait = LoopThreadWait(pipeline.daemon_pid)
         samples = [await pipeline.status()]
         for _ in range(windows):
             await asyncio.sleep(window)
             samples.append(await pipeline.status())
         cpu = meter.percent()
+        runqueue_share = loop_wait.share()
         published = int((await feeding)["published"])
     finally:
         if not feeding.done():
@@ -110,12 +113,38 @@ async def _measure(
         "queues_at_end_of_feed": _queues(samples[-1]),
         "cpu_percent_of_one_core": cpu,
         "cpu_us_per_committed_trade": _cpu_per_trade(cpu, sustained),
+        "daemon_loop_runqueue_share": runqueue_share,
         "load_average": {"before": load_before, "after": load_average()},
         "persister": {
             k: final.persister.get(k, 0)
             for k in ("batches", "retries", "flush_p50_us", "flush_p99_us", "duplicates_skipped")
         },
     }
+
+
+class LoopThreadWait:
+    """How much of the time since construction the daemon's main thread (its event loop) was
+    runnable but waiting for a core (Linux ``schedstat``); None where unreadable."""
+
+    def __init__(self, pid: int | None) -> None:
+        self._path = f"/proc/{pid}/task/{pid}/schedstat" if pid is not None else None
+        self._started = time.monotonic()
+        self._waited = self._read()
+
+    def _read(self) -> int | None:
+        if self._path is None:
+            return None
+        try:
+            with open(self._path) as stat:
+                return int(stat.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def share(self) -> float | None:
+        now = self._read()
+        if now is None or self._waited is None:
+            return None
+        return (now - self._waited) / 1e9 / max(time.monotonic() - self._started, 1e-9)
 
 
 def _cpu_per_trade(cpu_percent: dict[str, float], committed_per_s: float) -> dict[str, float]:
@@ -138,7 +167,14 @@ def _describe(result: dict[str, Any]) -> str:
         f"max {latency['max']:,.0f} ms; all committed: {result['all_committed']}; CPU per "
         f"trade (daemon + PostgreSQL) "
         f"{result['cpu_us_per_committed_trade'].get('daemon+postgres', float('nan')):.1f} us"
+        f"{_waited(result['daemon_loop_runqueue_share'])}"
     )
+
+
+def _waited(share: float | None) -> str:
+    if share is None:
+        return ""
+    return f"; the daemon's event loop waited for a core {share:.0%} of the time"
 
 
 async def bench_e2e(

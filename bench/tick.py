@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.looplag import LoopLagProbe
+from bench.looplag import STALL, LoopLagProbe
 from bench.pipeline import INSTRUMENTS, daemon_sections
 from bench.procs import FeederProcess, write_config
 from bench.stats import load_average, summarize
@@ -72,6 +72,7 @@ async def _at_rate(
         runs.append(
             {
                 "offered": published,
+                "offered_per_s": published / seconds,
                 "observed": latency.count,
                 "p50_us": latency.p50,
                 "p99_us": latency.p99,
@@ -80,6 +81,8 @@ async def _at_rate(
                 "loop_lag_max_us": probe.lag.max,
                 **{f"gc{n}_pauses": h.count for n, h in enumerate(probe.gc_pauses)},
                 **{f"gc{n}_pause_max_us": h.max for n, h in enumerate(probe.gc_pauses)},
+                **probe.stalled.as_dict(),
+                "schedstat": probe.schedstat,
             }
         )
     return {
@@ -87,6 +90,22 @@ async def _at_rate(
         "runs": runs,
         "load_average": {"before": load_before, "after": load_average()},
     }
+
+
+def _stall_split(runs: Sequence[dict[str, float]]) -> str:
+    """Where the stalled wake-ups' time went, over all runs at one rate."""
+    if not all(r["schedstat"] for r in runs):
+        return "no schedstat to split stalls by"
+    wall = sum(r["stall_wall_us"] for r in runs)
+    if not wall:
+        return "no stalls"
+    cpu = sum(r["stall_cpu_us"] for r in runs) / wall
+    runqueue = sum(r["stall_runqueue_us"] for r in runs) / wall
+    stalls = sum(r["stalls"] for r in runs)
+    return (
+        f"{stalls:.0f} stalls > {STALL / 1000:g} ms: {runqueue:.0%} of their time waiting for "
+        f"a core, {cpu:.0%} on it, {max(0.0, 1 - cpu - runqueue):.0%} blocked"
+    )
 
 
 _SUMMARIZED = (
@@ -97,6 +116,9 @@ _SUMMARIZED = (
     "loop_lag_max_us",
     "gc2_pause_max_us",
     "gc1_pause_max_us",
+    "runqueue_share",
+    "cpu_share",
+    "offered_per_s",
 )
 
 
@@ -141,13 +163,17 @@ async def bench_tick(
                     )
                     data = results["rates"][str(int(rate))]
                     progress(
-                        f"  tick to strategy at {rate:>7,.0f} msgs/s: "
+                        f"  tick to strategy at {rate:>7,.0f} msgs/s "
+                        f"(offered {data['offered_per_s']['median']:,.0f}/s): "
                         f"p50 {data['p50_us']['median'] / 1000:.3f} ms, "
                         f"p99 {data['p99_us']['median'] / 1000:.3f} ms; loop stall (probe "
                         f"lateness) p99 {data['loop_lag_p99_us']['median'] / 1000:.2f} ms, "
                         f"max {data['loop_lag_max_us']['median'] / 1000:.2f} ms; longest GC pause "
                         f"gen1 {data['gc1_pause_max_us']['median'] / 1000:.2f} ms, "
-                        f"gen2 {data['gc2_pause_max_us']['median'] / 1000:.2f} ms "
+                        f"gen2 {data['gc2_pause_max_us']['median'] / 1000:.2f} ms; "
+                        f"the loop thread on a core {data['cpu_share']['median']:.0%} and "
+                        f"waiting for one {data['runqueue_share']['median']:.0%} of the time, "
+                        f"{_stall_split(data['runs'])} "
                         f"(median of {repeats} runs of {seconds:g} s)"
                     )
         finally:
