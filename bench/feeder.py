@@ -32,6 +32,8 @@ HIGH_WATER: Final = 20_000
 LOW_WATER: Final = 5_000
 # Frames written to the socket at once.
 WRITE_BURST: Final = 256
+# With --tickers: one bookTicker per instrument for this many of its trades.
+TRADES_PER_TICKER: Final = 250
 # Trades published per instrument per round while flooding.
 FLOOD_CHUNK: Final = 250
 # Seconds between publications at a set rate.
@@ -41,11 +43,23 @@ PACE: Final = 0.001
 class FloodingBinance(FakeBinance):
     """The fake venue, with a signal when its connections' outboxes have room again."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, tickers: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.room = asyncio.Event()
         self.room.set()
         self.published = 0
+        self.tickers = tickers
+        self._untickered: dict[str, int] = {}
+
+    def publish(self, instrument: str, count: int) -> None:
+        """``count`` trades, and a bookTicker for every ``TRADES_PER_TICKER`` of them."""
+        self.publish_trades(instrument, count)
+        if self.tickers:
+            pending = self._untickered.get(instrument, 0) + count
+            while pending >= TRADES_PER_TICKER:
+                self.publish_ticker(instrument)
+                pending -= TRADES_PER_TICKER
+            self._untickered[instrument] = pending
 
     def backlog(self) -> int:
         return max((len(c.outbox) for c in self._connections), default=0)
@@ -87,7 +101,7 @@ class FloodingBinance(FakeBinance):
                     break
                 continue
             for name in instruments:
-                self.publish_trades(name, FLOOD_CHUNK)
+                self.publish(name, FLOOD_CHUNK)
             published += FLOOD_CHUNK * len(instruments)
             if self.room.is_set() and self.backlog() < LOW_WATER:
                 # The writers are keeping up: let them (and the control reader) run.
@@ -119,7 +133,7 @@ class FloodingBinance(FakeBinance):
                 share, extra = divmod(count, len(instruments))
                 for index, name in enumerate(instruments):
                     if share + (index < extra):
-                        self.publish_trades(name, share + (index < extra))
+                        self.publish(name, share + (index < extra))
                 published += count
             await asyncio.sleep(PACE)
         self.published += published
@@ -141,8 +155,8 @@ def _reply(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def serve(seed: int, instruments: list[str], pong_timeout: float) -> None:
-    fake = FloodingBinance(seed=seed, pong_timeout=pong_timeout)
+async def serve(seed: int, instruments: list[str], pong_timeout: float, tickers: bool) -> None:
+    fake = FloodingBinance(seed=seed, pong_timeout=pong_timeout, tickers=tickers)
     for name in instruments:
         if name not in fake.instruments:
             fake.add_instrument(name)
@@ -159,6 +173,8 @@ async def serve(seed: int, instruments: list[str], pong_timeout: float) -> None:
             if op == "wait_subscribed":
                 for name in instruments:
                     await fake.wait_subscribed(name, "trades")
+                    if tickers:
+                        await fake.wait_subscribed(name, "tickers")
                 _reply({"ok": True})
             elif op == "flood":
                 published = await fake.flood(instruments, float(command["seconds"]))
@@ -186,9 +202,14 @@ def main(argv: list[str] | None = None) -> None:
         default=60.0,
         help="seconds a connection may leave a ping unanswered (the venue's limit: 60)",
     )
+    parser.add_argument(
+        "--tickers",
+        action="store_true",
+        help=f"publish a bookTicker per instrument for every {TRADES_PER_TICKER} of its trades",
+    )
     args = parser.parse_args(argv)
     instruments = [n for n in args.instruments.split(",") if n]
-    uvloop.run(serve(args.seed, instruments, args.pong_timeout))
+    uvloop.run(serve(args.seed, instruments, args.pong_timeout, args.tickers))
 
 
 if __name__ == "__main__":

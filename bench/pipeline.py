@@ -42,6 +42,7 @@ def daemon_sections(
     database_url: str = "",
     redis_url: str = "",
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    tickers: bool = False,
 ) -> dict[str, dict[str, Any]]:
     sections: dict[str, dict[str, Any]] = {
         "daemon": {
@@ -56,7 +57,7 @@ def daemon_sections(
             "ws_url": ws_url,
             "rest_url": rest_url,
             "symbols": list(instruments),
-            "channels": ["trades"],
+            "channels": ["trades", "tickers"] if tickers else ["trades"],
         },
     }
     for name, values in (extra or {}).items():
@@ -76,13 +77,18 @@ class Pipeline:
         instruments: Sequence[str] = INSTRUMENTS,
         pong_timeout: float = 60.0,
         extra: Mapping[str, Mapping[str, Any]] | None = None,
+        tickers: bool = True,
     ) -> None:
         self.storage = storage
+        self.tickers = tickers
         self.workdir = workdir
         self.instruments = list(instruments)
         workdir.mkdir(parents=True, exist_ok=True)
         self.feeder = FeederProcess(
-            workdir / "feeder.log", instruments=self.instruments, pong_timeout=pong_timeout
+            workdir / "feeder.log",
+            instruments=self.instruments,
+            pong_timeout=pong_timeout,
+            tickers=tickers,
         )
         self._extra = extra
         self._notify: NotifyListener | None = None
@@ -104,6 +110,7 @@ class Pipeline:
                     database_url=self.storage.database_url,
                     redis_url=self.storage.redis_url,
                     extra=self._extra,
+                    tickers=self.tickers,
                 ),
             )
             self._notify = await NotifyListener(self.workdir / "notify.sock").__aenter__()

@@ -219,11 +219,13 @@ class FeederProcess:
         instruments: Sequence[str],
         seed: int = 7,
         pong_timeout: float = 60.0,
+        tickers: bool = False,
     ) -> None:
         self.log_path = log_path
         self.instruments = list(instruments)
         self.seed = seed
         self.pong_timeout = pong_timeout
+        self.tickers = tickers
         self.process: asyncio.subprocess.Process | None = None
         self.ws_url = ""
         self.rest_url = ""
@@ -246,6 +248,7 @@ class FeederProcess:
                 ",".join(self.instruments),
                 "--pong-timeout",
                 str(self.pong_timeout),
+                *(["--tickers"] if self.tickers else []),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
