@@ -96,3 +96,24 @@ async def test_binance_fills_since_names_every_fills_client_id(
         assert await fresh.fills_since(["BTCUSDT"], now_us() + 60_000_000) == []
     finally:
         await client.close()
+
+
+async def test_an_order_filled_while_its_event_was_lost_is_asked_about_not_reported_missing(
+    pool: asyncpg.Pool,
+    rds: aioredis.Redis,
+    client: BinanceExecution,  # noqa: F811
+    venue: FakeBinanceTrading,  # noqa: F811
+) -> None:
+    await recorded_healthy(pool, rds, EXCHANGE)
+    tickers = [ticker("59999.99", "60000.00", now_us())]
+    async with live_executor(pool, rds, EXCHANGE, client, INSTRUMENTS, tickers, audited=True) as h:
+        resting = await h.submit(RESTING_BUY)
+        await h.until_state(resting, S.OPEN)
+        # The venue fills the order and its execution report is lost with the user stream.
+        venue.faults.disconnect_user_stream_after = 0
+        venue._on_tape("BTCUSDT", [{"p": "49999.00000000", "q": "1.00000000"}])
+        assert venue.order_by_client_id(resting).status == "FILLED"  # type: ignore[union-attr]
+        report = await h.executor.reconcile()
+        assert report is not None and report.outcome is Outcome.CLEAN, report.summary
+        row = await h.until_state(resting, S.FILLED)
+        assert row.filled_quantity == RESTING_BUY.quantity

@@ -77,6 +77,12 @@ class Audited(Protocol):
         (an order it does not know, or a fill its state machine refuses)."""
         ...
 
+    async def settle_orders(self, client_order_ids: list[str]) -> None:
+        """Take the venue's word on orders it no longer lists open: the updates already
+        received first, then one query each (a fill or cancel whose event is late or lost).
+        An order the venue does not find is left as it is."""
+        ...
+
     async def lock(self, reason: str) -> None: ...
 
 
@@ -234,6 +240,17 @@ class Auditor:
 
     async def _running(self, trigger: Trigger) -> Report:
         venue_orders = await self._venue.open_orders()
+        listed = {order.client_order_id for order in venue_orders}
+        settled = [
+            row.client_order_id
+            for row in self._desk.ledger_orders()
+            if row.state in audit.OPEN_AT_VENUE and row.client_order_id not in listed
+        ]
+        if settled:
+            # An order that left the venue's book while its event is in flight (or was lost)
+            # is asked about before it counts as missing; the balances are read after that, so
+            # its fills are on both sides of the comparison.
+            await self._desk.settle_orders(settled)
         venue_positions = await self._venue.positions()
         venue_balances = await self._venue.balances()
         if self._rebase:

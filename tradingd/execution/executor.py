@@ -35,7 +35,7 @@ from tradingd.actors import checked_in
 from tradingd.config import RiskConfig
 from tradingd.execution import risk
 from tradingd.execution.accounting import Book
-from tradingd.execution.audit import Report, Trigger
+from tradingd.execution.audit import OPEN_AT_VENUE, Report, Trigger
 from tradingd.execution.auditing import Auditor, fill_record
 from tradingd.execution.breaker import Breaker
 from tradingd.execution.desk import (
@@ -541,6 +541,19 @@ class Executor:
     def rebase_balances(self, balances: Mapping[str, Decimal]) -> None:
         """The venue's balances as the new start; fills booked from now on add to them."""
         self._session = Book(balances)
+
+    async def settle_orders(self, client_order_ids: list[str]) -> None:
+        while self._updates:
+            await self._apply(self._updates.popleft(), "venue:stream")
+        for client_id in client_order_ids:
+            row = self._orders.get(client_id)
+            if row is None or row.state not in OPEN_AT_VENUE:
+                continue
+            answer = await self._venue.query(row.client_order_id, row.instrument)
+            # Only the venue's word on the order counts; "not found" proves nothing about an
+            # order it acknowledged (a wiped testnet account): that stays for the audit to report.
+            if answer.outcome is Outcome.ACK and answer.order is not None:
+                await self._apply(answer.order, "venue:query")
 
     async def book_fill(self, fill: Fill, source: str) -> bool:
         recorded = await self._ledger.record_fill(fill, source)
