@@ -52,12 +52,7 @@ def is_positive_decimal(text: str) -> bool:
     # float() also reads "1_000", non-ASCII digits and surrounding whitespace; the text goes to
     # PostgreSQL as it is (a tab or newline would end a COPY field or row), so none of those.
     # (Written out, not called: a call costs as much as the test, on every price of every frame.)
-    if (
-        len(text) <= _LONGEST_TEXT
-        and text.isascii()
-        and "_" not in text
-        and text.strip() == text
-    ):
+    if len(text) <= _LONGEST_TEXT and text.isascii() and "_" not in text and text.strip() == text:
         if _SURELY_ABOVE_SMALLEST < value < _SURELY_BELOW_TOO_LARGE:
             return True
         return _MAYBE_ABOVE_SMALLEST <= value <= _MAYBE_BELOW_TOO_LARGE and _exactly_in_range(text)
@@ -71,12 +66,7 @@ def is_non_negative_decimal(text: str) -> bool:
     except ValueError:
         return False
     # The same plain-text test as is_positive_decimal's.
-    if (
-        len(text) <= _LONGEST_TEXT
-        and text.isascii()
-        and "_" not in text
-        and text.strip() == text
-    ):
+    if len(text) <= _LONGEST_TEXT and text.isascii() and "_" not in text and text.strip() == text:
         if _SURELY_ABOVE_SMALLEST < value < _SURELY_BELOW_TOO_LARGE:
             return True
         if value == 0.0:

@@ -5,11 +5,14 @@ the ledger missed, compares (``tradingd.execution.audit``), records the report i
 * At start (``startup``), after the ledger's non-terminal orders were queried one by one and
   before any order is decided: the venue's fills since the ledger's last one (a margin back),
   its open orders and balances. The balances are compared with the last baseline report's
-  plus every fill booked since. Nothing trades meanwhile, so one mismatch means AUDITING.
+  plus every fill booked since. Nothing is sent meanwhile, so one mismatch means AUDITING.
 * While running (``run``: every ``risk.reconcile_interval``, after the update stream
   reconnects, and on demand from ``tradingd reconcile``), under the executor's lock: the
   venue's open orders and balances against the executor's. A mismatch seen on two runs in a
   row means AUDITING; an unknown order of ours locks at once.
+* Either way, an order the ledger holds open that the venue no longer lists is asked about
+  first (a resting order fills whenever the market reaches it, and its event may be late or
+  lost): the venue's word on it is taken; only one it cannot find is reported missing.
 
 An exchange put under AUDITING stays there until ``tradingd unlock`` finds a fresh
 reconciliation clean (or is forced); once it trades again the executor's balances restart from
@@ -213,6 +216,7 @@ class Auditor:
             else:
                 unbooked.append((fill.trade_id, fill.client_order_id))
         venue_orders = await self._venue.open_orders()
+        await self._settle_unlisted(venue_orders)
         venue_balances = await self._venue.balances()
         venue_positions = await self._venue.positions()
         last = await self._ledger.last_fill(exchange)
@@ -240,17 +244,7 @@ class Auditor:
 
     async def _running(self, trigger: Trigger) -> Report:
         venue_orders = await self._venue.open_orders()
-        listed = {order.client_order_id for order in venue_orders}
-        settled = [
-            row.client_order_id
-            for row in self._desk.ledger_orders()
-            if row.state in audit.OPEN_AT_VENUE and row.client_order_id not in listed
-        ]
-        if settled:
-            # An order that left the venue's book while its event is in flight (or was lost)
-            # is asked about before it counts as missing; the balances are read after that, so
-            # its fills are on both sides of the comparison.
-            await self._desk.settle_orders(settled)
+        await self._settle_unlisted(venue_orders)
         venue_positions = await self._venue.positions()
         venue_balances = await self._venue.balances()
         if self._rebase:
@@ -269,6 +263,20 @@ class Auditor:
             baseline=False,
         )
         return msgspec.structs.replace(report, baseline=report.clean)
+
+    async def _settle_unlisted(self, venue_orders: list[VenueOrder]) -> None:
+        """Ask about the orders the ledger holds open that the venue does not list, before they
+        count as missing: a resting order fills whenever the market reaches it (at start too,
+        between the per-order queries and this read) and its event may be in flight or lost.
+        The balances are read after this, so its fills are on both sides of the comparison."""
+        listed = {order.client_order_id for order in venue_orders}
+        unlisted = [
+            row.client_order_id
+            for row in self._desk.ledger_orders()
+            if row.state in audit.OPEN_AT_VENUE and row.client_order_id not in listed
+        ]
+        if unlisted:
+            await self._desk.settle_orders(unlisted)
 
     def _report(
         self,
