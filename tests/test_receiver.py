@@ -411,7 +411,7 @@ async def test_a_replacement_that_delivers_nothing_is_dropped_and_retried_soon()
         async def trade_and_keep_alive() -> None:
             while True:
                 venue.publish("A", 1)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the market's pace, which keeps the stream alive
 
         async with asyncio.TaskGroup() as group:
             publisher = group.create_task(trade_and_keep_alive())
