@@ -229,3 +229,18 @@ async def test_two_orders_under_one_label_lock_the_exchange(
     assert reason.startswith(f"Deribit: label {client_id}")
     assert recorded == [reason]
     assert row is not None and row.state is S.UNKNOWN  # neither order is taken as ours
+
+
+async def test_a_read_refused_for_credits_is_asked_again_after_the_pause(
+    client: DeribitExecution, venue: FakeDeribitTrading
+) -> None:
+    await client.start()
+    try:
+        connections = client.connections
+        # Out of credits for the next request: the venue refills them within its pause.
+        pool = venue.fake.credit_pools["default"]
+        pool.available, pool.updated = 0.0, time.monotonic()
+        assert await client.balances() == {"BTC": Decimal("100")}
+        assert client.connections == connections + 1  # 10028 ended the session
+    finally:
+        await client.close()

@@ -81,9 +81,10 @@ class Audited(Protocol):
         ...
 
     async def settle_orders(self, client_order_ids: list[str]) -> None:
-        """Take the venue's word on orders it no longer lists open: the updates already
-        received first, then one query each (a fill or cancel whose event is late or lost).
-        An order the venue does not find is left as it is."""
+        """Take the venue's word on orders it no longer lists open, one query each (a fill or
+        cancel whose event is late or lost). An order the venue does not find is left as it is;
+        nothing else in the ledger changes (the venue's open-orders snapshot is compared with
+        it next)."""
         ...
 
     async def lock(self, reason: str) -> None: ...

@@ -543,8 +543,8 @@ class Executor:
         self._session = Book(balances)
 
     async def settle_orders(self, client_order_ids: list[str]) -> None:
-        while self._updates:
-            await self._apply(self._updates.popleft(), "venue:stream")
+        # Updates already received are left for the executor's loop: applied here, one could
+        # end an order the venue's open-orders snapshot still lists (an "unknown order").
         for client_id in client_order_ids:
             row = self._orders.get(client_id)
             if row is None or row.state not in OPEN_AT_VENUE:

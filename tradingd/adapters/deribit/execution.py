@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Final
+from typing import Final, TypeVar
 
 import aiohttp
 from loguru import logger
@@ -49,6 +49,12 @@ from tradingd.model import Ticker, Trade
 from tradingd.strategies.api import OrderType, Side, TimeInForce
 
 S = OrderState
+_T = TypeVar("_T")
+# Reads refused for credits (10028, which also ends the session) are asked again after the
+# venue's pause, on the next session, this many times in all: a read changes nothing at the
+# venue, and a restart's burst of reads (reconciliation) must not lock the exchange for a pause
+# the venue asked for. Orders are never retried this way.
+READ_ATTEMPTS: Final = 3
 # The venue's order state -> the executor's (the one table); "open" with fills is partial.
 STATES: Final[dict[trading.OrderState, OrderState]] = {
     "open": S.OPEN,
@@ -293,14 +299,12 @@ class DeribitExecution:
         return QueryResult(outcome=Outcome.ACK, order=None)
 
     async def open_orders(self) -> list[VenueOrder]:
-        session = await self._ready_session()
-        if session is None:
-            raise ConnectionError("no Deribit session")
         result = []
         for currency in self._currencies:
-            orders = await session.open_orders(currency)
-            if isinstance(orders, Classified):
-                raise ConnectionError(f"Deribit open orders {currency}: {orders.reason}")
+            orders = await self._read(DeribitPrivateSession.open_orders, currency, "open orders")
+            session = await self._ready_session()
+            if session is None:
+                raise ConnectionError("no Deribit session")
             for order in orders:
                 if not order.label:
                     continue  # not sent by us (a label is our client id)
@@ -312,16 +316,32 @@ class DeribitExecution:
         return result
 
     async def balances(self) -> dict[str, Decimal]:
-        session = await self._ready_session()
-        if session is None:
-            raise ConnectionError("no Deribit session")
         balances = {}
         for currency in self._currencies:
-            summary = await session.account_summary(currency)
-            if isinstance(summary, Classified):
-                raise ConnectionError(f"Deribit account {currency}: {summary.reason}")
+            summary = await self._read(DeribitPrivateSession.account_summary, currency, "account")
             balances[currency] = summary.balance
         return balances
+
+    async def _read(
+        self,
+        request: Callable[[DeribitPrivateSession, str], Awaitable[_T | Classified]],
+        currency: str,
+        what: str,
+    ) -> _T:
+        """One read on the ready session; refused for credits, asked again (``READ_ATTEMPTS``)
+        after the venue's pause. Anything else unanswered raises ``ConnectionError``."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            session = await self._ready_session()
+            if session is None:
+                raise ConnectionError("no Deribit session")
+            answer = await request(session, currency)
+            if not isinstance(answer, Classified):
+                return answer
+            if answer.verdict is not Verdict.RATE_LIMITED or attempt == READ_ATTEMPTS:
+                raise ConnectionError(f"Deribit {what} {currency}: {answer.reason}")
+            # The venue's own pause before asking again (a scheduled retry, not a condition).
+            await asyncio.sleep(answer.retry_after or 1.0)
+        raise AssertionError("unreachable")
 
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         return None
@@ -335,29 +355,19 @@ class DeribitExecution:
         return self.fault()
 
     async def positions(self) -> dict[str, Decimal]:
-        session = await self._ready_session()
-        if session is None:
-            raise ConnectionError("no Deribit session")
         held: dict[str, Decimal] = {}
         for currency in self._currencies:
-            positions = await session.positions(currency)
-            if isinstance(positions, Classified):
-                raise ConnectionError(f"Deribit positions {currency}: {positions.reason}")
+            positions = await self._read(DeribitPrivateSession.positions, currency, "positions")
             held.update({p.instrument_name: p.size for p in positions if p.size != 0})
         return held
 
     async def fills_since(self, instruments: Sequence[str], since_us: int) -> list[Fill]:
-        session = await self._ready_session()
-        if session is None:
-            raise ConnectionError("no Deribit session")
         wanted = set(instruments)
         fills: list[Fill] = []
         for currency in sorted({currency_of(name) for name in wanted}):
             known = self._trades.setdefault(currency, {})
             while True:
-                page = await session.user_trades(currency, self._trade_cursor.get(currency))
-                if isinstance(page, Classified):
-                    raise ConnectionError(f"Deribit trades {currency}: {page.reason}")
+                page = await self._read(self._next_trades_page, currency, "trades")
                 fresh = [t for t in page.trades if t.trade_id not in known]
                 for trade in page.trades:
                     known[trade.trade_id] = trade
@@ -371,6 +381,11 @@ class DeribitExecution:
                 if t.instrument_name in wanted and t.at_us >= since_us
             )
         return sorted(fills, key=lambda f: f.at_us)
+
+    def _next_trades_page(
+        self, session: DeribitPrivateSession, currency: str
+    ) -> Awaitable[trading.TradesPage | Classified]:
+        return session.user_trades(currency, self._trade_cursor.get(currency))
 
     def connection_epoch(self) -> int:
         return self.connections
