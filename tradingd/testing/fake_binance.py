@@ -108,6 +108,8 @@ class _Symbol:
     minute_bars: dict[int, list[int]] = field(default_factory=dict)
     minutes: list[int] = field(default_factory=list)
     book_update_id: int = 1
+    _price_texts: dict[int, str] = field(default_factory=dict)
+    _quantity_texts: dict[int, str] = field(default_factory=dict)
 
     @property
     def next_trade_id(self) -> int:
@@ -133,6 +135,34 @@ class _Symbol:
 
     def quantity_text(self, units: int) -> str:
         return _decimal_text(units, self.quantity_decimals)
+
+    def decimal_texts(self) -> tuple[Callable[[int], str], Callable[[int], str]]:
+        """``price_text`` and ``quantity_text`` for a loop over many trades: a lookup in a
+        dict of this symbol's texts, formatting only the values not seen before."""
+        prices, quantities = self._price_texts, self._quantity_texts
+        if len(prices) > _TEXTS_PER_SYMBOL:
+            prices.clear()
+        if len(quantities) > _TEXTS_PER_SYMBOL:
+            quantities.clear()
+        price_decimals, quantity_decimals = self.price_decimals, self.quantity_decimals
+
+        def price_text(units: int) -> str:
+            text = prices.get(units)
+            if text is None:
+                text = prices[units] = _decimal_text(units, price_decimals)
+            return text
+
+        def quantity_text(units: int) -> str:
+            text = quantities.get(units)
+            if text is None:
+                text = quantities[units] = _decimal_text(units, quantity_decimals)
+            return text
+
+        return price_text, quantity_text
+
+
+# Decimal texts kept per symbol and kind (``_Symbol.decimal_texts``) before starting afresh.
+_TEXTS_PER_SYMBOL: Final = 65_536
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -301,11 +331,14 @@ class FakeBinance:
         max_lots = qty_scale // 10 or 1
         tape_price, tape_quantity = symbol.tape_price, symbol.tape_quantity
         tape_time, tape_maker = symbol.tape_time, symbol.tape_maker
-        price_text, quantity_text = symbol.price_text, symbol.quantity_text
+        price_text, quantity_text = symbol.decimal_texts()
+        draw = rng.getrandbits
         for offset in range(count):
-            units = max(1, units + rng.choice(_PRICE_STEPS))
-            quantity = rng.randint(1, max_lots) * rng.choice(_QUANTITY_MULTIPLIERS)
-            maker = rng.random() < 0.5
+            # One draw per trade: a step, a lot count, a size multiplier and a side from its bits.
+            bits = draw(64)
+            units = max(1, units + _PRICE_STEPS[bits & 15])
+            quantity = (1 + (bits >> 8) % max_lots) * _QUANTITY_MULTIPLIERS[(bits >> 4) & 7]
+            maker = bits >> 63 == 1
             trade_id = next_id + offset
             trades.append(
                 {
@@ -952,8 +985,9 @@ class _Kline:
     last_id: int
 
 
-_PRICE_STEPS: Final = (-3, -2, -1, -1, 0, 0, 0, 1, 1, 2, 3)
-_QUANTITY_MULTIPLIERS: Final = (1, 1, 1, 2, 5, 10)
+# Indexed by 4 and 3 random bits: small steps and small sizes are the common ones.
+_PRICE_STEPS: Final = (-3, -2, -2, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 2, 2, 3)
+_QUANTITY_MULTIPLIERS: Final = (1, 1, 1, 1, 2, 2, 5, 10)
 
 _DEFAULT_SYMBOLS: Final[list[tuple[str, dict[str, object]]]] = [
     ("BTCUSDT", {"price": "60000.00", "price_decimals": 2, "quantity_decimals": 5}),
