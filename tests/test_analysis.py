@@ -146,6 +146,93 @@ def test_arbitrary_orders_keep_invariants(
         assert found.ignored_trades == 0
 
 
+# Runs of one instrument's trades, on two exchanges that share instrument names, starting
+# anywhere (late, in the open bucket, past it) and crossing bucket edges; one quantity has so
+# many digits that a sum with it rounds (at 28 digits), where the order of adding shows.
+runs_anywhere = st.lists(
+    st.tuples(
+        st.sampled_from(["binance", "deribit"]),
+        st.sampled_from(["BTCUSDT", "ETHUSDT"]),
+        st.integers(0, 8 * BUCKET_US),
+        st.integers(0, BUCKET_US // 3),
+        st.lists(
+            st.sampled_from(
+                ["0.5", "1.50000000", "3", "1E+1", "0.00000001", "9999999999999999999.999999999"]
+            ),
+            min_size=1,
+            max_size=12,
+        ),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs_anywhere)
+def test_a_batch_adds_up_exactly_as_its_trades_one_by_one(
+    runs: list[tuple[str, str, int, int, list[str]]],
+) -> None:
+    trades = [
+        msgspec.structs.replace(trade(START_US + start + i * step, q, name), exchange=exchange)
+        for exchange, name, start, step, quantities in runs
+        for i, q in enumerate(quantities)
+    ]
+    whole, single = detector(10, 1, 0.1), detector(10, 1, 0.1)
+    found = whole.observe(trades)
+    expected: list[VolumeAnomaly] = []
+    for one in trades:
+        expected += single.observe([one])
+    keys = [(e, n) for e in ("binance", "deribit") for n in ("BTCUSDT", "ETHUSDT")]
+    # Equal Decimals may differ in digits: the volume is also the same text.
+    opened = [str(whole.open_volume(*key)) for key in keys]
+    assert opened == [str(single.open_volume(*key)) for key in keys]
+    found += whole.close_due(START_US + 20 * BUCKET_US)
+    expected += single.close_due(START_US + 20 * BUCKET_US)
+    assert found == expected
+    assert [str(a.volume) for a in found] == [str(a.volume) for a in expected]
+    assert [whole.history(*key) for key in keys] == [single.history(*key) for key in keys]
+    assert (whole.late_trades, whole.ignored_trades) == (single.late_trades, single.ignored_trades)
+
+
+def test_a_run_is_split_at_its_bucket_edges_and_exchanges_kept_apart() -> None:
+    found = detector(window=5, min_buckets=1)
+    edge = START_US + BUCKET_US
+    found.observe(
+        [
+            trade(START_US, "1"),
+            trade(edge - 1, "2"),
+            # The same instrument name on another exchange: another series.
+            msgspec.structs.replace(trade(edge - 1, "100"), exchange="deribit"),
+            trade(edge, "4"),  # the next bucket: the first one closes at 3
+            trade(edge - 1, "8"),  # late, into the closed bucket
+            trade(edge + 1, "16"),
+        ]
+    )
+    assert found.history("binance", "BTCUSDT") == [11.0]
+    assert found.history("deribit", "BTCUSDT") == []
+    assert found.late_trades == 1
+    found.close_due(START_US + 2 * BUCKET_US)
+    assert found.history("binance", "BTCUSDT") == [11.0, 20.0]
+    assert found.history("deribit", "BTCUSDT") == [100.0, 0.0]
+
+
+def test_a_volume_has_the_digits_of_adding_trade_by_trade() -> None:
+    found = detector()
+    next_bucket = START_US + BUCKET_US
+    found.observe(
+        [
+            trade(START_US, "1"),
+            trade(next_bucket, "1E+1"),  # opens the bucket with this very number
+            trade(next_bucket + 1, "1E+1"),
+            trade(next_bucket + 2, "1E+1"),
+            trade(next_bucket, "2.50", "ETHUSDT"),  # a new series starts from zero
+        ]
+    )
+    assert str(found.open_volume("binance", "BTCUSDT")) == "3E+1"
+    assert str(found.open_volume("binance", "ETHUSDT")) == "2.50"
+    assert found.open_volume("binance", "SOLUSDT") is None
+
+
 def test_flat_history_uses_a_stddev_floor() -> None:
     found = detector(window=10, min_buckets=5, threshold=4.0)
     rng = random.Random(1)
@@ -242,3 +329,61 @@ def test_record_latencies_keeps_count_and_max_exact(stamps: list[int], max_sampl
     else:
         assert histogram.min >= now - max(stamps)
         assert histogram.p50 <= histogram.max
+
+
+def same_histogram(one: LatencyHistogram, other: LatencyHistogram) -> bool:
+    """Equal in every reading: each rank's quantile, extremes, count and total."""
+    ranks = [i / (2 * max(1, one.count)) for i in range(2 * one.count + 1)]
+    return (one.count, one.total, one.min, one.max) == (
+        other.count,
+        other.total,
+        other.min,
+        other.max,
+    ) and [one.quantile(q) for q in ranks] == [other.quantile(q) for q in ranks]
+
+
+# Latencies repeat (a burst of frames shares one receive time), some fall on bucket edges, and
+# a clock step can make one negative.
+latencies = st.lists(
+    st.sampled_from([-7, 0, 1, 63, 64, 65, 127, 128, 1_000, 1_023, 1_024, 10**6, 10**12])
+    | st.integers(-100, 10**9),
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(latencies)
+def test_recording_a_batch_is_recording_each_value(values: list[int]) -> None:
+    batch, each = LatencyHistogram("b"), LatencyHistogram("e")
+    batch.record(50)
+    each.record(50)
+    batch.record_many(values)
+    for value in values:
+        each.record(value)
+    assert same_histogram(batch, each)
+
+
+@settings(max_examples=200, deadline=None)
+@given(latencies.filter(bool), st.integers(0, 1_000))
+def test_a_sample_counts_each_value_by_its_weight(values: list[int], more: int) -> None:
+    population = len(values) + more
+    sampled, each = LatencyHistogram("s"), LatencyHistogram("e")
+    sampled.record_sample(values, population)
+    base, extra = divmod(population, len(values))
+    for position, value in enumerate(values):
+        for _ in range(base + 1 if position < extra else base):
+            each.record(value)
+    assert same_histogram(sampled, each)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 40)), min_size=1, max_size=30))
+def test_record_latencies_of_bursts_is_each_trade_recorded(bursts: list[tuple[int, int]]) -> None:
+    now = 10**9 + 5
+    stamps = [stamp for stamp, size in bursts for _ in range(size)]
+    trades = [msgspec.structs.replace(trade(1, "1"), received_us=s) for s in stamps]
+    recorded, each = LatencyHistogram("r"), LatencyHistogram("e")
+    record_latencies(recorded, now, trades, max_samples=len(trades))
+    for stamp in stamps:
+        each.record(now - stamp)
+    assert same_histogram(recorded, each)

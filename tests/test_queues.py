@@ -125,3 +125,13 @@ async def test_lingering_consumers_never_get_an_empty_batch_while_open() -> None
         for consumer in consumers:
             consumer.cancel()
     assert received == [[1], [2, 3]]
+
+
+@pytest.mark.parametrize("policy", [OverflowPolicy.BLOCK, OverflowPolicy.DROP_OLDEST])
+async def test_a_list_put_is_not_changed_by_its_caller_afterwards(policy: OverflowPolicy) -> None:
+    queue: BoundedQueue[int] = BoundedQueue("q", 10, policy)
+    items = [1, 2, 3]
+    queue.put_many_nowait(items)
+    items.append(4)
+    items[0] = 9
+    assert queue.get_batch_nowait(10) == [1, 2, 3]

@@ -269,6 +269,12 @@ class Harness:
             "tickers", 100, OverflowPolicy.KEEP_LATEST, key=lambda t: t.instrument_name
         )
         self.gaps: BoundedQueue[Gap] = BoundedQueue("gaps", 1000, OverflowPolicy.BLOCK)
+        self.analysis: BoundedQueue[Trade] = BoundedQueue(
+            "analysis", 100_000, OverflowPolicy.DROP_OLDEST
+        )
+        self.execution: BoundedQueue[MarketEvent] = BoundedQueue(
+            "execution", 100_000, OverflowPolicy.DROP_OLDEST
+        )
         self.tracker = tracker or SequenceTracker("fake")
         subscriptions = [
             Subscription(channel, symbol, "1m" if channel is Channel.BARS else "")
@@ -281,7 +287,9 @@ class Harness:
             adapter=adapter or venue,  # type: ignore[arg-type]
             subscriptions=subscriptions,
             config=config,
-            outlets=MarketDataOutlets(self.records, self.tickers, None, self.gaps),
+            outlets=MarketDataOutlets(
+                self.records, self.tickers, self.analysis, self.gaps, self.execution
+            ),
             tracker=self.tracker,
             rng=random.Random(7),
             intervals=intervals,
@@ -664,3 +672,34 @@ async def test_data_flows_only_with_fresh_market_data_not_dead_letters() -> None
         assert receiver.data_fresh(3600.0)
         # Freshness is a window, not a latch: data older than the window is not fresh.
         assert not receiver.data_fresh(-1.0)
+
+
+async def test_each_outlet_gets_its_kinds_from_trade_only_and_mixed_bursts() -> None:
+    venue = FakeVenue()
+    harness = Harness(venue, exchange_config(symbols=["A", "B"]))
+    trades = [make_trade("A", 1), make_trade("B", 1), make_trade("A", 2)]
+    # A trade-only burst (routed without sorting) with a duplicate the tracker drops.
+    only_trades: list[MarketEvent] = [trades[0], trades[1], trades[0], trades[2]]
+    letter = DeadLetter(exchange="fake", source="ws", payload=b"{", error="bad", received_us=3)
+    ticker = Ticker(exchange="fake", instrument_name="A", timestamp_us=4, received_us=4)
+    bar = make_bar("B")
+    later = [make_trade("A", 3), make_trade("B", 2)]
+    mixed: list[MarketEvent] = [later[0], letter, ticker, bar, later[1]]
+    async with harness.running():
+        await venue.changes.wait_for(lambda: venue.connects == 1)
+        for session in venue.live():
+            session.deliver(only_trades)
+        await harness.ctx.changes.wait_for(lambda: harness.receiver.stats.trades == 3)
+        assert harness.records.get_batch_nowait(100) == trades
+        assert harness.execution.get_batch_nowait(100) == trades
+        assert harness.analysis.get_batch_nowait(100) == trades
+        for session in venue.live():
+            session.deliver(mixed)
+        await harness.ctx.changes.wait_for(lambda: harness.receiver.stats.trades == 5)
+        # Bars and dead letters in arrival order, then the burst's new trades.
+        assert harness.records.get_batch_nowait(100) == [letter, bar, *later]
+        # The executor's feed never carries a dead letter; tickers come last.
+        assert harness.execution.get_batch_nowait(100) == [bar, *later, ticker]
+        assert harness.analysis.get_batch_nowait(100) == later
+        assert harness.tickers.get_batch_nowait(100) == [ticker]
+    assert harness.receiver.stats.duplicates_dropped == 1

@@ -191,3 +191,41 @@ def test_subtract_ranges_leaves_exactly_the_uncovered_numbers(
     assert remaining == [n for n in range(first, last + 1) if n not in inside]
     assert all(a <= b for a, b in ranges)
     assert all(b + 1 < c for (_, b), (c, _) in itertools.pairwise(ranges))
+
+
+# Runs of consecutive trades (how a live stream arrives), overlapping and jumping.
+runs = st.lists(
+    st.tuples(instruments, st.integers(min_value=1, max_value=60), st.integers(1, 12)),
+    max_size=40,
+)
+
+
+@given(runs, st.lists(st.integers(1, 30), max_size=10))
+def test_a_batch_is_planned_as_its_trades_one_by_one(
+    arrived: list[tuple[str, int, int]], batch_sizes: list[int]
+) -> None:
+    trades = [
+        trade(seq, name, received_us=index)
+        for index, (name, first, count) in enumerate(arrived)
+        for seq in range(first, first + count)
+    ]
+    batched, single = SequenceTracker("binance", {"A": 5}), SequenceTracker("binance", {"A": 5})
+    for tracker in (batched, single):
+        tracker.resumed(["A"], RECONNECT)
+    fresh: list[Trade] = []
+    gaps: list[Gap] = []
+    start = 0
+    for size in [*batch_sizes, len(trades)]:
+        got, found = batched.observe(trades[start : start + size])
+        fresh += got
+        gaps += found
+        start += size
+    fresh_one_by_one: list[Trade] = []
+    gaps_one_by_one: list[Gap] = []
+    for one in trades:
+        got, found = single.observe([one])
+        fresh_one_by_one += got
+        gaps_one_by_one += found
+    assert fresh == fresh_one_by_one
+    assert gaps == gaps_one_by_one
+    assert (batched.known(), batched.duplicates) == (single.known(), single.duplicates)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.strategy_doubles import BTCUSDT, MemoryContext, bar, ticker
 from tradingd.config import ConfigError, StrategyConfig, load_config, parse_config
 from tradingd.execution.strategy_host import StrategyHost
-from tradingd.model import Bar, Ticker
+from tradingd.model import Bar, MarketType, Ticker, Trade
 from tradingd.strategies.api import Side, Strategy, SystemEvent
 from tradingd.strategies.grid import Grid, GridParams
 from tradingd.strategies.sma_cross import SmaCross
@@ -44,6 +44,9 @@ class Recorder(Strategy):
 
     def on_ticker(self, ticker: Ticker) -> None:
         self._note("ticker", ticker.instrument_name)
+
+    def on_trade(self, trade: Trade) -> None:
+        self._note("trade", (trade.instrument_name, trade.trade_seq))
 
     def on_system_event(self, event: SystemEvent) -> None:
         self._note("event", event.instrument)
@@ -83,6 +86,38 @@ def test_market_data_goes_to_the_strategies_of_its_instrument() -> None:
     )
     assert a.seen == [("bar", "BTCUSDT"), ("event", "")]
     assert b.seen == [("bar", "ETHUSDT"), ("bar", "BTCUSDT"), ("event", "ETHUSDT"), ("event", "")]
+
+
+def trade(instrument: str, seq: int) -> Trade:
+    return Trade(
+        exchange="binance",
+        instrument_name=instrument,
+        market_type=MarketType.SPOT,
+        trade_id=str(seq),
+        trade_seq=seq,
+        price_text="1",
+        quantity_text="1",
+        is_buyer_maker=False,
+        trade_us=seq,
+        received_us=seq,
+    )
+
+
+def test_trades_reach_the_strategies_of_their_instrument_in_batch_order() -> None:
+    a, b = Recorder(MemoryContext(), None), Recorder(MemoryContext(), None)
+    host, _ = _host(("a", ["BTCUSDT"], a), ("b", ["ETHUSDT", "BTCUSDT"], b))
+    host.on_trades([trade("XRPUSDT", 1), trade("SOLUSDT", 1)])
+    # A watched instrument's only trade last in a batch of unwatched ones still arrives.
+    host.on_trades([trade("XRPUSDT", 2), trade("ETHUSDT", 1)])
+    host.on_trades([trade("BTCUSDT", 1), trade("XRPUSDT", 3), trade("ETHUSDT", 2)])
+    assert a.seen == [("trade", ("BTCUSDT", 1))]
+    assert b.seen == [
+        ("trade", ("ETHUSDT", 1)),
+        ("trade", ("BTCUSDT", 1)),
+        ("trade", ("ETHUSDT", 2)),
+    ]
+    unwatched, _ = _host()
+    unwatched.on_trades([trade("BTCUSDT", 4)])
 
 
 def test_a_raising_strategy_is_paused_reported_and_the_others_go_on(logged: list[str]) -> None:

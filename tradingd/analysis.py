@@ -28,6 +28,12 @@ STDDEV_FLOOR_RATIO = 0.1
 _ZERO = Decimal(0)
 
 
+def _added(volume: Decimal, quantity_texts: list[str]) -> Decimal:
+    """``volume`` plus each quantity in turn, in C: the order decides a sum's rounding and its
+    digits, so that the volume is the one adding trade by trade gives."""
+    return sum(map(Decimal, quantity_texts), volume)
+
+
 class VolumeAnomaly(msgspec.Struct, frozen=True, kw_only=True):
     exchange: str
     instrument_name: str
@@ -80,19 +86,44 @@ class VolumeAnomalyDetector:
         anomalies: list[VolumeAnomaly] = []
         series_by_key = self._series
         bucket_us = self.bucket_us
+        # A live batch comes in runs of one instrument's trades: the series is looked up once
+        # per run, and the quantities of a run's trades inside the open bucket (nearly all of
+        # them) are added when the run ends, in one call.
+        exchange: str | None = None
+        instrument: str | None = None
+        series = _Series(0, 0)  # replaced at the first trade
+        start_us = end_us = 0
+        in_bucket: list[str] = []
         for trade in trades:
-            key = (trade.exchange, trade.instrument_name)
+            if trade.instrument_name != instrument or trade.exchange != exchange:
+                if in_bucket:
+                    series.volume = _added(series.volume, in_bucket)
+                    in_bucket.clear()
+                exchange, instrument = trade.exchange, trade.instrument_name
+                found = series_by_key.get((exchange, instrument))
+                if found is None:
+                    found = series_by_key[exchange, instrument] = _Series(
+                        trade.trade_us // bucket_us, self.window_buckets
+                    )
+                series = found
+                start_us = series.bucket * bucket_us
+                end_us = start_us + bucket_us
+            if start_us <= trade.trade_us < end_us:
+                in_bucket.append(trade.quantity_text)
+                continue
+            if in_bucket:
+                series.volume = _added(series.volume, in_bucket)
+                in_bucket.clear()
             bucket = trade.trade_us // bucket_us
-            series = series_by_key.get(key)
-            if series is None:
-                series = series_by_key[key] = _Series(bucket, self.window_buckets)
-            if bucket == series.bucket:
-                series.volume += trade.quantity
-            elif bucket > series.bucket:
-                self._close(key, series, bucket, anomalies)
+            if bucket > series.bucket:
+                self._close((trade.exchange, trade.instrument_name), series, bucket, anomalies)
                 series.volume = trade.quantity
+                start_us = bucket * bucket_us
+                end_us = start_us + bucket_us
             else:
                 self._add_late(series, bucket, trade.quantity)
+        if in_bucket:
+            series.volume = _added(series.volume, in_bucket)
         return anomalies
 
     def close_due(self, now_us: int) -> list[VolumeAnomaly]:
@@ -103,6 +134,11 @@ class VolumeAnomalyDetector:
             if series.bucket < current:
                 self._close(key, series, current, anomalies)
         return anomalies
+
+    def open_volume(self, exchange: str, instrument_name: str) -> Decimal | None:
+        """The volume of the open bucket (for tests and diagnostics)."""
+        series = self._series.get((exchange, instrument_name))
+        return series.volume if series is not None else None
 
     def history(self, exchange: str, instrument_name: str) -> list[float]:
         """Closed bucket volumes, oldest first (for tests and diagnostics)."""

@@ -126,7 +126,8 @@ class BoundedQueue(Generic[T]):
                 count += 1
             self._after_put(count)
             return
-        batch = list(items)
+        # A list is only read here (the deque keeps its own copy): no copy of it first.
+        batch = items if type(items) is list else list(items)
         if self.policy is OverflowPolicy.BLOCK:
             if len(self._items) + len(batch) > self.capacity:
                 raise asyncio.QueueFull(self.name)

@@ -111,32 +111,38 @@ class SequenceTracker:
         last: dict[str, int] = {}
         known = self._last
         resume = self._resume
+        # The instrument of the last trade taken, and its sequence: a live batch comes in runs
+        # of one instrument's consecutive trades, each taken with one comparison. ``last``
+        # learns a run's end when another instrument's trade (or the batch's end) comes.
+        instrument: str | None = None
+        previous = 0
         for trade in trades:
-            instrument = trade.instrument_name
             seq = trade.trade_seq
-            previous = last.get(instrument)
+            if seq == previous + 1 and trade.instrument_name == instrument:
+                previous = seq
+                fresh.append(trade)
+                continue
+            if instrument is not None:
+                last[instrument] = previous
+            name = trade.instrument_name
+            before = last.get(name)
             # The resume reason names only the first gap: it is spent once a trade passed.
-            resuming = previous is None and instrument in resume
-            if previous is None:
-                previous = known.get(instrument)
-            if previous is not None:
-                if seq <= previous:
+            resuming = before is None and name in resume
+            if before is None:
+                before = known.get(name)
+            if before is not None:
+                if seq <= before:
                     duplicates += 1
                     continue
-                if seq != previous + 1:
-                    why = resume[instrument] if resuming else reason
+                if seq != before + 1:
+                    why = resume[name] if resuming else reason
                     gaps.append(
-                        Gap(
-                            self.exchange,
-                            instrument,
-                            previous + 1,
-                            seq - 1,
-                            why,
-                            trade.received_us,
-                        )
+                        Gap(self.exchange, name, before + 1, seq - 1, why, trade.received_us)
                     )
-            last[instrument] = seq
+            instrument, previous = name, seq
             fresh.append(trade)
+        if instrument is not None:
+            last[instrument] = previous
         return Observation(fresh, gaps, last, duplicates)
 
     def accept(self, observation: Observation) -> None:

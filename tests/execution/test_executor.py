@@ -7,6 +7,7 @@ import asyncio
 from decimal import Decimal
 
 import asyncpg
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
@@ -24,6 +25,7 @@ from tradingd.execution.orders import OrderState
 from tradingd.execution.paper import PaperFaults
 from tradingd.execution.venue import PlaceRequest, PlaceResult
 from tradingd.execution.wiring import exchange_locker
+from tradingd.model import MarketEvent
 from tradingd.state import KILL_SWITCH_KEY, ExchangeState, state_key, transition
 from tradingd.strategies.api import Accepted, Denied, OrderIntent, OrderType, Side
 
@@ -386,3 +388,36 @@ async def test_a_lock_denies_at_once_is_recorded_and_lifts_only_with_the_state(
         )
         await h.settle()
         assert isinstance(await h.executor.submit("manual", MARKET_BUY), Accepted)
+
+
+async def test_the_market_is_each_instruments_last_trade_and_latest_arrival(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    def eth(event: MarketEvent) -> MarketEvent:
+        return msgspec.structs.replace(event, instrument_name="ETHUSDT")
+
+    async with running_executor(pool, rds) as h:
+        markets = h.executor._market
+        await h.feed(
+            # Before any trade, a ticker's last price stands in; the batch's trades replace it.
+            msgspec.structs.replace(ticker("99", "101", NOW), last_price_text="98"),
+            trade("100", "1", 1, NOW + 5_000_000),
+            eth(trade("7", "1", 1, NOW)),
+            # The last trade, from an earlier burst (another connection's): it sets the price,
+            # the latest arrival sets the time.
+            trade("102", "1", 2, NOW),
+            eth(ticker("6", "8", NOW + 1)),
+        )
+        assert h.executor.market("BTCUSDT") == (Decimal(102), Decimal(99), Decimal(101))
+        assert markets["BTCUSDT"].updated_us == NOW + 5_000_000
+        assert h.executor.market("ETHUSDT") == (Decimal(7), Decimal(6), Decimal(8))
+        assert markets["ETHUSDT"].updated_us == NOW + 1
+        # In arrival order; a batch older than what was seen leaves the time as it was.
+        await h.feed(trade("103", "1", 3, NOW + 6_000_000), trade("104", "1", 4, NOW + 7_000_000))
+        await h.feed(trade("105", "1", 5, NOW + 1), eth(trade("9", "1", 2, NOW + 2)))
+        assert h.executor.market("BTCUSDT")[0] == Decimal(105)
+        assert markets["BTCUSDT"].updated_us == NOW + 7_000_000
+        assert (h.executor.market("ETHUSDT")[0], markets["ETHUSDT"].updated_us) == (9, NOW + 2)
+        # A ticker's last price does not replace a trade's.
+        await h.feed(msgspec.structs.replace(ticker("104", "106", NOW + 8), last_price_text="1"))
+        assert h.executor.market("BTCUSDT") == (Decimal(105), Decimal(104), Decimal(106))

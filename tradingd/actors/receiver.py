@@ -64,6 +64,7 @@ HOLD_LIMIT = 20_000
 MAX_RESUBSCRIBES = 3
 DEFAULT_STALE_MULTIPLE = 3.0
 DEAD_LETTER_LOG_INTERVAL = 10.0
+_TRADES_ONLY = frozenset({Trade})
 
 
 class ReceiverStats(msgspec.Struct):
@@ -524,33 +525,16 @@ class Receiver:
     async def _route(
         self, ctx: ActorContext, link: _Link, batch: list[MarketEvent], now: float
     ) -> None:
-        trades: list[Trade] = []
         stored: list[Trade | Bar | DeadLetter] = []
         tickers: list[Ticker] = []
-        seen_bars = self._seen.get(Channel.BARS)
-        seen_tickers = self._seen.get(Channel.TICKERS)
         seen_bar = False
-        letter: MarketEvent | None = None
-        for event in batch:
-            kind = type(event)
-            if kind is Trade:
-                trades.append(event)  # type: ignore[arg-type]
-            elif kind is Ticker:
-                tickers.append(event)  # type: ignore[arg-type]
-                if seen_tickers is not None:
-                    seen_tickers[event.instrument_name] = now  # type: ignore[union-attr]
-            elif kind is Bar:
-                stored.append(event)  # type: ignore[arg-type]
-                seen_bar = True
-                self.stats.bars += 1
-                if seen_bars is not None:
-                    seen_bars[event.instrument_name] = now  # type: ignore[union-attr]
-            elif kind is DeadLetter:
-                stored.append(event)  # type: ignore[arg-type]
-                self.stats.dead_letters += 1
-                letter = event
-            elif kind is StreamNotice:
-                self._on_notice(ctx, link, event)  # type: ignore[arg-type]
+        letter: DeadLetter | None = None
+        if set(map(type, batch)) == _TRADES_ONLY:
+            # A busy trade stream's burst: nothing to sort.
+            trades: list[Trade] = batch  # type: ignore[assignment]
+        else:
+            trades = []
+            letter, seen_bar = self._sort(ctx, link, batch, now, trades, stored, tickers)
         observation = self._tracker.plan(trades) if trades else None
         if observation is not None:
             gaps, fresh = observation.gaps, observation.fresh
@@ -570,9 +554,13 @@ class Receiver:
             self.stats.tickers += len(tickers)
             self._out.tickers.put_many_nowait(tickers)
         if self._out.execution is not None:
-            feed: list[MarketEvent] = [e for e in stored if type(e) is not DeadLetter]
-            if feed or tickers:
+            feed: Sequence[MarketEvent] = stored
+            if letter is not None:
+                feed = [e for e in stored if type(e) is not DeadLetter]
+            if feed and tickers:
                 self._out.execution.put_many_nowait([*feed, *tickers])
+            elif feed or tickers:
+                self._out.execution.put_many_nowait(feed or tickers)
         if stored:
             await self._put(ctx, self._out.records, stored)
         # Only now, with the trades queued, are they seen: cancelled before this point, the
@@ -584,11 +572,49 @@ class Receiver:
             if observation.fresh and self._out.analysis is not None:
                 self._out.analysis.put_many_nowait(observation.fresh)
         if letter is not None:
-            self._log_dead_letters(ctx, letter)  # type: ignore[arg-type]
+            self._log_dead_letters(ctx, letter)
         if trades or tickers or seen_bar:
             self._data_at = time.monotonic()
             if not self.data_arrived.is_set():
                 self.data_arrived.set()
+
+    def _sort(
+        self,
+        ctx: ActorContext,
+        link: _Link,
+        batch: list[MarketEvent],
+        now: float,
+        trades: list[Trade],
+        stored: list[Trade | Bar | DeadLetter],
+        tickers: list[Ticker],
+    ) -> tuple[DeadLetter | None, bool]:
+        """Sort a mixed burst into ``trades``, ``stored`` (bars, dead letters) and ``tickers``;
+        returns its last dead letter and whether it carried a bar."""
+        seen_bars = self._seen.get(Channel.BARS)
+        seen_tickers = self._seen.get(Channel.TICKERS)
+        seen_bar = False
+        letter: DeadLetter | None = None
+        for event in batch:
+            kind = type(event)
+            if kind is Trade:
+                trades.append(event)  # type: ignore[arg-type]
+            elif kind is Ticker:
+                tickers.append(event)  # type: ignore[arg-type]
+                if seen_tickers is not None:
+                    seen_tickers[event.instrument_name] = now  # type: ignore[union-attr]
+            elif kind is Bar:
+                stored.append(event)  # type: ignore[arg-type]
+                seen_bar = True
+                self.stats.bars += 1
+                if seen_bars is not None:
+                    seen_bars[event.instrument_name] = now  # type: ignore[union-attr]
+            elif kind is DeadLetter:
+                stored.append(event)  # type: ignore[arg-type]
+                self.stats.dead_letters += 1
+                letter = event  # type: ignore[assignment]
+            elif kind is StreamNotice:
+                self._on_notice(ctx, link, event)  # type: ignore[arg-type]
+        return letter, seen_bar
 
     def _log_dead_letters(self, ctx: ActorContext, letter: DeadLetter) -> None:
         """One warning per burst of dead letters (at most one per DEAD_LETTER_LOG_INTERVAL),

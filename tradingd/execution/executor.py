@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -90,6 +91,8 @@ SEND_BURST = 100
 # wakes the loop (a schedule, not a wait for a condition).
 POLL_INTERVAL = 0.5
 _ID_RESERVE = 200
+_instrument_name = operator.attrgetter("instrument_name")
+_received_us = operator.attrgetter("received_us")
 
 # Locks the executor's exchange with a reason: a recorded LOCKED transition (the daemon's wiring
 # gives one that writes PostgreSQL's record and Redis's copy). Any doubt locks.
@@ -663,25 +666,7 @@ class Executor:
             batch = await checked_in(ctx, self._market_queue.get_batch(1000))
             if not batch:
                 return
-            trades: list[Trade] = []
-            bars: list[Bar] = []
-            tickers: list[Ticker] = []
-            for event in batch:
-                if isinstance(event, Trade):
-                    trades.append(event)
-                    market = self._market.setdefault(event.instrument_name, _Market())
-                    market.last_price_text = event.price_text
-                    market.updated_us = max(market.updated_us, event.received_us)
-                elif isinstance(event, Ticker):
-                    tickers.append(event)
-                    market = self._market.setdefault(event.instrument_name, _Market())
-                    market.best_bid_text = event.best_bid_price_text
-                    market.best_ask_text = event.best_ask_price_text
-                    if market.last_price_text is None and event.last_price_text is not None:
-                        market.last_price_text = event.last_price_text
-                    market.updated_us = max(market.updated_us, event.received_us)
-                elif isinstance(event, Bar):
-                    bars.append(event)
+            trades, tickers, bars = self._note_market(batch)
             await self._venue.observe(trades, tickers)
             if self.host is not None:
                 if tickers:
@@ -692,6 +677,54 @@ class Executor:
                     self.host.on_bars(bars)
             if not len(self._market_queue):
                 self.market_idle.set()
+
+    def _note_market(
+        self, batch: Sequence[MarketEvent]
+    ) -> tuple[list[Trade], list[Ticker], list[Bar]]:
+        """Split a batch of the feed by kind, and keep what the executor itself reads of it: per
+        instrument, the last trade's price, the touch, and when data last arrived."""
+        trades: list[Trade] = []
+        tickers: list[Ticker] = []
+        bars: list[Bar] = []
+        markets = self._market
+        for event in batch:
+            kind = type(event)
+            if kind is Trade:
+                trades.append(event)  # type: ignore[arg-type]
+            elif kind is Ticker:
+                ticker: Ticker = event  # type: ignore[assignment]
+                tickers.append(ticker)
+                market = markets.get(ticker.instrument_name)
+                if market is None:
+                    market = markets[ticker.instrument_name] = _Market()
+                market.best_bid_text = ticker.best_bid_price_text
+                market.best_ask_text = ticker.best_ask_price_text
+                if market.last_price_text is None:
+                    market.last_price_text = ticker.last_price_text
+                market.updated_us = max(market.updated_us, ticker.received_us)
+            elif kind is Bar:
+                bars.append(event)  # type: ignore[arg-type]
+        if not trades:
+            return trades, tickers, bars
+        # Only each instrument's last trade sets its price (a ticker's price only stands in
+        # until the first trade, wherever it comes in the batch): one update per instrument.
+        names = list(map(_instrument_name, trades))
+        received = list(map(_received_us, trades))
+        if received == sorted(received):
+            newest = dict(zip(names, received, strict=True))
+        else:
+            # Several connections' bursts, or the clock stepped back: the latest is not the last.
+            newest = {}
+            for name, at_us in zip(names, received, strict=True):
+                if at_us > newest.get(name, at_us - 1):
+                    newest[name] = at_us
+        for name, trade in dict(zip(names, trades, strict=True)).items():
+            market = markets.get(name)
+            if market is None:
+                market = markets[name] = _Market()
+            market.last_price_text = trade.price_text
+            market.updated_us = max(market.updated_us, newest[name])
+        return trades, tickers, bars
 
     def _on_venue_update(self, order: VenueOrder) -> None:
         self._updates.append(order)

@@ -337,6 +337,9 @@ class PaperVenue:
     async def observe(self, trades: Sequence[Trade], tickers: Sequence[Ticker]) -> None:
         for ticker in tickers:
             self._touch[ticker.instrument_name] = (ticker.best_bid_price, ticker.best_ask_price)
+        if not self._resting:
+            # Nothing to match, and with nothing awaited no order can come to rest meanwhile.
+            return
         for trade in trades:
             if self._resting:
                 await self._match(trade)

@@ -110,6 +110,8 @@ class StrategyHost:
     # -- market data and events -----------------------------------------------------------
 
     def on_trades(self, trades: Sequence[Trade]) -> None:
+        if not self._by_instrument:
+            return  # no strategy: not a lookup per trade of a busy feed
         for trade in trades:
             for running in self._by_instrument.get(trade.instrument_name, ()):
                 self._call(running, "on_trade", trade)
