@@ -297,6 +297,48 @@ async def test_an_overlap_after_a_restart_falls_back_with_an_exact_count(
     assert [r["trade_seq"] for r in rows] == list(range(140))
 
 
+async def test_new_trades_outside_a_transaction_are_one_copy_statement(
+    conn: asyncpg.Connection, paths: PathSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = 0
+    start = asyncpg.transaction.Transaction.start
+
+    async def observed_start(self: asyncpg.transaction.Transaction) -> None:
+        nonlocal transactions
+        transactions += 1
+        await start(self)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "start", observed_start)
+    marks = TradeSeqMarks()
+    assert await write_trades(conn, [trade(i) for i in range(100)], marks=marks) == 100
+    assert await write_trades(conn, [trade(i) for i in range(100, 200)], marks=marks) == 100
+    assert (paths.taken(), transactions) == ((2, 0, 0), 0)
+    # A duplicate rolls back that COPY alone; the staging path then gets its transaction.
+    assert await write_trades(conn, [trade(200), trade(150)], marks=TradeSeqMarks()) == 1
+    assert (paths.taken(), transactions) == ((3, 1, 1), 1)
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 201
+
+
+async def test_both_paths_outside_a_transaction_commit_together(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks = TradeSeqMarks()
+    assert await write_trades(conn, [trade(i) for i in range(10)], marks=marks) == 10
+    stage = writer._insert_trades_skipping_duplicates
+
+    async def failing_stage(conn: asyncpg.Connection, trades: Sequence[Trade]) -> int:
+        await stage(conn, trades)
+        raise asyncpg.DeadlockDetectedError("after the staging insert")
+
+    monkeypatch.setattr(writer, "_insert_trades_skipping_duplicates", failing_stage)
+    # 5-9 at or below the mark (staging), 10-19 beyond it (COPY): neither may stay stored.
+    with pytest.raises(asyncpg.DeadlockDetectedError):
+        await write_trades(conn, [trade(i) for i in range(5, 20)], marks=marks)
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 10
+    monkeypatch.setattr(writer, "_insert_trades_skipping_duplicates", stage)
+    assert await write_trades(conn, [trade(i) for i in range(5, 20)], marks=marks) == 10
+
+
 async def test_a_failed_copy_leaves_the_callers_transaction_usable(
     conn: asyncpg.Connection, paths: PathSpy
 ) -> None:
