@@ -501,6 +501,20 @@ def test_a_time_outside_the_calendar_is_refused(bad: dict[str, int]) -> None:
         encode_trades_copy_text(trades)
 
 
+async def test_a_receive_time_outside_the_calendar_stores_nothing(
+    conn: asyncpg.Connection,
+) -> None:
+    # Found while the COPY is under way (the trade times passed the partition check), outside
+    # any transaction: the COPY is abandoned whole and the connection stays usable.
+    count = TRADES_PER_TURN + 1  # the bad trade is in the second chunk
+    bad = msgspec.structs.replace(trade(count), received_us=253_402_300_800_000_000)
+    trades = [*(trade(i) for i in range(count)), bad]
+    with pytest.raises((ValueError, OverflowError)):
+        await write_trades(conn, trades, marks=TradeSeqMarks())
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 0
+    assert await write_trades(conn, [trade(1)]) == 1
+
+
 async def test_times_at_the_edges_of_a_second_are_stored_exactly(
     conn: asyncpg.Connection,
 ) -> None:
