@@ -317,6 +317,63 @@ async def test_refused_row_becomes_a_dead_letter_and_the_rest_lands(
     assert persister.stats()["records_rejected"] == 1
 
 
+async def test_trades_alone_commit_without_a_transaction(
+    pool: asyncpg.Pool, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = 0
+    start = asyncpg.transaction.Transaction.start
+
+    async def observed_start(self: asyncpg.transaction.Transaction) -> None:
+        nonlocal transactions
+        transactions += 1
+        await start(self)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "start", observed_start)
+    records, tickers = records_queue(), tickers_queue()
+    persister = Persister(config(), pool, redis, records, tickers)
+    await records.put_many([trade(i) for i in range(1_200)])
+    records.close()
+    tickers.close()
+    await asyncio.wait_for(persister.run(ActorContext("persister", {})), WAIT)
+    assert await count(pool, "public_trades") == 1_200
+    assert persister.stats()["batches"] >= 3
+    assert transactions == 0
+
+
+async def test_a_batch_with_bars_commits_as_one_transaction(
+    pool: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    # A refused bar fails its whole batch: its trades must not stay stored on the way, or the
+    # retries after the split would count them as duplicates.
+    records, tickers = records_queue(), tickers_queue()
+    persister = Persister(config(), pool, redis, records, tickers)
+    refused = Bar(
+        exchange="binance",
+        instrument_name="BTCUSDT",
+        resolution="1m",
+        tick_us=JAN_2027_US,
+        open_text="not a number",
+        high_text="2.0",
+        low_text="0.5",
+        close_text="1.5",
+        volume_text="3.25",
+        closed=True,
+        received_us=JAN_2027_US,
+    )
+    await records.put_many([*(trade(i) for i in range(100)), refused])
+    await records.put_many([trade(i) for i in range(100, 200)])
+    records.close()
+    tickers.close()
+    await asyncio.wait_for(persister.run(ActorContext("persister", {})), WAIT)
+    assert await count(pool, "public_trades") == 200
+    assert await count(pool, "ohlc") == 0
+    stats = persister.stats()
+    assert stats["trades_written"] == stats["trades_offered"] == 200
+    assert stats["duplicates_skipped"] == 0
+    assert stats["records_rejected"] == 1
+    assert await count(pool, "dead_letters") == 1
+
+
 async def test_tickers_to_redis_latest_wins_and_snapshots_at_cadence(
     pool: asyncpg.Pool, redis: aioredis.Redis
 ) -> None:

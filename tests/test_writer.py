@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +32,7 @@ from tradingd.storage.writer import (
     insert_ticker_snapshots,
     insert_trades,
     months_spanned,
+    trade_seq_ranges,
     upsert_bars,
     write_trades,
 )
@@ -158,7 +159,8 @@ async def test_a_large_batch_is_sent_in_chunks_that_give_up_the_loop(
     trades = [trade(i, price=f"{97000 + i}.{i:08d}") for i in range(count)]
     marks = TradeSeqMarks()
     if path == "staging":
-        marks.raise_to([trade(count)])  # every trade at or below the mark: no COPY attempted
+        # every trade at or below the mark: no COPY attempted
+        marks.raise_to(trade_seq_ranges([trade(count)]))
     turns = 0
 
     async def count_turns() -> None:
@@ -295,6 +297,48 @@ async def test_an_overlap_after_a_restart_falls_back_with_an_exact_count(
     assert [r["trade_seq"] for r in rows] == list(range(140))
 
 
+async def test_new_trades_outside_a_transaction_are_one_copy_statement(
+    conn: asyncpg.Connection, paths: PathSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = 0
+    start = asyncpg.transaction.Transaction.start
+
+    async def observed_start(self: asyncpg.transaction.Transaction) -> None:
+        nonlocal transactions
+        transactions += 1
+        await start(self)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "start", observed_start)
+    marks = TradeSeqMarks()
+    assert await write_trades(conn, [trade(i) for i in range(100)], marks=marks) == 100
+    assert await write_trades(conn, [trade(i) for i in range(100, 200)], marks=marks) == 100
+    assert (paths.taken(), transactions) == ((2, 0, 0), 0)
+    # A duplicate rolls back that COPY alone; the staging path then gets its transaction.
+    assert await write_trades(conn, [trade(200), trade(150)], marks=TradeSeqMarks()) == 1
+    assert (paths.taken(), transactions) == ((3, 1, 1), 1)
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 201
+
+
+async def test_both_paths_outside_a_transaction_commit_together(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks = TradeSeqMarks()
+    assert await write_trades(conn, [trade(i) for i in range(10)], marks=marks) == 10
+    stage = writer._insert_trades_skipping_duplicates
+
+    async def failing_stage(conn: asyncpg.Connection, trades: Sequence[Trade]) -> int:
+        await stage(conn, trades)
+        raise asyncpg.DeadlockDetectedError("after the staging insert")
+
+    monkeypatch.setattr(writer, "_insert_trades_skipping_duplicates", failing_stage)
+    # 5-9 at or below the mark (staging), 10-19 beyond it (COPY): neither may stay stored.
+    with pytest.raises(asyncpg.DeadlockDetectedError):
+        await write_trades(conn, [trade(i) for i in range(5, 20)], marks=marks)
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 10
+    monkeypatch.setattr(writer, "_insert_trades_skipping_duplicates", stage)
+    assert await write_trades(conn, [trade(i) for i in range(5, 20)], marks=marks) == 10
+
+
 async def test_a_failed_copy_leaves_the_callers_transaction_usable(
     conn: asyncpg.Connection, paths: PathSpy
 ) -> None:
@@ -352,6 +396,196 @@ def test_copy_text_rows_decode_to_the_trades(names_and_ids: list[tuple[str, str]
             fields["was_best_price_match"]
             == {None: None, True: "t", False: "f"}[sent.was_best_price_match]
         )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def reference_copy_row(t: Trade) -> str:
+    """One COPY text row built field by field, nothing shared with the row before."""
+
+    def flag(value: bool | None) -> str:
+        return "\\N" if value is None else "t" if value else "f"
+
+    def moment(us: int) -> str:
+        return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+    fields = [
+        copy_text_field(t.exchange),
+        copy_text_field(t.instrument_name),
+        t.market_type.value,
+        copy_text_field(t.trade_id),
+        str(t.trade_seq),
+        t.price_text,
+        t.quantity_text,
+        flag(t.is_buyer_maker),
+        flag(t.was_best_price_match),
+        moment(t.trade_us),
+        moment(t.received_us),
+    ]
+    return "\t".join(fields) + "\n"
+
+
+# Few values, so that batches hold the runs and repeats the encoder reuses texts across, and the
+# changes it must notice: one instrument name on two exchanges and as two market types, the
+# first and last microsecond of a second, different microseconds of one second, a second
+# boundary, a time before 1970.
+COPY_KEYS = [
+    ("binance", "BTCUSDT", MarketType.SPOT),
+    ("binance", "BTCUSDT", MarketType.PERPETUAL),
+    ("deribit", "BTCUSDT", MarketType.SPOT),
+    ("binance", "ETH\tUSDT", MarketType.SPOT),
+    ("deribit", "BTC-PERPETUAL", MarketType.PERPETUAL),
+]
+COPY_TIMES_US = [
+    JAN_2027_US,
+    JAN_2027_US + 1,
+    JAN_2027_US + 999_999,
+    JAN_2027_US + 1_000_000,
+    JAN_2027_US + 1_000_000 + 500_000,
+    JAN_2027_US + 86_399_999_999,
+    -1,
+    -1_000_000,
+]
+
+
+@st.composite
+def copy_batches(draw: st.DrawFn) -> list[Trade]:
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(COPY_KEYS),
+                st.integers(0, 10**12),
+                st.sampled_from(["12345", "a\\b", "x\ny"]),
+                st.booleans(),
+                st.sampled_from([True, False, None]),
+                st.sampled_from(COPY_TIMES_US),
+                st.sampled_from(COPY_TIMES_US),
+            ),
+            max_size=30,
+        )
+    )
+    return [
+        Trade(
+            exchange=exchange,
+            instrument_name=instrument,
+            market_type=market_type,
+            trade_id=trade_id,
+            trade_seq=seq,
+            price_text="97000.01",
+            quantity_text="0.5",
+            is_buyer_maker=maker,
+            was_best_price_match=best,
+            trade_us=traded,
+            received_us=received,
+        )
+        for (exchange, instrument, market_type), seq, trade_id, maker, best, traded, received in (
+            rows
+        )
+    ]
+
+
+@given(copy_batches())
+def test_copy_text_rows_match_rows_built_one_by_one(trades: list[Trade]) -> None:
+    expected = "".join(map(reference_copy_row, trades)).encode()
+    assert encode_trades_copy_text(trades) == expected
+
+
+@pytest.mark.parametrize(
+    "bad", [{"trade_us": 253_402_300_800_000_000}, {"received_us": -62_135_596_800_000_001}]
+)
+def test_a_time_outside_the_calendar_is_refused(bad: dict[str, int]) -> None:
+    # Year 10000, and the microsecond before year 1; after a good row, whose texts are cached.
+    trades = [trade(1), msgspec.structs.replace(trade(2), **bad)]
+    with pytest.raises((ValueError, OverflowError)):
+        encode_trades_copy_text(trades)
+
+
+async def test_a_receive_time_outside_the_calendar_stores_nothing(
+    conn: asyncpg.Connection,
+) -> None:
+    # Found while the COPY is under way (the trade times passed the partition check), outside
+    # any transaction: the COPY is abandoned whole and the connection stays usable.
+    count = TRADES_PER_TURN + 1  # the bad trade is in the second chunk
+    bad = msgspec.structs.replace(trade(count), received_us=253_402_300_800_000_000)
+    trades = [*(trade(i) for i in range(count)), bad]
+    with pytest.raises((ValueError, OverflowError)):
+        await write_trades(conn, trades, marks=TradeSeqMarks())
+    assert await conn.fetchval("SELECT count(*) FROM public_trades") == 0
+    assert await write_trades(conn, [trade(1)]) == 1
+
+
+async def test_times_at_the_edges_of_a_second_are_stored_exactly(
+    conn: asyncpg.Connection,
+) -> None:
+    # One receive time for a burst whose trade times differ within a second and across one.
+    received = JAN_2027_US + 2_000_000
+    offsets = [0, 1, 999_999, 0, 1_000_000, 1_999_999, 1_000_001]
+    trades = [
+        msgspec.structs.replace(trade(seq), trade_us=JAN_2027_US + offset, received_us=received)
+        for seq, offset in enumerate(offsets)
+    ]
+    trades[-1] = msgspec.structs.replace(trades[-1], received_us=received + 999_999)
+    assert await write_trades(conn, trades) == len(trades)
+    rows = await stored_trades(conn)
+    assert [datetime_to_us(r["trade_timestamp"]) for r in rows] == [t.trade_us for t in trades]
+    assert [datetime_to_us(r["received_at"]) for r in rows] == [t.received_us for t in trades]
+
+
+seq_batches = st.lists(
+    st.tuples(
+        st.sampled_from([("binance", "BTCUSDT"), ("deribit", "BTCUSDT"), ("binance", "ETHUSDT")]),
+        st.integers(0, 40),
+    ),
+    max_size=40,
+)
+
+
+def keyed_trades(rows: list[tuple[tuple[str, str], int]]) -> list[Trade]:
+    return [
+        msgspec.structs.replace(trade(seq), exchange=exchange, instrument_name=instrument)
+        for (exchange, instrument), seq in rows
+    ]
+
+
+@given(seq_batches)
+def test_trade_seq_ranges_are_each_keys_lowest_and_highest(
+    rows: list[tuple[tuple[str, str], int]],
+) -> None:
+    expected: dict[tuple[str, str], tuple[int, int]] = {}
+    for key, seq in rows:
+        low, high = expected.get(key, (seq, seq))
+        expected[key] = (min(low, seq), max(high, seq))
+    assert trade_seq_ranges(keyed_trades(rows)) == expected
+
+
+@given(seq_batches, seq_batches)
+def test_marks_split_a_batch_exactly_at_each_keys_mark(
+    written: list[tuple[tuple[str, str], int]], batch: list[tuple[tuple[str, str], int]]
+) -> None:
+    marks = TradeSeqMarks()
+    marks.raise_to(trade_seq_ranges(keyed_trades(written)))
+    highest: dict[tuple[str, str], int] = {}
+    for key, seq in written:
+        highest[key] = max(seq, highest.get(key, seq))
+    trades = keyed_trades(batch)
+    beyond, known = marks.split(trades, trade_seq_ranges(trades))
+    at_or_below = [
+        t
+        for t in trades
+        if t.trade_seq <= highest.get((t.exchange, t.instrument_name), t.trade_seq - 1)
+    ]
+    assert list(beyond) == [t for t in trades if t not in at_or_below]
+    assert known == at_or_below
+
+
+def test_a_key_whose_batch_straddles_its_mark_is_split_per_trade() -> None:
+    marks = TradeSeqMarks()
+    marks.raise_to(trade_seq_ranges([trade(10), trade(5, instrument="ETHUSDT")]))
+    batch = [trade(9), trade(6, instrument="ETHUSDT"), trade(10), trade(11), trade(12)]
+    beyond, known = marks.split(batch, trade_seq_ranges(batch))
+    assert list(beyond) == [batch[1], batch[3], batch[4]]
+    assert known == [batch[0], batch[2]]
 
 
 @given(venue_texts)

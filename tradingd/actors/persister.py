@@ -2,11 +2,12 @@
 
 Records (trades, bars, dead letters) come off a BLOCK queue in batches (``batch_size`` or
 ``flush_interval`` after the first, whichever comes first) and are committed in one transaction
-per batch through ``tradingd.storage.writer``. Nothing is dropped: when PostgreSQL is down or
-slow the same batch is retried with capped backoff while the queue fills and the receivers wait
-(what they could not read is fetched over REST later). A row PostgreSQL rejects (a data error,
-not an outage) is isolated by splitting its batch until it stands alone; it then becomes a dead
-letter so that the rest of its batch still lands.
+per batch through ``tradingd.storage.writer`` (a batch of new trades alone: one COPY statement).
+Nothing is dropped: when PostgreSQL is down or slow the same batch is retried with capped
+backoff while the queue fills and the receivers wait (what they could not read is fetched over
+REST later). A row PostgreSQL rejects (a data error, not an outage) is isolated by splitting its
+batch until it stands alone; it then becomes a dead letter so that the rest of its batch still
+lands.
 
 Tickers come off a keep-latest queue every ``flush_interval``; the latest per instrument goes to
 the Redis hash ``ticker:<exchange>:<instrument_name>`` (one pipeline per flush) and, every
@@ -347,10 +348,16 @@ class Persister:
         for attempt in (1, 2):
             await self._partitions.ensure(conn, trades)
             try:
-                async with conn.transaction():
+                if bars or letters:
+                    async with conn.transaction():
+                        inserted = await insert_trades(conn, trades, marks=self._seq_marks)
+                        bar_rows = await upsert_bars(conn, bars)
+                        letter_rows = await insert_dead_letters(conn, letters)
+                else:
+                    # Trades alone commit as one COPY where they can: a transaction around it
+                    # would cost four round trips (BEGIN, SAVEPOINT, RELEASE, COMMIT) per batch.
                     inserted = await insert_trades(conn, trades, marks=self._seq_marks)
-                    bar_rows = await upsert_bars(conn, bars)
-                    letter_rows = await insert_dead_letters(conn, letters)
+                    bar_rows = letter_rows = 0
             except asyncpg.CheckViolationError as exc:
                 # A cached partition can vanish (retention, a replaced database).
                 if attempt == 2 or not no_partition_error(exc):
