@@ -41,7 +41,7 @@ from bench.frames import (
 from bench.stats import Summary, summarize
 from tradingd.adapters.binance.parsing import BinanceParser
 from tradingd.adapters.deribit.parsing import parse_frame as deribit_parse_frame
-from tradingd.model import Trade
+from tradingd.model import PositiveDecimalMemo, Trade
 
 # Receive time handed to both parsers; never read from a clock inside the timed loops.
 RECEIVED_US = BASE_US + 1_000_000
@@ -103,13 +103,19 @@ def ours_runner(venue: str) -> Callable[[Sequence[bytes], int], int]:
 
         return run_binance
 
+    # One connection's memo of accepted texts, as the session keeps (like the Binance parser).
+    positive = PositiveDecimalMemo()
+
     def run_deribit(frames: Sequence[bytes], passes: int) -> int:
         received_us = RECEIVED_US
         parse = deribit_parse_frame
         records = 0
         for _ in range(passes):
             for frame in frames:
-                records += len(parse(frame, exchange="deribit", received_us=received_us).records)
+                parsed = parse(
+                    frame, exchange="deribit", received_us=received_us, positive=positive
+                )
+                records += len(parsed.records)
         return records
 
     return run_deribit
