@@ -5,7 +5,8 @@ decoded in two steps: the combined-stream envelope with ``data`` kept as ``msgsp
 ``data`` with the typed decoder chosen by the stream name's suffix; the common market frames
 (trade, kline, bookTicker) are recognised by their stream name near the start and decoded in one
 pass. Prices and quantities stay the venue's text, checked by the model's one rule
-(``is_positive_decimal``): the records carry the text, never a ``Decimal`` built per frame.
+(``is_positive_decimal``), once per distinct text (the parser's ``PositiveDecimalMemo``): the
+records carry the text, never a ``Decimal`` built per frame.
 
 Times: the adapter asks Binance for microseconds (``timeUnit=MICROSECOND`` on the WebSocket,
 ``X-MBX-TIME-UNIT: MICROSECOND`` on REST); recordings made without that option are in

@@ -8,7 +8,8 @@ channel prefix, so that an error names the channel and says what is wrong.
 
 Deribit sends prices and amounts as JSON numbers. Each is kept as ``msgspec.Raw`` and stored as
 its exact text, as sent (``1.10`` stays ``1.10``; no float or ``Decimal`` is built per frame),
-once ``tradingd.model``'s rules accept it.
+once ``tradingd.model``'s rules accept it (the positive rule once per distinct text, through the
+connection's ``PositiveDecimalMemo``).
 
 Anything that is not what the protocol says raises ``ParseError`` with the reason.
 """
