@@ -16,6 +16,7 @@ from tests.conftest import StorageServers, run_async
 from tradingd.model import (
     SMALLEST_AMOUNT,
     TOO_LARGE_AMOUNT,
+    PositiveDecimalMemo,
     is_non_negative_decimal,
     is_positive_decimal,
 )
@@ -117,6 +118,34 @@ def test_an_accepted_non_negative_text_is_zero_or_in_range(text: str) -> None:
         assert is_positive_decimal(text) == (value != 0)
     else:
         assert not _is_plain_and_in_range(text, zero_too=True)
+
+
+@given(st.lists(decimal_texts, max_size=12), st.integers(min_value=1, max_value=4))
+def test_the_memo_answers_as_the_rule_does_seen_or_not_full_or_not(
+    texts: list[str], capacity: int
+) -> None:
+    """Each text asked twice (the second time a memo hit when accepted), through a memo small
+    enough to be emptied on the way."""
+    memo = PositiveDecimalMemo(capacity)
+    for text in texts + texts:
+        accepted = text in memo.floats or memo.reading(text) is not None
+        assert accepted == is_positive_decimal(text)
+        assert len(memo.floats) <= capacity
+        if accepted:
+            assert memo.floats.get(text, float(text)) == float(text) != 0.0
+    assert all(is_positive_decimal(text) for text in memo.floats)
+
+
+def test_the_memo_keeps_no_refused_text_and_empties_itself_when_full() -> None:
+    memo = PositiveDecimalMemo(capacity=2)
+    assert memo.reading("0") is None
+    assert memo.reading("1_0") is None
+    assert memo.floats == {}
+    assert memo.reading("0.00100000") == 0.001
+    assert memo.reading("2") == 2.0
+    assert memo.floats == {"0.00100000": 0.001, "2": 2.0}
+    assert memo.reading("3.5") == 3.5
+    assert memo.floats == {"3.5": 3.5}
 
 
 async def _read_as_numeric(url: str, texts: Sequence[str]) -> list[Decimal]:

@@ -94,6 +94,35 @@ def is_finite_decimal(text: str) -> bool:
     )
 
 
+class PositiveDecimalMemo:
+    """The texts ``is_positive_decimal`` accepted, each with its ``float``, so that a parser
+    pays the rule once per distinct text rather than once per frame: a venue sends the same
+    texts over and over (a price level trades many times, a book's side moves by a tick), and a
+    dict lookup costs a third of the rule.
+
+    A parser looks a text up in ``floats`` first and asks ``reading`` only when it is not there.
+    Only texts the rule accepted are kept, at most ``capacity`` of them (all forgotten at once
+    when full), so the memo's answer is always the rule's.
+    """
+
+    __slots__ = ("_capacity", "floats")
+
+    def __init__(self, capacity: int = 16_384) -> None:
+        self.floats: dict[str, float] = {}
+        self._capacity = capacity
+
+    def reading(self, text: str) -> float | None:
+        """The ``float`` of ``text`` if ``is_positive_decimal`` accepts it (then remembered in
+        ``floats``; never 0.0), else None."""
+        if not is_positive_decimal(text):
+            return None
+        floats = self.floats
+        if len(floats) >= self._capacity:
+            floats.clear()
+        value = floats[text] = float(text)
+        return value
+
+
 def optional_decimal(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 

@@ -14,6 +14,7 @@ from tradingd.adapters.base import ParseError
 from tradingd.adapters.binance.parsing import (
     BinanceParser,
     FrameParseError,
+    _checked_bar,
     binance_interval,
     parse_exchange_info,
     parse_klines,
@@ -28,6 +29,7 @@ from tradingd.model import (
     Channel,
     DeadLetter,
     MarketType,
+    PositiveDecimalMemo,
     StreamNotice,
     Subscription,
     Ticker,
@@ -331,6 +333,53 @@ def test_a_book_amount_that_is_no_plain_decimal_is_refused_with_its_text(text: s
     with pytest.raises(FrameParseError, match="best bid quantity") as caught:
         parser().parse_frame(with_data(BOOK_TICKER_FRAME, B=text), RECEIVED_US)
     assert repr(text) in str(caught.value)
+
+
+@pytest.mark.parametrize("text", NOT_AMOUNTS)
+def test_a_refused_text_stays_refused_and_an_accepted_one_stays_accepted(text: str) -> None:
+    """One parser (one memo of accepted texts) across frames: a refused text is refused again,
+    in every field, after the frames before it were accepted."""
+    p = parser()
+    for _ in range(2):
+        assert len(p.parse_frame(TRADE_FRAME, RECEIVED_US)) == 1
+        with pytest.raises(FrameParseError, match="trade price"):
+            p.parse_frame(with_data(TRADE_FRAME, p=text), RECEIVED_US)
+        with pytest.raises(FrameParseError, match="trade quantity"):
+            p.parse_frame(with_data(TRADE_FRAME, q=text), RECEIVED_US)
+        with pytest.raises(FrameParseError, match="bar high"):
+            p.parse_frame(with_kline(h=text), RECEIVED_US)
+        if text != "0":  # a zero bid price says the side is empty
+            with pytest.raises(FrameParseError, match="best bid price"):
+                p.parse_frame(with_data(BOOK_TICKER_FRAME, b=text), RECEIVED_US)
+        assert len(p.parse_frame(KLINE_FRAME, RECEIVED_US)) == 1
+        assert len(p.parse_frame(BOOK_TICKER_FRAME, RECEIVED_US)) == 1
+
+
+def test_a_bar_of_texts_already_seen_is_still_checked_for_order() -> None:
+    """The bar's order is read from the remembered floats of texts accepted before."""
+    p = parser()
+    (bar,) = p.parse_frame(with_kline(o="0.0010", h="0.0025", l="0.0010", c="0.0020"), RECEIVED_US)
+    assert isinstance(bar, Bar)
+    with pytest.raises(FrameParseError, match="inconsistent"):
+        p.parse_frame(with_kline(o="0.0025", h="0.0020", l="0.0010", c="0.0020"), RECEIVED_US)
+    with pytest.raises(FrameParseError, match="inconsistent"):
+        p.parse_frame(with_kline(o="0.0010", h="0.0025", l="0.0020", c="0.0010"), RECEIVED_US)
+
+
+def test_a_bar_is_checked_alike_when_the_memo_empties_between_its_prices() -> None:
+    """A memo holding one text forgets each price as the next is accepted."""
+    prices = ("1.5", "2.5", "0.5", "1")
+    checked = [
+        _checked_bar("binance", "BNBBTC", "1m", 0, *prices, "10", False, 0, "", memo)
+        for memo in (PositiveDecimalMemo(capacity=1), PositiveDecimalMemo())
+    ]
+    assert checked[0] == checked[1]
+    assert (checked[0].open_text, checked[0].high_text) == ("1.5", "2.5")
+    with pytest.raises(FrameParseError, match="inconsistent"):
+        _checked_bar(
+            "binance", "BNBBTC", "1m", 0, "3", "2.5", "0.5", "1", "10", False, 0, "",
+            PositiveDecimalMemo(capacity=1),
+        )  # fmt: skip
 
 
 def test_the_one_pass_and_the_general_path_agree() -> None:

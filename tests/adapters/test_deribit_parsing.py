@@ -30,7 +30,15 @@ from tradingd.adapters.deribit.parsing import (
     resolution_code,
     rpc_result,
 )
-from tradingd.model import Bar, Channel, MarketType, Subscription, Ticker, Trade
+from tradingd.model import (
+    Bar,
+    Channel,
+    MarketType,
+    PositiveDecimalMemo,
+    Subscription,
+    Ticker,
+    Trade,
+)
 
 EXCHANGE = "deribit"
 RECEIVED = 1_700_000_000_123_456
@@ -312,6 +320,40 @@ def test_empty_trades_array_is_a_parse_error() -> None:
 
 
 # ---------------------------------------------------------------------------- tickers
+
+
+@pytest.mark.parametrize("amount", [b"0", b"0.0", b"-10", b"1e20", b"1e-21", b'"1.5"', b"null"])
+def test_one_connections_memo_never_lets_a_refused_number_through(amount: bytes) -> None:
+    """A connection's memo of accepted texts across frames: a text refused as a trade amount
+    stays refused after it was accepted elsewhere by a wider rule (a zero book amount, a
+    combo's price) and after good frames filled the memo."""
+    positive = PositiveDecimalMemo()
+    text = amount.decode()
+
+    def parse_in_connection(frame: bytes) -> Any:
+        return parse_frame(frame, exchange=EXCHANGE, received_us=RECEIVED, positive=positive)
+
+    book = dict(TICKER_DATA, best_bid_amount=json.loads(amount), best_ask_amount=0)
+    if text in ("0", "0.0"):
+        (ticker,) = parse_in_connection(notification("ticker.BTC-PERPETUAL.100ms", book)).records
+        assert ticker.best_bid_amount_text == text
+    combo = _frame_with_numbers(amount, b"1", b"BTC-FS-30SEP22_PERP")
+    if text in ("0", "0.0", "-10"):
+        (trade,) = parse_in_connection(combo).records
+        assert trade.price_text == text
+    for _ in range(2):
+        (trade,) = parse_in_connection(_frame_with_numbers(b"100.5", b"10")).records
+        assert (trade.price_text, trade.quantity_text) == ("100.5", "10")
+        with pytest.raises(NotificationError, match="trade 7 amount must be a positive"):
+            parse_in_connection(_frame_with_numbers(b"100.5", amount))
+        with pytest.raises(NotificationError, match="trade 7 price must be a positive"):
+            parse_in_connection(_frame_with_numbers(amount, b"10"))
+        with pytest.raises(NotificationError, match="last_price"):
+            parse_in_connection(
+                notification("ticker.BTC-PERPETUAL.100ms", dict(TICKER_DATA, last_price=0))
+            )
+    assert all(float(key) > 0 for key in positive.floats)
+    assert text not in positive.floats
 
 
 def test_ticker_notification() -> None:

@@ -5,7 +5,8 @@ decoded in two steps: the combined-stream envelope with ``data`` kept as ``msgsp
 ``data`` with the typed decoder chosen by the stream name's suffix; the common market frames
 (trade, kline, bookTicker) are recognised by their stream name near the start and decoded in one
 pass. Prices and quantities stay the venue's text, checked by the model's one rule
-(``is_positive_decimal``): the records carry the text, never a ``Decimal`` built per frame.
+(``is_positive_decimal``), once per distinct text (the parser's ``PositiveDecimalMemo``): the
+records carry the text, never a ``Decimal`` built per frame.
 
 Times: the adapter asks Binance for microseconds (``timeUnit=MICROSECOND`` on the WebSocket,
 ``X-MBX-TIME-UNIT: MICROSECOND`` on REST); recordings made without that option are in
@@ -27,6 +28,7 @@ from tradingd.model import (
     Instrument,
     MarketEvent,
     MarketType,
+    PositiveDecimalMemo,
     StreamNotice,
     Subscription,
     Ticker,
@@ -358,8 +360,9 @@ class BinanceParser:
     """Turns frames of one combined-stream connection into canonical records.
 
     The only state is the table of request ids whose responses the session is waiting for
-    (so a ``{"result": null, "id": N}`` can say what it answers), a cache of stream routes, and
-    a count of frames of stream types that carry nothing tradingd records.
+    (so a ``{"result": null, "id": N}`` can say what it answers), a cache of stream routes, the
+    price and quantity texts already accepted, and a count of frames of stream types that carry
+    nothing tradingd records.
     """
 
     def __init__(self, exchange: str, *, time_unit: TimeUnit = "MICROSECOND") -> None:
@@ -367,6 +370,7 @@ class BinanceParser:
         self.time_unit: TimeUnit = time_unit
         self._factor = time_factor(time_unit)
         self._routes: dict[str, int] = {}
+        self._positive = PositiveDecimalMemo()
         self._pending: dict[int | str, str] = {}
         # Frames of valid but unrecorded stream types (depth, aggTrade, ...), by type.
         self.ignored: dict[str, int] = {}
@@ -436,11 +440,13 @@ class BinanceParser:
         trade_seq = trade.t
         if trade_seq < 0:
             raise FrameParseError(f"trade id {trade_seq} is negative", stream)
+        positive = self._positive
+        accepted = positive.floats
         price = trade.p
-        if not is_positive_decimal(price):
+        if price not in accepted and positive.reading(price) is None:
             raise _not_positive("trade price", price, stream)
         quantity = trade.q
-        if not is_positive_decimal(quantity):
+        if quantity not in accepted and positive.reading(quantity) is None:
             raise _not_positive("trade quantity", quantity, stream)
         # _venue_time's rule, inline: a call costs as much as the check.
         trade_us = trade.T * self._factor
@@ -477,7 +483,7 @@ class BinanceParser:
         # Positional, in the signature's order: passing twelve keywords costs as much as a check.
         bar = _checked_bar(
             self.exchange, kline.s, resolution, tick_us, k.o, k.h, k.l, k.c, k.v, k.x,
-            received_us, stream,
+            received_us, stream, self._positive,
         )  # fmt: skip
         return [bar]
 
@@ -495,10 +501,14 @@ class BinanceParser:
         bid_amount = book.B
         ask_price = book.a
         ask_amount = book.A
+        positive = self._positive
+        accepted = positive.floats
+        # The prices repeat from frame to frame, the amounts mostly do not (a miss costs more
+        # than the rule alone): only the prices are looked up.
         if not (
-            is_positive_decimal(bid_price)
+            (bid_price in accepted or positive.reading(bid_price) is not None)
             and is_positive_decimal(bid_amount)
-            and is_positive_decimal(ask_price)
+            and (ask_price in accepted or positive.reading(ask_price) is not None)
             and is_positive_decimal(ask_amount)
         ):
             # A price of zero is Binance's way of saying that side of the book is empty.
@@ -575,24 +585,25 @@ def _checked_bar(
     closed: bool,
     received_us: int,
     stream: str,
+    positive: PositiveDecimalMemo,
 ) -> Bar:
-    if not (
-        is_positive_decimal(open_)
-        and is_positive_decimal(high)
-        and is_positive_decimal(low)
-        and is_positive_decimal(close)
-        and is_non_negative_decimal(volume)
-    ):
+    # An accepted text's float is never 0.0, so ``or`` asks the rule only for a text not seen.
+    accepted = positive.floats
+    o = accepted.get(open_) or positive.reading(open_)
+    h = accepted.get(high) or positive.reading(high)
+    lo = accepted.get(low) or positive.reading(low)
+    c = accepted.get(close) or positive.reading(close)
+    if o is None or h is None or lo is None or c is None or not is_non_negative_decimal(volume):
         # Which one: the rare path words the error.
         _positive(open_, "bar open", stream)
         _positive(high, "bar high", stream)
         _positive(low, "bar low", stream)
         _positive(close, "bar close", stream)
         _non_negative(volume, "bar volume", stream)
+        raise AssertionError("unreachable: a refused text raised above")
     # Rounding to float keeps order (a < b => float(a) <= float(b)): a strict float order, or an
     # identical text, decides; a float order the other way refutes; only a float tie between
     # different texts needs the exact numbers. Inline: a call costs as much as this check.
-    o, h, lo, c = float(open_), float(high), float(low), float(close)
     if not (
         (lo < o or low == open_)
         and (o < h or open_ == high)
@@ -741,6 +752,7 @@ def parse_klines(
     except msgspec.MsgspecError as exc:
         raise ParseError(f"{where}: {_describe(exc)}") from None
     factor = time_factor(time_unit)
+    positive = PositiveDecimalMemo()
     bars: list[Bar] = []
     for row in rows:
         close_us = _venue_time(row.close_time, factor, f"{where} close time", "")
@@ -758,6 +770,7 @@ def parse_klines(
                 closed=close_us < now_us,
                 received_us=now_us,
                 stream="",
+                positive=positive,
             )
         )
     return bars

@@ -8,7 +8,8 @@ channel prefix, so that an error names the channel and says what is wrong.
 
 Deribit sends prices and amounts as JSON numbers. Each is kept as ``msgspec.Raw`` and stored as
 its exact text, as sent (``1.10`` stays ``1.10``; no float or ``Decimal`` is built per frame),
-once ``tradingd.model``'s rules accept it.
+once ``tradingd.model``'s rules accept it (the positive rule once per distinct text, through the
+connection's ``PositiveDecimalMemo``).
 
 Anything that is not what the protocol says raises ``ParseError`` with the reason.
 """
@@ -30,6 +31,7 @@ from tradingd.model import (
     Channel,
     Instrument,
     MarketType,
+    PositiveDecimalMemo,
     Subscription,
     Ticker,
     Trade,
@@ -298,8 +300,19 @@ class NotificationError(ParseError):
         self.channel = channel
 
 
-def parse_frame(frame: bytes | str, *, exchange: str, received_us: int) -> ParsedFrame:
-    """One WebSocket text frame → its canonical records or what the session must do with it."""
+def parse_frame(
+    frame: bytes | str,
+    *,
+    exchange: str,
+    received_us: int,
+    positive: PositiveDecimalMemo | None = None,
+) -> ParsedFrame:
+    """One WebSocket text frame → its canonical records or what the session must do with it.
+
+    ``positive`` is the connection's memo of the texts accepted so far (None: one for this frame).
+    """
+    if positive is None:
+        positive = PositiveDecimalMemo()
     try:
         envelope: _DecodedEnvelope | _Envelope = _DECODED_ENVELOPE.decode(frame)
     except _DECODE_ERRORS:
@@ -315,13 +328,15 @@ def parse_frame(frame: bytes | str, *, exchange: str, received_us: int) -> Parse
             if isinstance(data, list) and channel.startswith("trades."):
                 if not data:
                     raise ParseError("trades notification with no trades")
-                return ParsedFrame(_DATA, _to_trades(data, exchange, received_us), channel)
+                trades = _to_trades(data, exchange, received_us, positive)
+                return ParsedFrame(_DATA, trades, channel)
             if isinstance(data, _WireTicker) and channel.startswith("ticker."):
-                return ParsedFrame(_DATA, [_to_ticker(data, exchange, received_us)], channel)
+                ticker = _to_ticker(data, exchange, received_us, positive)
+                return ParsedFrame(_DATA, [ticker], channel)
             if not isinstance(data, msgspec.Raw):
                 # Decoded in another channel's shape (or null): this channel's decoder reads it.
                 data = _data_as_sent(frame)
-            records = _parse_notification(channel, data, exchange, received_us)
+            records = _parse_notification(channel, data, exchange, received_us, positive)
         except (*_DECODE_ERRORS, ParseError) as exc:
             raise NotificationError(f"{channel}: {exc}", channel) from None
         if records is None:
@@ -361,14 +376,14 @@ def _data_as_sent(frame: bytes | str) -> msgspec.Raw:
 
 
 def _parse_notification(
-    channel: str, data: msgspec.Raw, exchange: str, received_us: int
+    channel: str, data: msgspec.Raw, exchange: str, received_us: int, positive: PositiveDecimalMemo
 ) -> list[Trade] | list[Ticker] | list[Bar] | None:
     if not data:
         raise ParseError("notification without params.data")
     if channel.startswith("trades."):
-        return parse_trades(data, exchange=exchange, received_us=received_us)
+        return parse_trades(data, exchange=exchange, received_us=received_us, positive=positive)
     if channel.startswith("ticker."):
-        return [parse_ticker(data, exchange=exchange, received_us=received_us)]
+        return [parse_ticker(data, exchange=exchange, received_us=received_us, positive=positive)]
     if channel.startswith("chart.trades."):
         instrument, _, code = channel[13:].rpartition(".")
         resolution = _RESOLUTION_FROM_DERIBIT.get(code)
@@ -410,30 +425,44 @@ _NON_NEGATIVE: Final = "zero or a positive number in [1e-20, 1e20)"
 _FINITE: Final = "zero or a number of magnitude in [1e-20, 1e20)"
 
 
-def parse_trades(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) -> list[Trade]:
-    """A trades notification's ``data`` (an array of 1..N trades) → one Trade per element."""
+def parse_trades(
+    data: bytes | msgspec.Raw,
+    *,
+    exchange: str,
+    received_us: int,
+    positive: PositiveDecimalMemo | None = None,
+) -> list[Trade]:
+    """A trades notification's ``data`` (an array of 1..N trades) → one Trade per element
+    (``positive``: as for ``parse_frame``)."""
     try:
         wire_trades = _TRADES.decode(data)
     except _DECODE_ERRORS as exc:
         raise ParseError(f"trade schema: {exc}") from None
     if not wire_trades:
         raise ParseError("trades notification with no trades")
-    return _to_trades(wire_trades, exchange, received_us)
+    return _to_trades(wire_trades, exchange, received_us, positive or PositiveDecimalMemo())
 
 
-def _to_trades(wire_trades: list[_WireTrade], exchange: str, received_us: int) -> list[Trade]:
+def _to_trades(
+    wire_trades: list[_WireTrade], exchange: str, received_us: int, positive: PositiveDecimalMemo
+) -> list[Trade]:
     trades: list[Trade] = []
     append = trades.append
     names = _name_cache
+    accepted = positive.floats
     for wire in wire_trades:
         name = wire.instrument_name
         known = names.get(name)
         market_type, combo = known if known is not None else classify_instrument(name)
         price = str(wire.price, _AS_TEXT)
         amount = str(wire.amount, _AS_TEXT)
-        if not is_positive_decimal(amount):
+        if amount not in accepted and positive.reading(amount) is None:
             raise _refused(f"trade {wire.trade_id} amount", _POSITIVE, amount)
-        if not (is_finite_decimal(price) if combo else is_positive_decimal(price)):
+        if not (
+            is_finite_decimal(price)
+            if combo
+            else price in accepted or positive.reading(price) is not None
+        ):
             raise _refused(f"trade {wire.trade_id} price", _FINITE if combo else _POSITIVE, price)
         append(
             Trade(
@@ -452,8 +481,14 @@ def _to_trades(wire_trades: list[_WireTrade], exchange: str, received_us: int) -
     return trades
 
 
-def parse_ticker(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) -> Ticker:
-    """A ticker notification's ``data`` → Ticker.
+def parse_ticker(
+    data: bytes | msgspec.Raw,
+    *,
+    exchange: str,
+    received_us: int,
+    positive: PositiveDecimalMemo | None = None,
+) -> Ticker:
+    """A ticker notification's ``data`` → Ticker (``positive``: as for ``parse_frame``).
 
     Deribit reports an empty book side as price 0 and amount 0 (options) or null; both are kept
     as sent. Combo prices may be negative. The index price is always positive.
@@ -462,10 +497,12 @@ def parse_ticker(data: bytes | msgspec.Raw, *, exchange: str, received_us: int) 
         wire = _TICKER.decode(data)
     except _DECODE_ERRORS as exc:
         raise ParseError(f"ticker schema: {exc}") from None
-    return _to_ticker(wire, exchange, received_us)
+    return _to_ticker(wire, exchange, received_us, positive or PositiveDecimalMemo())
 
 
-def _to_ticker(wire: _WireTicker, exchange: str, received_us: int) -> Ticker:
+def _to_ticker(
+    wire: _WireTicker, exchange: str, received_us: int, positive: PositiveDecimalMemo
+) -> Ticker:
     name = wire.instrument_name
     known = _name_cache.get(name)
     _market_type, combo = known if known is not None else classify_instrument(name)
@@ -473,36 +510,46 @@ def _to_ticker(wire: _WireTicker, exchange: str, received_us: int) -> Ticker:
         (is_finite_decimal, _FINITE) if combo else (is_non_negative_decimal, _NON_NEGATIVE)
     )
     # Spelled out field by field: a helper call per number costs a tenth of the ticker's parse.
-    # A book number is nearly always positive: ``is_positive_decimal`` first accepts it in one
-    # call (the wider rule would call it too, one call deeper).
+    # A book number is nearly always positive and seen before: the memo of accepted texts, then
+    # the positive rule, accept it first (the wider rule would call that rule too, a call deeper).
+    # The mark and index prices move every tick, so a memo lookup would mostly miss: not asked.
+    accepted = positive.floats
     text = str(wire.best_bid_price, _AS_TEXT)
     bid_price: str | None = None
     if text not in _NO_NUMBER:
-        if not (is_positive_decimal(text) or price(text)):
+        if not (text in accepted or positive.reading(text) is not None or price(text)):
             raise _refused("best_bid_price", price_rule, text)
         bid_price = text
     text = str(wire.best_bid_amount, _AS_TEXT)
     bid_amount: str | None = None
     if text not in _NO_NUMBER:
-        if not (is_positive_decimal(text) or is_non_negative_decimal(text)):
+        if not (
+            text in accepted or positive.reading(text) is not None or is_non_negative_decimal(text)
+        ):
             raise _refused("best_bid_amount", _NON_NEGATIVE, text)
         bid_amount = text
     text = str(wire.best_ask_price, _AS_TEXT)
     ask_price: str | None = None
     if text not in _NO_NUMBER:
-        if not (is_positive_decimal(text) or price(text)):
+        if not (text in accepted or positive.reading(text) is not None or price(text)):
             raise _refused("best_ask_price", price_rule, text)
         ask_price = text
     text = str(wire.best_ask_amount, _AS_TEXT)
     ask_amount: str | None = None
     if text not in _NO_NUMBER:
-        if not (is_positive_decimal(text) or is_non_negative_decimal(text)):
+        if not (
+            text in accepted or positive.reading(text) is not None or is_non_negative_decimal(text)
+        ):
             raise _refused("best_ask_amount", _NON_NEGATIVE, text)
         ask_amount = text
     text = str(wire.last_price, _AS_TEXT)
     last_price: str | None = None
     if text not in _NO_NUMBER:
-        if not (is_finite_decimal(text) if combo else is_positive_decimal(text)):
+        if not (
+            is_finite_decimal(text)
+            if combo
+            else text in accepted or positive.reading(text) is not None
+        ):
             raise _refused("last_price", _FINITE if combo else _POSITIVE, text)
         last_price = text
     text = str(wire.mark_price, _AS_TEXT)
@@ -650,7 +697,7 @@ def parse_trades_page(
         page = _TRADES_PAGE.decode(result)
     except _DECODE_ERRORS as exc:
         raise ParseError(f"trades page: {exc}") from None
-    return _to_trades(page.trades, exchange, received_us), page.has_more
+    return _to_trades(page.trades, exchange, received_us, PositiveDecimalMemo()), page.has_more
 
 
 def parse_chart_data(

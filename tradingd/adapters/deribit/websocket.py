@@ -31,7 +31,14 @@ from tradingd.adapters.deribit.parsing import (
     parse_frame,
 )
 from tradingd.adapters.transport import bursts
-from tradingd.model import Bar, DeadLetter, MarketEvent, StreamNotice, Subscription
+from tradingd.model import (
+    Bar,
+    DeadLetter,
+    MarketEvent,
+    PositiveDecimalMemo,
+    StreamNotice,
+    Subscription,
+)
 
 # Deribit rejects frames over 32 kB; leave room for the envelope.
 MAX_CHANNELS_BYTES: Final = 30_000
@@ -90,6 +97,7 @@ class DeribitSession:
         self._reading = False
         self._rate_limited = ""
         self._closed = False
+        self._positive = PositiveDecimalMemo()
         # The newest bar per (instrument, resolution): marked closed when a later one arrives.
         self._open_bars: dict[tuple[str, str], Bar] = {}
         self.channels: set[str] = set()
@@ -191,7 +199,12 @@ class DeribitSession:
 
     async def _handle(self, payload: bytes | str, received_us: int) -> list[MarketEvent]:
         try:
-            frame = parse_frame(payload, exchange=self._exchange, received_us=received_us)
+            frame = parse_frame(
+                payload,
+                exchange=self._exchange,
+                received_us=received_us,
+                positive=self._positive,
+            )
         except ParseError as exc:
             source = f"ws:{exc.channel}" if isinstance(exc, NotificationError) else self._source
             self._log.warning("dead letter from {}: {}", source, exc)
