@@ -53,7 +53,7 @@ class FloodingBinance(FakeBinance):
 
     def publish(self, instrument: str, count: int) -> None:
         """``count`` trades, and a bookTicker for every ``TRADES_PER_TICKER`` of them."""
-        self.publish_trades(instrument, count)
+        self.flood_trades(instrument, count)
         if self.tickers:
             pending = self._untickered.get(instrument, 0) + count
             while pending >= TRADES_PER_TICKER:

@@ -162,7 +162,7 @@ class _Symbol:
 
 
 # Decimal texts kept per symbol and kind (``_Symbol.decimal_texts``) before starting afresh.
-_TEXTS_PER_SYMBOL: Final = 65_536
+_TEXTS_PER_SYMBOL: Final = 262_144
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -319,40 +319,104 @@ class FakeBinance:
         """Append ``count`` trades to the tape; returns them as µs wire dicts (``timeUnit``
         MICROSECOND form). ``deliver=False`` keeps them off the streams (history only)."""
         symbol = self._symbols[instrument]
-        now = self._now_us()
-        rng = self._rng
-        stream = f"{instrument.lower()}@trade"
-        trades: list[dict[str, object]] = []
-        units = symbol.price_units
-        next_id = symbol.next_trade_id
-        qty_scale = 10**symbol.quantity_decimals
-        minute = now - now % MINUTE_US
-        bar = symbol.minute_bars.get(minute)
-        max_lots = qty_scale // 10 or 1
+        first = len(symbol.tape_time)
+        self._extend_tape(symbol, count)
+        price_text, quantity_text = symbol.decimal_texts()
         tape_price, tape_quantity = symbol.tape_price, symbol.tape_quantity
         tape_time, tape_maker = symbol.tape_time, symbol.tape_maker
+        first_id = symbol.first_trade_id
+        trades: list[dict[str, object]] = [
+            {
+                "e": "trade",
+                "E": tape_time[index],
+                "s": instrument,
+                "t": first_id + index,
+                "p": price_text(tape_price[index]),
+                "q": quantity_text(tape_quantity[index]),
+                "T": tape_time[index],
+                "m": tape_maker[index] == 1,
+                "M": True,
+            }
+            for index in range(first, first + count)
+        ]
+        if deliver and trades:
+            self._deliver(f"{instrument.lower()}@trade", trades, ("E", "T"))
+        for listener in self.tape_listeners:
+            listener(instrument, trades)
+        return trades
+
+    def flood_trades(self, instrument: str, count: int) -> None:
+        """``publish_trades`` for a flood: the same tape and byte for byte the same frames,
+        rendered from the tape without a wire dict per trade (unless a tape listener wants
+        them)."""
+        if self.tape_listeners:
+            self.publish_trades(instrument, count)
+            return
+        symbol = self._symbols[instrument]
+        first = len(symbol.tape_time)
+        self._extend_tape(symbol, count)
+        stream = f"{instrument.lower()}@trade"
+        frames: dict[tuple[bool, bool], list[bytes]] = {}
+        for conn in self._connections:
+            if stream not in conn.streams:
+                continue
+            shape = (conn.combined, conn.microseconds)
+            rendered = frames.get(shape)
+            if rendered is None:
+                rendered = frames[shape] = self._trade_frames(symbol, stream, first, count, shape)
+            conn.outbox.extend(rendered)
+            conn.wakeup.set()
+
+    def _trade_frames(
+        self, symbol: _Symbol, stream: str, first: int, count: int, shape: tuple[bool, bool]
+    ) -> list[bytes]:
+        """The tape's trades ``first`` .. ``first + count - 1`` as the frames ``_render`` makes
+        of their wire dicts for a connection of ``shape`` (combined, microseconds)."""
+        combined, microseconds = shape
         price_text, quantity_text = symbol.decimal_texts()
-        draw = rng.getrandbits
+        tape_price, tape_quantity = symbol.tape_price, symbol.tape_quantity
+        tape_time, tape_maker = symbol.tape_time, symbol.tape_maker
+        divisor = 1 if microseconds else 1000
+        opening = f'{{"stream":"{stream}","data":' if combined else ""
+        closing = "}" if combined else ""
+        first_id, name = symbol.first_trade_id, symbol.name
+        frames: list[bytes] = []
+        append = frames.append
+        before_id = between_quantity_and_side = ""
+        frame_time = -1
+        for index in range(first, first + count):
+            if tape_time[index] != frame_time:
+                # The parts of a frame before its id and between its quantity and its side
+                # change only with its time: a flood's trades mostly share one.
+                frame_time = tape_time[index]
+                time_text = str(frame_time // divisor)
+                before_id = f'{opening}{{"e":"trade","E":{time_text},"s":"{name}","t":'
+                between_quantity_and_side = f'","T":{time_text},"m":'
+            append(
+                f'{before_id}{first_id + index},"p":"{price_text(tape_price[index])}",'
+                f'"q":"{quantity_text(tape_quantity[index])}{between_quantity_and_side}'
+                f'{"true" if tape_maker[index] else "false"},"M":true}}{closing}'.encode()
+            )
+        return frames
+
+    def _extend_tape(self, symbol: _Symbol, count: int) -> None:
+        """``count`` new trades on ``symbol``'s tape (and its minute bars), all at this µs."""
+        now = self._now_us()
+        units = symbol.price_units
+        next_id = symbol.next_trade_id
+        max_lots = 10**symbol.quantity_decimals // 10 or 1
+        minute = now - now % MINUTE_US
+        bar = symbol.minute_bars.get(minute)
+        tape_price, tape_quantity = symbol.tape_price, symbol.tape_quantity
+        tape_time, tape_maker = symbol.tape_time, symbol.tape_maker
+        draw = self._rng.getrandbits
         for offset in range(count):
             # One draw per trade: a step, a lot count, a size multiplier and a side from its bits.
             bits = draw(64)
             units = max(1, units + _PRICE_STEPS[bits & 15])
             quantity = (1 + (bits >> 8) % max_lots) * _QUANTITY_MULTIPLIERS[(bits >> 4) & 7]
-            maker = bits >> 63 == 1
+            maker = bits >> 63
             trade_id = next_id + offset
-            trades.append(
-                {
-                    "e": "trade",
-                    "E": now,
-                    "s": instrument,
-                    "t": trade_id,
-                    "p": price_text(units),
-                    "q": quantity_text(quantity),
-                    "T": now,
-                    "m": maker,
-                    "M": True,
-                }
-            )
             tape_price.append(units)
             tape_quantity.append(quantity)
             tape_time.append(now)
@@ -370,11 +434,6 @@ class FakeBinance:
             bar[5] += 1
             bar[7] = trade_id
         symbol.price_units = units
-        if deliver and trades:
-            self._deliver(stream, trades, ("E", "T"))
-        for listener in self.tape_listeners:
-            listener(instrument, trades)
-        return trades
 
     def tape(self, instrument: str) -> list[dict[str, object]]:
         """Every trade ever published on ``instrument``, in order, as µs wire dicts."""
@@ -463,7 +522,7 @@ class FakeBinance:
             elapsed = loop.time() - start
             due = min(total, int(rate_per_s * elapsed)) - published
             if due > 0:
-                self.publish_trades(instrument, due)
+                self.flood_trades(instrument, due)
                 published += due
             if elapsed >= duration:
                 due = total - published
