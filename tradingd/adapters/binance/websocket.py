@@ -173,8 +173,9 @@ class BinanceMarketDataSession:
             # one receive time (all of them were in hand when the first was read).
             events: list[MarketEvent] = []
             received_us = clock_ns() // 1000
+            # Every message of a burst is counted (a message that ends the connection ends it).
+            self.frames_received += len(burst)
             for message in burst:
-                self.frames_received += 1
                 kind = message.type
                 if kind is text or kind is binary:
                     try:
