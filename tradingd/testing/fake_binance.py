@@ -356,16 +356,12 @@ class FakeBinance:
         first = len(symbol.tape_time)
         self._extend_tape(symbol, count)
         stream = f"{instrument.lower()}@trade"
-        frames: dict[tuple[bool, bool], list[bytes]] = {}
-        for conn in self._connections:
-            if stream not in conn.streams:
-                continue
-            shape = (conn.combined, conn.microseconds)
-            rendered = frames.get(shape)
-            if rendered is None:
-                rendered = frames[shape] = self._trade_frames(symbol, stream, first, count, shape)
-            conn.outbox.extend(rendered)
-            conn.wakeup.set()
+        self._fan_out(
+            stream,
+            lambda conn: self._trade_frames(
+                symbol, stream, first, count, (conn.combined, conn.microseconds)
+            ),
+        )
 
     def _trade_frames(
         self, symbol: _Symbol, stream: str, first: int, count: int, shape: tuple[bool, bool]
@@ -603,6 +599,13 @@ class FakeBinance:
     def _deliver(
         self, stream: str, payloads: list[dict[str, object]], time_keys: tuple[str, ...]
     ) -> None:
+        self._fan_out(
+            stream, lambda conn: [self._render(conn, stream, p, time_keys) for p in payloads]
+        )
+
+    def _fan_out(self, stream: str, render: Callable[[_Connection], list[bytes]]) -> None:
+        """Queue frames on every connection streaming ``stream``; ``render`` makes them once
+        per connection shape (combined or not, µs or ms)."""
         frames: dict[tuple[bool, bool], list[bytes]] = {}
         for conn in self._connections:
             if stream not in conn.streams:
@@ -610,8 +613,7 @@ class FakeBinance:
             shape = (conn.combined, conn.microseconds)
             rendered = frames.get(shape)
             if rendered is None:
-                rendered = [self._render(conn, stream, p, time_keys) for p in payloads]
-                frames[shape] = rendered
+                rendered = frames[shape] = render(conn)
             conn.outbox.extend(rendered)
             conn.wakeup.set()
 
