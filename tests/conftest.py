@@ -257,6 +257,20 @@ async def rds(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
+def transactions_started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A one-item list: how many asyncpg transactions (or savepoints) started so far."""
+    started = [0]
+    start = asyncpg.transaction.Transaction.start
+
+    async def counted_start(self: asyncpg.transaction.Transaction) -> None:
+        started[0] += 1
+        await start(self)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "start", counted_start)
+    return started
+
+
+@pytest.fixture
 def logged() -> Iterator[list[str]]:
     """Every log line (DEBUG and up) written during the test, formatted."""
     lines: list[str] = []
