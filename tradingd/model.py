@@ -169,7 +169,9 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     raw: str = "{}"
 
 
-class Trade(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+class Trade(msgspec.Struct, frozen=True, gc=False):
+    # Not keyword-only: the parsers build one per trade positionally, a quarter cheaper than by
+    # keywords. Elsewhere pass keywords (the optional field comes last).
     exchange: str
     instrument_name: str
     market_type: MarketType
@@ -181,9 +183,10 @@ class Trade(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     quantity_text: str
     # True when the taker sold (the buyer was the resting maker order).
     is_buyer_maker: bool
-    was_best_price_match: bool | None = None
     trade_us: int
     received_us: int
+    # Binance's ``M``; None where the venue does not say.
+    was_best_price_match: bool | None = None
 
     @property
     def price(self) -> Decimal:
@@ -230,9 +233,14 @@ class Bar(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         return Decimal(self.volume_text)
 
 
-class Ticker(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+class Ticker(msgspec.Struct, frozen=True, gc=False):
+    # Not keyword-only: the parsers build one per frame positionally, a quarter cheaper than by
+    # keywords. Elsewhere pass keywords (the required fields come first).
     exchange: str
     instrument_name: str
+    # Venue event time when the venue sends one (Binance bookTicker has none: receive time).
+    timestamp_us: int
+    received_us: int
     # The venue's exact decimal text, or None where the venue has no such number now; the
     # properties without ``_text`` read it as ``Decimal``.
     best_bid_price_text: str | None = None
@@ -242,9 +250,6 @@ class Ticker(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     last_price_text: str | None = None
     mark_price_text: str | None = None
     index_price_text: str | None = None
-    # Venue event time when the venue sends one (Binance bookTicker has none: receive time).
-    timestamp_us: int
-    received_us: int
 
     @property
     def best_bid_price(self) -> Decimal | None:

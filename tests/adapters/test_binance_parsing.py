@@ -115,6 +115,26 @@ def test_trade_frame_becomes_a_trade_with_every_field() -> None:
     assert trade.price_text == "0.00000010"  # not str(Decimal)'s "1.0E-7"
 
 
+def test_trade_fields_that_differ_land_in_their_own_fields() -> None:
+    # The parser builds records positionally: each field must get its own value, not a
+    # neighbour's of the same type.
+    frame = with_data(TRADE_FRAME, m=False, M=True, T=1767225600000121)
+    (trade,) = parser().parse_frame(frame, RECEIVED_US + 1)
+    assert trade == Trade(
+        exchange="binance",
+        instrument_name="BNBBTC",
+        market_type=MarketType.SPOT,
+        trade_id="12345",
+        trade_seq=12345,
+        price_text="0.00100000",
+        quantity_text="100.00000000",
+        is_buyer_maker=False,
+        was_best_price_match=True,
+        trade_us=1767225600000121,
+        received_us=RECEIVED_US + 1,
+    )
+
+
 def test_trade_accepts_str_input_and_legacy_fields() -> None:
     legacy = with_data(TRADE_FRAME, b=88, a=50)  # buyer/seller order ids, removed in 2024
     (trade,) = parser().parse_frame(legacy.decode(), RECEIVED_US)
@@ -180,8 +200,16 @@ def test_book_ticker_becomes_a_ticker_stamped_with_the_receive_time() -> None:
 def test_book_ticker_with_an_event_time_uses_it() -> None:
     frame = with_data(BOOK_TICKER_FRAME, E=1767225600999, T=1767225600998)
     (ticker,) = parser("MILLISECOND").parse_frame(frame, RECEIVED_US)
-    assert isinstance(ticker, Ticker)
-    assert ticker.timestamp_us == 1767225600999000
+    assert ticker == Ticker(
+        exchange="binance",
+        instrument_name="BNBUSDT",
+        best_bid_price_text="25.35190000",
+        best_bid_amount_text="31.21000000",
+        best_ask_price_text="25.36520000",
+        best_ask_amount_text="40.66000000",
+        timestamp_us=1767225600999000,
+        received_us=RECEIVED_US,
+    )
 
 
 def test_book_ticker_with_an_empty_side() -> None:
