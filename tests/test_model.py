@@ -17,6 +17,7 @@ from tradingd.model import (
     SMALLEST_AMOUNT,
     TOO_LARGE_AMOUNT,
     PositiveDecimalMemo,
+    are_positive_decimals,
     is_non_negative_decimal,
     is_positive_decimal,
 )
@@ -118,6 +119,17 @@ def test_an_accepted_non_negative_text_is_zero_or_in_range(text: str) -> None:
         assert is_positive_decimal(text) == (value != 0)
     else:
         assert not _is_plain_and_in_range(text, zero_too=True)
+
+
+@given(decimal_texts, decimal_texts)
+@example("1", "1_0")
+@example(" 1", "1")
+@example("1", "1" * 65)
+@example("1e-20", "1e20")
+def test_the_pair_rule_answers_as_the_rule_does_for_each(first: str, second: str) -> None:
+    expected = is_positive_decimal(first) and is_positive_decimal(second)
+    assert are_positive_decimals(first, second) == expected
+    assert are_positive_decimals(second, first) == expected
 
 
 @given(st.lists(decimal_texts, max_size=12), st.integers(min_value=1, max_value=4))

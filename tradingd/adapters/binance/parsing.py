@@ -33,6 +33,7 @@ from tradingd.model import (
     Subscription,
     Ticker,
     Trade,
+    are_positive_decimals,
     is_non_negative_decimal,
     is_positive_decimal,
 )
@@ -498,9 +499,8 @@ class BinanceParser:
         # than the rule alone): only the prices are looked up.
         if not (
             (bid_price in accepted or positive.reading(bid_price) is not None)
-            and is_positive_decimal(bid_amount)
             and (ask_price in accepted or positive.reading(ask_price) is not None)
-            and is_positive_decimal(ask_amount)
+            and are_positive_decimals(bid_amount, ask_amount)
         ):
             # A price of zero is Binance's way of saying that side of the book is empty.
             bid_price, bid_amount = _book_side(book.b, book.B, "bid", stream)
