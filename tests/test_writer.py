@@ -399,7 +399,8 @@ def reference_copy_row(t: Trade) -> str:
         return "\\N" if value is None else "t" if value else "f"
 
     def moment(us: int) -> str:
-        return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+        at = EPOCH + timedelta(microseconds=us)
+        return f"{at.year:04d}" + at.strftime("-%m-%d %H:%M:%S.%f+00")
 
     fields = [
         copy_text_field(t.exchange),
@@ -420,7 +421,8 @@ def reference_copy_row(t: Trade) -> str:
 # Few values, so that batches hold the runs and repeats the encoder reuses texts across, and the
 # changes it must notice: one instrument name on two exchanges and as two market types, the
 # first and last microsecond of a second, different microseconds of one second, a second
-# boundary, a time before 1970.
+# boundary, a time before 1970, the first and last microseconds of the calendar, a year before
+# 100 (two digits).
 COPY_KEYS = [
     ("binance", "BTCUSDT", MarketType.SPOT),
     ("binance", "BTCUSDT", MarketType.PERPETUAL),
@@ -428,6 +430,8 @@ COPY_KEYS = [
     ("binance", "ETH\tUSDT", MarketType.SPOT),
     ("deribit", "BTC-PERPETUAL", MarketType.PERPETUAL),
 ]
+FIRST_US = datetime_to_us(datetime(1, 1, 1, tzinfo=UTC))
+END_US = datetime_to_us(datetime(9999, 12, 31, tzinfo=UTC)) + 86_400_000_000
 COPY_TIMES_US = [
     JAN_2027_US,
     JAN_2027_US + 1,
@@ -437,6 +441,9 @@ COPY_TIMES_US = [
     JAN_2027_US + 86_399_999_999,
     -1,
     -1_000_000,
+    FIRST_US,
+    END_US - 1,
+    datetime_to_us(datetime(99, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)),
 ]
 
 
@@ -504,6 +511,21 @@ async def test_a_receive_time_outside_the_calendar_stores_nothing(
         await write_trades(conn, trades, marks=TradeSeqMarks())
     assert await conn.fetchval("SELECT count(*) FROM public_trades") == 0
     assert await write_trades(conn, [trade(1)]) == 1
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [datetime(1, 1, 1, tzinfo=UTC), datetime(99, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)],
+)
+async def test_a_time_before_the_year_100_is_stored_exactly(
+    conn: asyncpg.Connection, moment: datetime
+) -> None:
+    # strftime writes years 1-99 with one or two digits; PostgreSQL reads "1-01-01" as 2001 and
+    # "99-12-31" as 1999.
+    sent = msgspec.structs.replace(trade(1), received_us=datetime_to_us(moment))
+    assert await write_trades(conn, [sent]) == 1
+    (row,) = await stored_trades(conn)
+    assert row["received_at"] == moment
 
 
 async def test_times_at_the_edges_of_a_second_are_stored_exactly(

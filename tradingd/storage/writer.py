@@ -326,9 +326,10 @@ def _copy_time_text(us: int, seconds: dict[int, str]) -> str:
     second, micros = divmod(us, 1_000_000)
     day_time = seconds.get(second)
     if day_time is None:
-        day_time = seconds[second] = us_to_datetime(second * 1_000_000).strftime(
-            "%Y-%m-%d %H:%M:%S"
-        )
+        moment = us_to_datetime(second * 1_000_000)
+        # The year in four digits: strftime's %Y writes year 1 as "1", and PostgreSQL reads
+        # one- and two-digit years as the nearest to 2020 ("1-01-01" as 2001).
+        day_time = seconds[second] = f"{moment.year:04d}" + moment.strftime("-%m-%d %H:%M:%S")
     return f"{day_time}.{_DIGITS3[micros // 1000]}{_DIGITS3[micros % 1000]}+00"
 
 
