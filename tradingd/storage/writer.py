@@ -409,10 +409,10 @@ class TradeSeqMarks:
 
 async def _encoded_chunks(trades: Sequence[Trade]) -> AsyncIterator[bytes]:
     for start in range(0, len(trades), TRADES_PER_TURN):
-        if start:
-            # Encoding a chunk is one event-loop turn: other work (ticks to strategies, the
-            # receivers) runs between two of them.
-            await asyncio.sleep(0)
+        # Encoding a chunk is one event-loop turn: other work (ticks to strategies, the
+        # receivers) runs between two of them, and between the caller's preparation of the
+        # batch and the first one.
+        await asyncio.sleep(0)
         yield encode_trades_copy_text(trades[start : start + TRADES_PER_TURN])
 
 
