@@ -329,6 +329,9 @@ class Persister:
             attempt = 0
             self.writer_batches[writer] += 1
             self._account(ctx, segment, committed, time.perf_counter() - started)
+            # The commit's bookkeeping is one event-loop turn and taking the next batch another:
+            # together they would hold the loop for a millisecond at the default batch size.
+            await asyncio.sleep(0)
 
     async def _commit(self, segment: list[Record], writer: int) -> _Committed:
         try:
