@@ -357,6 +357,23 @@ def trade_seq_ranges(trades: Sequence[Trade]) -> TradeSeqRanges:
             exchange, instrument, low, high = t.exchange, t.instrument_name, seq, seq
     runs.append((exchange, instrument, low, high))
     ranges: TradeSeqRanges = {}
+    _widen_seq_ranges(ranges, runs)
+    return ranges
+
+
+async def trade_seq_ranges_by_turn(trades: Sequence[Trade]) -> TradeSeqRanges:
+    """``trade_seq_ranges(trades)``, ``TRADES_PER_TURN`` trades per event-loop turn (trades of
+    many interleaved instruments cost about 0.25 us each)."""
+    ranges = trade_seq_ranges(trades[:TRADES_PER_TURN])
+    for start in range(TRADES_PER_TURN, len(trades), TRADES_PER_TURN):
+        await asyncio.sleep(0)
+        chunk = trade_seq_ranges(trades[start : start + TRADES_PER_TURN])
+        _widen_seq_ranges(ranges, [(*key, low, high) for key, (low, high) in chunk.items()])
+    return ranges
+
+
+def _widen_seq_ranges(ranges: TradeSeqRanges, runs: Iterable[tuple[str, str, int, int]]) -> None:
+    """Widen ``ranges`` to hold each run's (exchange, instrument_name, lowest, highest)."""
     for exchange, instrument, low, high in runs:
         key = (exchange, instrument)
         seen = ranges.get(key)
@@ -369,7 +386,6 @@ def trade_seq_ranges(trades: Sequence[Trade]) -> TradeSeqRanges:
                 low if low < seen_low else seen_low,
                 high if high > seen_high else seen_high,
             )
-    return ranges
 
 
 class TradeSeqMarks:
@@ -466,7 +482,7 @@ async def insert_trades(
     """
     if not trades:
         return 0
-    ranges = trade_seq_ranges(trades) if marks is not None else {}
+    ranges = await trade_seq_ranges_by_turn(trades) if marks is not None else {}
     fresh, known = marks.split(trades, ranges) if marks is not None else (trades, [])
     if fresh and known and not conn.is_in_transaction():
         # Both paths commit together: a failure between them must not leave the COPied trades
