@@ -46,9 +46,10 @@ def _ts(column: str) -> str:
 
 
 TRADES_STAGING = "tradingd_trades_staging"
-# Trades encoded per event-loop turn (about 1 ms), on either path, so that a 5,000-trade batch
-# never holds the loop for one long turn.
-TRADES_PER_TURN = 500
+# Trades encoded per event-loop turn (about 0.25 ms), on either path, so that a 5,000-trade batch
+# never holds the loop for one long turn. Each chunk costs a turn and a CopyData message: 500 made
+# half-millisecond turns, 125 cost 0.1 us more per trade than 500 did.
+TRADES_PER_TURN = 250
 
 # NOTICE "already exists, skipping" on every batch is noise; SET LOCAL ends with the transaction.
 _PREPARE_STAGING = f"""
