@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
+from tradingd.actors import persister as persister_module
 from tradingd.actors.persister import Persister, Record, ticker_key
 from tradingd.config import PersisterConfig
 from tradingd.model import Bar, DeadLetter, MarketType, Ticker, Trade, datetime_to_us, optional_text
@@ -709,3 +710,40 @@ async def test_a_commits_bookkeeping_and_the_next_batch_are_separate_loop_turns(
     ]
     assert len(after_commit) == 3
     assert all(committed < taken for committed, taken in after_commit), events
+
+
+async def test_a_committed_batch_is_let_go_a_chunk_per_loop_turn(
+    pool: asyncpg.Pool, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(persister_module, "RECORDS_FREED_PER_TURN", 30)
+    records, tickers = records_queue(), tickers_queue()
+    batches: list[list[Record]] = []
+    take = records.get_batch_nowait
+
+    def observed_take(max_items: int) -> list[Record]:
+        batch = take(max_items)
+        batches.append(batch)
+        return batch
+
+    records.get_batch_nowait = observed_take  # type: ignore[method-assign]
+    lengths: list[list[int]] = []  # per event-loop turn: the length of each batch taken so far
+
+    async def watch() -> None:
+        while True:
+            lengths.append([len(batch) for batch in batches])
+            await asyncio.sleep(0)  # one step per event-loop turn
+
+    persister = Persister(config(batch_size=100, writers=1), pool, redis, records, tickers)
+    await records.put_many([trade(i) for i in range(200)])
+    records.close()
+    tickers.close()
+    async with asyncio.TaskGroup() as group:
+        watcher = group.create_task(watch())
+        await asyncio.wait_for(persister.run(ActorContext("persister", {})), WAIT)
+        watcher.cancel()
+    assert await count(pool, "public_trades") == 200
+    assert [len(batch) for batch in batches] == [0, 0]
+    for n in range(2):
+        seen = [turn[n] for turn in lengths if len(turn) > n]
+        assert seen[-1] == 0
+        assert all(0 <= a - b <= 30 for a, b in itertools.pairwise(seen)), seen
