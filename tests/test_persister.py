@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -18,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
+from tradingd.actors import persister as persister_module
 from tradingd.actors.persister import Persister, Record, ticker_key
 from tradingd.config import PersisterConfig
 from tradingd.model import Bar, DeadLetter, MarketType, Ticker, Trade, datetime_to_us, optional_text
@@ -662,3 +664,86 @@ async def test_three_writers_stay_alive_and_commit_under_trickle_and_burst(
         ]
         assert all(n > 0 for n in burst), burst
     assert await count(pool, "public_trades") == 6_030
+
+
+async def test_a_commits_bookkeeping_and_the_next_batch_are_separate_loop_turns(
+    pool: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    records, tickers = records_queue(), tickers_queue()
+    events: list[tuple[str, int]] = []  # (what happened, turns counted by then)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)  # one step per event-loop turn: it counts them
+
+    take = records.get_batch_nowait
+
+    def observed_take(max_items: int) -> list[Record]:
+        events.append(("taken", turns))
+        return take(max_items)
+
+    records.get_batch_nowait = observed_take  # type: ignore[method-assign]
+    persister = Persister(
+        config(batch_size=100, writers=1),
+        pool,
+        redis,
+        records,
+        tickers,
+        on_committed=lambda _: events.append(("committed", turns)),
+    )
+    # Every batch is a full one already queued: nothing else makes the writer wait for it.
+    await records.put_many([trade(i) for i in range(400)])
+    records.close()
+    tickers.close()
+    async with asyncio.TaskGroup() as group:
+        counter = group.create_task(count_turns())
+        await asyncio.wait_for(persister.run(ActorContext("persister", {})), WAIT)
+        counter.cancel()
+    assert [what for what, _ in events] == ["taken", "committed"] * 4
+    after_commit = [
+        (committed, taken)
+        for (what, committed), (_, taken) in itertools.pairwise(events)
+        if what == "committed"
+    ]
+    assert len(after_commit) == 3
+    assert all(committed < taken for committed, taken in after_commit), events
+
+
+async def test_a_committed_batch_is_let_go_a_chunk_per_loop_turn(
+    pool: asyncpg.Pool, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(persister_module, "RECORDS_FREED_PER_TURN", 30)
+    records, tickers = records_queue(), tickers_queue()
+    batches: list[list[Record]] = []
+    take = records.get_batch_nowait
+
+    def observed_take(max_items: int) -> list[Record]:
+        batch = take(max_items)
+        batches.append(batch)
+        return batch
+
+    records.get_batch_nowait = observed_take  # type: ignore[method-assign]
+    lengths: list[list[int]] = []  # per event-loop turn: the length of each batch taken so far
+
+    async def watch() -> None:
+        while True:
+            lengths.append([len(batch) for batch in batches])
+            await asyncio.sleep(0)  # one step per event-loop turn
+
+    persister = Persister(config(batch_size=100, writers=1), pool, redis, records, tickers)
+    await records.put_many([trade(i) for i in range(200)])
+    records.close()
+    tickers.close()
+    async with asyncio.TaskGroup() as group:
+        watcher = group.create_task(watch())
+        await asyncio.wait_for(persister.run(ActorContext("persister", {})), WAIT)
+        watcher.cancel()
+    assert await count(pool, "public_trades") == 200
+    assert [len(batch) for batch in batches] == [0, 0]
+    for n in range(2):
+        seen = [turn[n] for turn in lengths if len(turn) > n]
+        assert seen[-1] == 0
+        assert all(0 <= a - b <= 30 for a, b in itertools.pairwise(seen)), seen

@@ -33,6 +33,7 @@ from tradingd.storage.writer import (
     insert_trades,
     months_spanned,
     trade_seq_ranges,
+    trade_seq_ranges_by_turn,
     upsert_bars,
     write_trades,
 )
@@ -189,11 +190,13 @@ async def test_a_large_batch_is_sent_in_chunks_that_give_up_the_loop(
     await TradePartitions().ensure(conn, trades)
     async with asyncio.TaskGroup() as group:
         counter = group.create_task(count_turns())
+        called = turns
         assert await insert_trades(conn, trades, marks=marks) == count
         counter.cancel()
     assert [rows for _, rows in chunks] == [TRADES_PER_TURN] * 4 + [7]
-    # Other work ran between every two chunks.
-    assert all(a < b for (a, _), (b, _) in itertools.pairwise(chunks)), chunks
+    # Other work ran between the call and the first chunk, and between every two chunks.
+    built = [called] + [at for at, _ in chunks]
+    assert all(a < b for a, b in itertools.pairwise(built)), built
     rows = await stored_trades(conn)
     assert [r["trade_seq"] for r in rows] == list(range(count))
     assert [r["price"] for r in rows] == [f"{97000 + i}.{i:08d}" for i in range(count)]
@@ -570,6 +573,41 @@ def test_trade_seq_ranges_are_each_keys_lowest_and_highest(
         low, high = expected.get(key, (seq, seq))
         expected[key] = (min(low, seq), max(high, seq))
     assert trade_seq_ranges(keyed_trades(rows)) == expected
+
+
+@given(seq_batches, st.integers(0, 3 * TRADES_PER_TURN))
+def test_trade_seq_ranges_by_turn_are_those_of_the_whole_batch(
+    rows: list[tuple[tuple[str, str], int]], length: int
+) -> None:
+    # ``rows`` repeated to ``length`` trades, each repetition's seqs shifted up or down: the
+    # chunks' boundaries fall anywhere in a key's run, and a key's extremes in any chunk.
+    pattern = rows or [(("binance", "BTCUSDT"), 0)]
+    long_rows = [
+        (key, seq + 41 * (i // len(pattern)) * (-1) ** (i // len(pattern)))
+        for i, (key, seq) in zip(range(length), itertools.cycle(pattern), strict=False)
+    ]
+    trades = keyed_trades(long_rows)
+    assert run_async(lambda: trade_seq_ranges_by_turn(trades)) == trade_seq_ranges(trades)
+
+
+async def test_trade_seq_ranges_by_turn_give_up_the_loop_between_chunks() -> None:
+    trades = [
+        trade(i, instrument=("BTCUSDT", "ETHUSDT")[i % 2]) for i in range(2 * TRADES_PER_TURN + 1)
+    ]
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)  # one step per event-loop turn: it counts them
+
+    async with asyncio.TaskGroup() as group:
+        counter = group.create_task(count_turns())
+        ranges = await trade_seq_ranges_by_turn(trades)
+        counter.cancel()
+    assert ranges == trade_seq_ranges(trades)
+    assert turns == 2  # three chunks, other work between each two
 
 
 @given(seq_batches, seq_batches)

@@ -57,6 +57,8 @@ WRITE_TIMEOUT = 60.0
 SNAPSHOT_TIMEOUT = 5.0
 REDIS_TIMEOUT = 5.0
 RETRY_BACKOFF_INITIAL = 0.1
+# Committed records freed per event-loop turn (about 0.2 us each).
+RECORDS_FREED_PER_TURN = 1000
 WARNING_INTERVAL = 30.0
 
 # The server or the path to it is down, restarting, overloaded or cut us off: retry the batch.
@@ -329,6 +331,11 @@ class Persister:
             attempt = 0
             self.writer_batches[writer] += 1
             self._account(ctx, segment, committed, time.perf_counter() - started)
+            del committed
+            # The commit's bookkeeping, letting its records go and taking the next batch are
+            # separate event-loop turns: together they would hold the loop for milliseconds at
+            # the default batch size.
+            await _let_go_by_turn(segment)
 
     async def _commit(self, segment: list[Record], writer: int) -> _Committed:
         try:
@@ -515,6 +522,17 @@ class Persister:
         deadline = min(SNAPSHOT_TIMEOUT, self._config.ticker_snapshot_interval)
         async with asyncio.timeout(deadline), self._pool.acquire() as conn:
             return await insert_ticker_snapshots(conn, tickers, snapshot_us)
+
+
+async def _let_go_by_turn(records: list[Record]) -> None:
+    """Empty ``records``, ``RECORDS_FREED_PER_TURN`` per event-loop turn, from the next turn on.
+
+    Where the persister holds a batch's last references, freeing 5,000 records at once takes
+    about a millisecond.
+    """
+    while records:
+        await asyncio.sleep(0)
+        del records[-RECORDS_FREED_PER_TURN:]
 
 
 async def _wait_event(event: asyncio.Event, seconds: float) -> bool:

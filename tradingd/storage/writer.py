@@ -46,9 +46,10 @@ def _ts(column: str) -> str:
 
 
 TRADES_STAGING = "tradingd_trades_staging"
-# Trades encoded per event-loop turn (about 1 ms), on either path, so that a 5,000-trade batch
-# never holds the loop for one long turn.
-TRADES_PER_TURN = 500
+# Trades encoded per event-loop turn (about 0.25 ms), on either path, so that a 5,000-trade batch
+# never holds the loop for one long turn. Each chunk costs a turn and a CopyData message: 500 made
+# half-millisecond turns, 125 cost 0.1 us more per trade than 500 did.
+TRADES_PER_TURN = 250
 
 # NOTICE "already exists, skipping" on every batch is noise; SET LOCAL ends with the transaction.
 _PREPARE_STAGING = f"""
@@ -358,6 +359,23 @@ def trade_seq_ranges(trades: Sequence[Trade]) -> TradeSeqRanges:
             exchange, instrument, low, high = t.exchange, t.instrument_name, seq, seq
     runs.append((exchange, instrument, low, high))
     ranges: TradeSeqRanges = {}
+    _widen_seq_ranges(ranges, runs)
+    return ranges
+
+
+async def trade_seq_ranges_by_turn(trades: Sequence[Trade]) -> TradeSeqRanges:
+    """``trade_seq_ranges(trades)``, ``TRADES_PER_TURN`` trades per event-loop turn (trades of
+    many interleaved instruments cost about 0.25 us each)."""
+    ranges = trade_seq_ranges(trades[:TRADES_PER_TURN])
+    for start in range(TRADES_PER_TURN, len(trades), TRADES_PER_TURN):
+        await asyncio.sleep(0)
+        chunk = trade_seq_ranges(trades[start : start + TRADES_PER_TURN])
+        _widen_seq_ranges(ranges, [(*key, low, high) for key, (low, high) in chunk.items()])
+    return ranges
+
+
+def _widen_seq_ranges(ranges: TradeSeqRanges, runs: Iterable[tuple[str, str, int, int]]) -> None:
+    """Widen ``ranges`` to hold each run's (exchange, instrument_name, lowest, highest)."""
     for exchange, instrument, low, high in runs:
         key = (exchange, instrument)
         seen = ranges.get(key)
@@ -370,7 +388,6 @@ def trade_seq_ranges(trades: Sequence[Trade]) -> TradeSeqRanges:
                 low if low < seen_low else seen_low,
                 high if high > seen_high else seen_high,
             )
-    return ranges
 
 
 class TradeSeqMarks:
@@ -410,10 +427,10 @@ class TradeSeqMarks:
 
 async def _encoded_chunks(trades: Sequence[Trade]) -> AsyncIterator[bytes]:
     for start in range(0, len(trades), TRADES_PER_TURN):
-        if start:
-            # Encoding a chunk is one event-loop turn: other work (ticks to strategies, the
-            # receivers) runs between two of them.
-            await asyncio.sleep(0)
+        # Encoding a chunk is one event-loop turn: other work (ticks to strategies, the
+        # receivers) runs between two of them, and between the caller's preparation of the
+        # batch and the first one.
+        await asyncio.sleep(0)
         yield encode_trades_copy_text(trades[start : start + TRADES_PER_TURN])
 
 
@@ -467,7 +484,7 @@ async def insert_trades(
     """
     if not trades:
         return 0
-    ranges = trade_seq_ranges(trades) if marks is not None else {}
+    ranges = await trade_seq_ranges_by_turn(trades) if marks is not None else {}
     fresh, known = marks.split(trades, ranges) if marks is not None else (trades, [])
     if fresh and known and not conn.is_in_transaction():
         # Both paths commit together: a failure between them must not leave the COPied trades
