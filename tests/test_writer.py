@@ -19,6 +19,7 @@ from tests.conftest import run_async
 from tradingd.model import Bar, DeadLetter, MarketType, Ticker, Trade, datetime_to_us
 from tradingd.storage import writer
 from tradingd.storage.writer import (
+    SEQ_RANGE_TRADES_PER_TURN,
     TRADES_COPY_COLUMNS,
     TRADES_PER_TURN,
     SystemEvent,
@@ -575,7 +576,7 @@ def test_trade_seq_ranges_are_each_keys_lowest_and_highest(
     assert trade_seq_ranges(keyed_trades(rows)) == expected
 
 
-@given(seq_batches, st.integers(0, 3 * TRADES_PER_TURN))
+@given(seq_batches, st.integers(0, 3 * SEQ_RANGE_TRADES_PER_TURN))
 def test_trade_seq_ranges_by_turn_are_those_of_the_whole_batch(
     rows: list[tuple[tuple[str, str], int]], length: int
 ) -> None:
@@ -592,7 +593,8 @@ def test_trade_seq_ranges_by_turn_are_those_of_the_whole_batch(
 
 async def test_trade_seq_ranges_by_turn_give_up_the_loop_between_chunks() -> None:
     trades = [
-        trade(i, instrument=("BTCUSDT", "ETHUSDT")[i % 2]) for i in range(2 * TRADES_PER_TURN + 1)
+        trade(i, instrument=("BTCUSDT", "ETHUSDT")[i % 2])
+        for i in range(2 * SEQ_RANGE_TRADES_PER_TURN + 1)
     ]
     turns = 0
 

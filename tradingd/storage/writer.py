@@ -50,6 +50,10 @@ TRADES_STAGING = "tradingd_trades_staging"
 # never holds the loop for one long turn. Each chunk costs a turn and a CopyData message: 500 made
 # half-millisecond turns, 125 cost 0.1 us more per trade than 500 did.
 TRADES_PER_TURN = 250
+# Trades whose seq ranges are computed per event-loop turn (about 0.25 ms with instruments
+# interleaved trade by trade): the pass is cheaper per trade than encoding, and each turn it
+# yields puts the batch behind every receiver's burst when the loop is saturated.
+SEQ_RANGE_TRADES_PER_TURN = 1000
 
 # NOTICE "already exists, skipping" on every batch is noise; SET LOCAL ends with the transaction.
 _PREPARE_STAGING = f"""
@@ -364,12 +368,11 @@ def trade_seq_ranges(trades: Sequence[Trade]) -> TradeSeqRanges:
 
 
 async def trade_seq_ranges_by_turn(trades: Sequence[Trade]) -> TradeSeqRanges:
-    """``trade_seq_ranges(trades)``, ``TRADES_PER_TURN`` trades per event-loop turn (trades of
-    many interleaved instruments cost about 0.25 us each)."""
-    ranges = trade_seq_ranges(trades[:TRADES_PER_TURN])
-    for start in range(TRADES_PER_TURN, len(trades), TRADES_PER_TURN):
+    """``trade_seq_ranges(trades)``, computed ``SEQ_RANGE_TRADES_PER_TURN`` trades a turn."""
+    ranges = trade_seq_ranges(trades[:SEQ_RANGE_TRADES_PER_TURN])
+    for start in range(SEQ_RANGE_TRADES_PER_TURN, len(trades), SEQ_RANGE_TRADES_PER_TURN):
         await asyncio.sleep(0)
-        chunk = trade_seq_ranges(trades[start : start + TRADES_PER_TURN])
+        chunk = trade_seq_ranges(trades[start : start + SEQ_RANGE_TRADES_PER_TURN])
         _widen_seq_ranges(ranges, [(*key, low, high) for key, (low, high) in chunk.items()])
     return ranges
 
