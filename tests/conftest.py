@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import stat
@@ -254,6 +255,30 @@ async def rds(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+class LoopTurns:
+    """``async with LoopTurns() as loop_turns``: ``loop_turns.count`` is how many event-loop
+    turns have begun since it was entered (a task that counts one per step and yields)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._counter: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopTurns:
+        self._counter = asyncio.create_task(self._count())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._counter is not None:
+            self._counter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._counter
+
+    async def _count(self) -> None:
+        while True:
+            self.count += 1
+            await asyncio.sleep(0)  # one step per event-loop turn
 
 
 @pytest.fixture

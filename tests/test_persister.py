@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
+from tests.conftest import LoopTurns
 from tradingd.actors import persister as persister_module
 from tradingd.actors.persister import Persister, Record, ticker_key
 from tradingd.config import PersisterConfig
@@ -671,18 +672,11 @@ async def test_a_commits_bookkeeping_and_the_next_batch_are_separate_loop_turns(
 ) -> None:
     records, tickers = records_queue(), tickers_queue()
     events: list[tuple[str, int]] = []  # (what happened, turns counted by then)
-    turns = 0
-
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)  # one step per event-loop turn: it counts them
-
+    loop_turns = LoopTurns()
     take = records.get_batch_nowait
 
     def observed_take(max_items: int) -> list[Record]:
-        events.append(("taken", turns))
+        events.append(("taken", loop_turns.count))
         return take(max_items)
 
     records.get_batch_nowait = observed_take  # type: ignore[method-assign]
@@ -692,16 +686,14 @@ async def test_a_commits_bookkeeping_and_the_next_batch_are_separate_loop_turns(
         redis,
         records,
         tickers,
-        on_committed=lambda _: events.append(("committed", turns)),
+        on_committed=lambda _: events.append(("committed", loop_turns.count)),
     )
     # Every batch is a full one already queued: nothing else makes the writer wait for it.
     await records.put_many([trade(i) for i in range(400)])
     records.close()
     tickers.close()
-    async with asyncio.TaskGroup() as group:
-        counter = group.create_task(count_turns())
+    async with loop_turns:
         await asyncio.wait_for(persister.run(ActorContext("persister", {})), WAIT)
-        counter.cancel()
     assert [what for what, _ in events] == ["taken", "committed"] * 4
     after_commit = [
         (committed, taken)

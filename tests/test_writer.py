@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -15,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_async
+from tests.conftest import LoopTurns, run_async
 from tradingd.model import Bar, DeadLetter, MarketType, Ticker, Trade, datetime_to_us
 from tradingd.storage import writer
 from tradingd.storage.writer import (
@@ -163,20 +162,13 @@ async def test_a_large_batch_is_sent_in_chunks_that_give_up_the_loop(
     if path == "staging":
         # every trade at or below the mark: no COPY attempted
         marks.raise_to(trade_seq_ranges([trade(count)]))
-    turns = 0
-
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)  # one step per event-loop turn: it counts them
-
+    loop_turns = LoopTurns()
     chunks: list[tuple[int, int]] = []  # (turns counted when a chunk is built, its rows)
     if path == "copy":
         encode = writer.encode_trades_copy_text
 
         def observed_encode(batch: Sequence[Trade]) -> bytes:
-            chunks.append((turns, len(batch)))
+            chunks.append((loop_turns.count, len(batch)))
             return encode(batch)
 
         monkeypatch.setattr(writer, "encode_trades_copy_text", observed_encode)
@@ -184,16 +176,14 @@ async def test_a_large_batch_is_sent_in_chunks_that_give_up_the_loop(
         copy = asyncpg.Connection.copy_records_to_table
 
         async def observed_copy(self: asyncpg.Connection, table: str, **kwargs: Any) -> str:
-            chunks.append((turns, len(kwargs["records"])))
+            chunks.append((loop_turns.count, len(kwargs["records"])))
             return await copy(self, table, **kwargs)
 
         monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", observed_copy)
     await TradePartitions().ensure(conn, trades)
-    async with asyncio.TaskGroup() as group:
-        counter = group.create_task(count_turns())
-        called = turns
+    async with loop_turns:
+        called = loop_turns.count
         assert await insert_trades(conn, trades, marks=marks) == count
-        counter.cancel()
     assert [rows for _, rows in chunks] == [TRADES_PER_TURN] * 4 + [7]
     # Other work ran between the call and the first chunk, and between every two chunks.
     built = [called] + [at for at, _ in chunks]
@@ -596,20 +586,11 @@ async def test_trade_seq_ranges_by_turn_give_up_the_loop_between_chunks() -> Non
         trade(i, instrument=("BTCUSDT", "ETHUSDT")[i % 2])
         for i in range(2 * SEQ_RANGE_TRADES_PER_TURN + 1)
     ]
-    turns = 0
-
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)  # one step per event-loop turn: it counts them
-
-    async with asyncio.TaskGroup() as group:
-        counter = group.create_task(count_turns())
+    loop_turns = LoopTurns()
+    async with loop_turns:
         ranges = await trade_seq_ranges_by_turn(trades)
-        counter.cancel()
     assert ranges == trade_seq_ranges(trades)
-    assert turns == 2  # three chunks, other work between each two
+    assert loop_turns.count == 2  # three chunks, other work between each two
 
 
 @given(seq_batches, seq_batches)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import LoopTurns
 from tradingd.adapters.base import (
     ExchangeAdapter,
     RangeUnavailable,
@@ -261,24 +262,15 @@ async def test_the_reader_gives_up_the_loop_between_bursts(
 ) -> None:
     session = await adapter.connect(ALL_CHANNELS[:1])
     await fake.wait_subscribed("BTCUSDT", "trades")
-    turns = 0
-
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)  # one step per event-loop turn: it counts them
-
+    loop_turns = LoopTurns()
     marks: list[tuple[int, int]] = []  # (turns counted when a burst is handed over, its size)
-    async with asyncio.TaskGroup() as group:
-        counter = group.create_task(count_turns())
+    async with loop_turns:
         fake.publish_trades("BTCUSDT", 2000)
         batches = session.batches()
         while sum(size for _, size in marks) < 2000:
             batch = await anext(batches)
             if batch:
-                marks.append((turns, len(batch)))
-        counter.cancel()
+                marks.append((loop_turns.count, len(batch)))
     assert max(size for _, size in marks) <= BURST_LIMIT
     # Other work ran between every two bursts, even those read from one socket read.
     assert len({turn for turn, _ in marks}) == len(marks), marks
