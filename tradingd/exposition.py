@@ -378,6 +378,7 @@ class DaemonCollector(Collector):
             labels=["exchange", "strategy", "currency"],
         )
         round_trips: list[tuple[Sequence[str], LatencyHistogram]] = []
+        tick_ages: list[tuple[Sequence[str], LatencyHistogram]] = []
         for exchange, executor in self._observed.executors.items():
             by_state = executor.orders_by_state()
             for state, count in sorted(by_state.items()):
@@ -402,6 +403,7 @@ class DaemonCollector(Collector):
                 for currency, amount in sorted(by_currency.items()):
                     unrealised.add_metric([exchange, strategy, currency], _number(amount))
             round_trips.append(([exchange], executor.place_latency))
+            tick_ages.append(([exchange], executor.tick_latency))
         yield from (open_orders, transitions, unknown, fills, denials, trading)
         yield from (positions, balances, realised, unrealised)
         yield histogram_family(
@@ -409,6 +411,14 @@ class DaemonCollector(Collector):
             "From sending a new order to the venue's reply",
             ["exchange"],
             round_trips,
+            LATENCY_BOUNDS_US,
+            1e6,
+        )
+        yield histogram_family(
+            "tradingd_tick_to_strategy_seconds",
+            "From a market record's frame arriving to the strategies being handed it",
+            ["exchange"],
+            tick_ages,
             LATENCY_BOUNDS_US,
             1e6,
         )

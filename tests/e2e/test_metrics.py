@@ -64,6 +64,7 @@ FAMILIES = {
     "tradingd_realised_pnl": "gauge",
     "tradingd_unrealised_pnl": "gauge",
     "tradingd_order_round_trip_seconds": "histogram",
+    "tradingd_tick_to_strategy_seconds": "histogram",
 }
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]

@@ -51,6 +51,17 @@ async def paper_requests(pool: asyncpg.Pool) -> dict[str, int]:
     return {row["client_order_id"]: row["n"] for row in rows}
 
 
+async def test_each_market_records_age_is_recorded_when_strategies_are_handed_it(
+    pool: asyncpg.Pool, rds: aioredis.Redis
+) -> None:
+    # No strategy attached: the age is the feed's, measured all the same.
+    async with running_executor(pool, rds, clock=Clock(NOW)) as h:
+        await h.feed(trade("100", "1", 1, NOW - 700), ticker("99.9", "100.1", NOW - 300))
+        await h.feed(trade("100", "1", 2, NOW - 40))
+        latency = h.executor.tick_latency
+        assert (latency.count, latency.min, latency.max) == (3, 40, 700)
+
+
 async def test_nothing_is_sent_unless_healthy_and_the_kill_switch_off(
     pool: asyncpg.Pool, rds: aioredis.Redis
 ) -> None:

@@ -32,7 +32,7 @@ import msgspec
 import redis.asyncio as aioredis
 from loguru import logger
 
-from tradingd.actors import checked_in
+from tradingd.actors import next_batch
 from tradingd.config import RiskConfig
 from tradingd.execution import risk
 from tradingd.execution.accounting import Book
@@ -56,7 +56,7 @@ from tradingd.execution.venue import (
     PlaceRequest,
     VenueOrder,
 )
-from tradingd.metrics import LatencyHistogram
+from tradingd.metrics import LatencyHistogram, record_latencies
 from tradingd.model import Bar, MarketEvent, Ticker, Trade, optional_decimal
 from tradingd.queues import BoundedQueue
 from tradingd.state import StateUnavailable, may_trade, read_kill_switch
@@ -227,11 +227,13 @@ class Executor:
         self._pause_events: deque[tuple[str, str]] = deque()
         self._recorded: dict[str, asyncio.Future[None]] = {}
         self.denials: Counter[str] = Counter()
-        # Since start, for the metrics: orders reaching each state, fills per instrument, and
-        # the venue's round trip of a place request (microseconds).
+        # Since start, for the metrics: orders reaching each state, fills per instrument, the
+        # venue's round trip of a place request, and each market record's age when the
+        # strategies are handed it (microseconds).
         self.transitions: Counter[str] = Counter()
         self.fills: Counter[str] = Counter()
         self.place_latency = LatencyHistogram(f"executor.{exchange}.place_us")
+        self.tick_latency = LatencyHistogram(f"executor.{exchange}.tick_to_strategy_us")
         self.reconciled = asyncio.Event()
         # The account's reconciliation with the venue (the wiring attaches it): at start before
         # any order is decided, then periodically, after reconnects and on demand.
@@ -661,13 +663,16 @@ class Executor:
         return interval
 
     async def _consume_market(self, ctx: ActorContext) -> None:
-        assert self._market_queue is not None
+        queue = self._market_queue
+        assert queue is not None
         while True:
-            batch = await checked_in(ctx, self._market_queue.get_batch(1000))
+            batch = await next_batch(ctx, queue, 1000)
             if not batch:
                 return
             trades, tickers, bars = self._note_market(batch)
             await self._venue.observe(trades, tickers)
+            # Measured with or without strategies: the time to this point is the feed's.
+            record_latencies(self.tick_latency, self._clock_us(), batch)
             if self.host is not None:
                 if tickers:
                     self.host.on_tickers(tickers)
@@ -675,7 +680,7 @@ class Executor:
                     self.host.on_trades(trades)
                 if bars:
                     self.host.on_bars(bars)
-            if not len(self._market_queue):
+            if not len(queue):
                 self.market_idle.set()
 
     def _note_market(
