@@ -47,6 +47,23 @@ def trade(seq: int, *, price: str = "97000.01000000", instrument: str = "BTCUSDT
     )
 
 
+def bar(tick_us: int, *, open_text: str = "1.0") -> Bar:
+    """A closed 1m BTCUSDT bar opening at ``tick_us``."""
+    return Bar(
+        exchange="binance",
+        instrument_name="BTCUSDT",
+        resolution="1m",
+        tick_us=tick_us,
+        open_text=open_text,
+        high_text="2.0",
+        low_text="0.5",
+        close_text="1.5",
+        volume_text="3.25",
+        closed=True,
+        received_us=JAN_2027_US,
+    )
+
+
 def ticker(instrument: str, bid: str, *, at_us: int = JAN_2027_US) -> Ticker:
     return Ticker(
         exchange="deribit",
@@ -203,22 +220,7 @@ def config(**overrides: float) -> PersisterConfig:
 async def test_graceful_drain_writes_everything(pool: asyncpg.Pool, redis: aioredis.Redis) -> None:
     records, tickers = records_queue(), tickers_queue()
     trades = [trade(i) for i in range(2_345)]
-    bars = [
-        Bar(
-            exchange="binance",
-            instrument_name="BTCUSDT",
-            resolution="1m",
-            tick_us=JAN_2027_US + m * 60_000_000,
-            open_text="1.0",
-            high_text="2.0",
-            low_text="0.5",
-            close_text="1.5",
-            volume_text="3.25",
-            closed=True,
-            received_us=JAN_2027_US,
-        )
-        for m in range(7)
-    ]
+    bars = [bar(JAN_2027_US + m * 60_000_000) for m in range(7)]
     letters = [
         DeadLetter(
             exchange="binance", source="ws", payload=b"\xffnot json", error="x", received_us=1
@@ -341,19 +343,7 @@ async def test_a_batch_with_bars_commits_as_one_transaction(
     # retries after the split would count them as duplicates.
     records, tickers = records_queue(), tickers_queue()
     persister = Persister(config(), pool, redis, records, tickers)
-    refused = Bar(
-        exchange="binance",
-        instrument_name="BTCUSDT",
-        resolution="1m",
-        tick_us=JAN_2027_US,
-        open_text="not a number",
-        high_text="2.0",
-        low_text="0.5",
-        close_text="1.5",
-        volume_text="3.25",
-        closed=True,
-        received_us=JAN_2027_US,
-    )
+    refused = bar(JAN_2027_US, open_text="not a number")
     await records.put_many([*(trade(i) for i in range(100)), refused])
     await records.put_many([trade(i) for i in range(100, 200)])
     records.close()
