@@ -160,27 +160,13 @@ def render(results: dict[str, Any]) -> str:
             )
     tick = results.get("tick")
     if tick:
-        for rate, data in tick["rates"].items():
-            name = f"Tick to strategy, {_n(float(rate))} msgs/s"
-            target = "p99 < 1 ms"
-            if "strategy_p99_us" in data:
-                for label, key, goal in (
-                    ("p50", "strategy_p50_us", ""),
-                    ("p99", "strategy_p99_us", target),
-                ):
-                    cells = _summary_cells(data[key], 3, 1e-3)
-                    lines.append(_row([name, f"{label} ms (executor)", *cells, goal]))
-                target = ""
-            for label, key, goal in (("p50", "p50_us", ""), ("p99", "p99_us", target)):
-                cells = _summary_cells(data[key], 3, 1e-3)
-                metric = f"{label} ms (analyzer, the last consumer)"
-                lines.append(_row([name, metric, *cells, goal]))
-            if "loop_lag_max_us" in data:
-                for label, key in (("p99", "loop_lag_p99_us"), ("max", "loop_lag_max_us")):
-                    cells = _summary_cells(data[key], 2, 1e-3)
-                    lines.append(
-                        _row([name, f"loop stall (1 ms timer late) {label} ms", *cells, ""])
-                    )
+        own_core = tick.get("own_core")
+        layouts = [("", tick["rates"])]
+        if own_core:
+            cpu = ",".join(str(c) for c in own_core["daemon_cpus"])
+            layouts.append((f", the daemon alone on CPU {cpu}", own_core["rates"]))
+        for layout, rates in layouts:
+            lines.extend(_tick_rows(layout, rates))
     orders = results.get("orders")
     if orders:
         for path in orders["order_path"]:
@@ -291,3 +277,27 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
         lines.extend(f"Failed: {name}: {error}" for name, error in failures.items())
     return "\n".join(lines) + "\n"
+
+
+def _tick_rows(layout: str, rates: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for rate, data in rates.items():
+        name = f"Tick to strategy, {_n(float(rate))} msgs/s{layout}"
+        target = "p99 < 1 ms"
+        if "strategy_p99_us" in data:
+            for label, key, goal in (
+                ("p50", "strategy_p50_us", ""),
+                ("p99", "strategy_p99_us", target),
+            ):
+                cells = _summary_cells(data[key], 3, 1e-3)
+                lines.append(_row([name, f"{label} ms (executor)", *cells, goal]))
+            target = ""
+        for label, key, goal in (("p50", "p50_us", ""), ("p99", "p99_us", target)):
+            cells = _summary_cells(data[key], 3, 1e-3)
+            metric = f"{label} ms (analyzer, the last consumer)"
+            lines.append(_row([name, metric, *cells, goal]))
+        if "loop_lag_max_us" in data:
+            for label, key in (("p99", "loop_lag_p99_us"), ("max", "loop_lag_max_us")):
+                cells = _summary_cells(data[key], 2, 1e-3)
+                lines.append(_row([name, f"loop stall (1 ms timer late) {label} ms", *cells, ""]))
+    return lines

@@ -9,15 +9,23 @@ exchange runs in its own process and offers a fixed rate. The histograms are res
 warm-up at each rate. A ``bench.looplag`` probe in the same process measures the event loop's
 stalls over the same windows (the lateness of a 1 ms timer; uvloop's timers have millisecond
 resolution, so about 1 ms of it is the timer itself).
+
+Each rate runs in two layouts: shared cores, where the kernel places the daemon, PostgreSQL,
+Redis and the fake venue as it likes; and the daemon alone on the last CPU (``daemon.cpus``)
+with everything else on the others, as README "Latency: a core of its own" sets a box up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench.looplag import STALL, LoopLagProbe
 from bench.pipeline import INSTRUMENTS, daemon_sections
@@ -25,6 +33,14 @@ from bench.procs import FeederProcess, write_config
 from bench.stats import load_average, summarize
 from bench.storage import BenchStorage
 from tradingd.config import load_config
+from tradingd.cpus import (
+    CpuLayout,
+    available_cpus,
+    cpu_layout,
+    describe_cpus,
+    pin_process,
+    pin_this_process,
+)
 from tradingd.daemon import Daemon
 from tradingd.metrics import LatencyHistogram
 from tradingd.sdnotify import Notifier
@@ -141,9 +157,58 @@ async def bench_tick(
     repeats: int,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """Every rate twice: on shared cores (the kernel places everything), then with the daemon
+    on a core of its own (``daemon.cpus``: the last CPU; PostgreSQL, Redis and the fake venue
+    on the others), which needs two CPUs."""
+    results: dict[str, Any] = {"seconds_per_run": seconds, "repeats": repeats, "rates": {}}
+    run = functools.partial(
+        _bench_layout,
+        storage,
+        rates=rates,
+        seconds=seconds,
+        warmup=warmup,
+        repeats=repeats,
+        progress=progress,
+    )
+    shared = await run(workdir / "shared", layout=None)
+    results["rates"] = shared["rates"]
+    results["daemon_exit_code"] = shared["daemon_exit_code"]
+    available = available_cpus()
+    if len(available) < 2:
+        progress("  tick to strategy, the daemon on a core of its own: skipped (one CPU)")
+        return results
+    layout = cpu_layout([max(available)], available)
+    assert layout is not None
+    progress(
+        f"  the daemon on CPU {describe_cpus(layout.daemon)}; PostgreSQL, Redis and the fake "
+        f"venue on {describe_cpus(layout.servers)}:"
+    )
+    own = await run(workdir / "own-core", layout=layout)
+    results["own_core"] = {
+        "daemon_cpus": sorted(layout.daemon),
+        "other_cpus": sorted(layout.servers),
+        **own,
+    }
+    return results
+
+
+async def _bench_layout(
+    storage: BenchStorage,
+    workdir: Path,
+    *,
+    layout: CpuLayout | None,
+    rates: Sequence[float],
+    seconds: float,
+    warmup: float,
+    repeats: int,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     await storage.reset()
-    results: dict[str, Any] = {"seconds_per_run": seconds, "repeats": repeats, "rates": {}}
+    results: dict[str, Any] = {"rates": {}}
+    # The daemon runs in this process: what it pins is this process, put back afterwards for
+    # the benchmarks that follow (as are the servers and the feeder, children of this process).
+    before = available_cpus()
     async with FeederProcess(workdir / "feeder.log", instruments=INSTRUMENTS) as feeder:
         path = write_config(
             workdir / "tradingd.toml",
@@ -154,6 +219,7 @@ async def bench_tick(
                 INSTRUMENTS,
                 database_url=storage.database_url,
                 redis_url=storage.redis_url,
+                extra={"daemon": {"cpus": sorted(layout.daemon) if layout else []}},
             ),
         )
         notifier = _ReadyNotifier()
@@ -161,6 +227,10 @@ async def bench_tick(
         running = asyncio.ensure_future(daemon.run())
         try:
             await _wait_ready(notifier, running)
+            if layout is not None:
+                # Where an operator's systemd units would put them (README, "Latency: a core
+                # of its own"); the fake venue stands for the network, not on the box.
+                _pin_children(layout.servers)
             await feeder.command("wait_subscribed", timeout=120.0)
             analyzer = daemon.analyzer
             if analyzer is None:
@@ -201,5 +271,15 @@ async def bench_tick(
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            if layout is not None:
+                pin_this_process(before)
+                _pin_children(before)
         results["daemon_exit_code"] = exit_code
     return results
+
+
+def _pin_children(cpus: frozenset[int]) -> None:
+    """Every process this one started (the servers with their backends, the feeder)."""
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+            pin_process(child.pid, cpus)

@@ -88,3 +88,30 @@ def test_summaries_and_slopes() -> None:
     assert summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
     assert slope_per_second([0, 1, 2, 3], [5, 7, 9, 11]) == pytest.approx(2.0)
     assert slope_per_second([0, 1, 2], [4, 4, 4]) == 0.0
+
+
+def test_report_renders_both_tick_layouts() -> None:
+    def rate(p99_us: float) -> dict[str, object]:
+        keys = ("strategy_p50_us", "strategy_p99_us", "p50_us", "p99_us")
+        return {key: summarize([p99_us if "p99" in key else 100.0]) for key in keys}
+
+    results = {
+        "meta": {
+            "mode": "full",
+            "started_at": "2026-01-01 00:00 UTC",
+            "command": "make bench",
+            "duration_seconds": 1.0,
+            "load_average": {"start": [0.0, 0.0, 0.0], "end": [0.0, 0.0, 0.0]},
+            "machine": machine(),
+        },
+        "tick": {
+            "rates": {"50000": rate(1700.0)},
+            "own_core": {"daemon_cpus": [1], "other_cpus": [0], "rates": {"50000": rate(650.0)}},
+        },
+    }
+    table = render(results)
+    assert "| Tick to strategy, 50,000 msgs/s | p99 ms (executor) | 1.700 |" in table
+    assert (
+        "| Tick to strategy, 50,000 msgs/s, the daemon alone on CPU 1 | p99 ms (executor) | 0.650 |"
+        in table
+    )

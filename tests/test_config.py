@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from tradingd.config import (
     redact_url,
     redacted,
 )
+from tradingd.cpus import describe_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +45,8 @@ BROKEN_CONFIGS = [
     ),
     ('[daemon]\nlog_level = "LOUD"\n', "daemon.log_level: expected one of"),
     ("[deamon]\n", "deamon: expected a known key, found an unknown key"),
+    ("[daemon]\ncpus = [1, 0, 1]\n", "daemon.cpus: expected each CPU once, found [1, 0, 1]"),
+    ("[daemon]\ncpus = [-1]\n", "daemon.cpus[0]: expected int >= 0, found int -1"),
     (
         MINIMAL_EXCHANGE.replace('symbols = ["BTCUSDT"]', 'symbols = ["BTCUSDT", "ETHUSDT", 3]'),
         "exchanges.binance.symbols[2]: expected str, found int 3",
@@ -311,3 +315,31 @@ def test_an_ed25519_key_is_valid_with_the_extra_and_exits_78_without_it(tmp_path
     (line,) = result.stderr.strip().splitlines()
     assert f"{path}: exchanges.binance.key_type: expected 'hmac', or the ed25519" in line
     assert "pip install 'tradingd[ed25519]'" in line
+
+
+def test_config_check_shows_the_cpu_layout_or_exits_78_for_a_cpu_not_here(tmp_path: Path) -> None:
+    available = sorted(os.sched_getaffinity(0))
+    path = tmp_path / "tradingd.toml"
+
+    def check(cpus: list[int]) -> subprocess.CompletedProcess[str]:
+        path.write_text(f"[daemon]\ncpus = {cpus}\n" + MINIMAL_EXCHANGE)
+        return subprocess.run(
+            [sys.executable, "-m", "tradingd", "--config", str(path), "config", "check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    missing = check([available[-1] + 1])
+    assert missing.returncode == 78
+    assert missing.stderr.strip() == (
+        f"tradingd: configuration error: {path}: daemon.cpus: expected CPUs this process may run "
+        f"on ({describe_cpus(available)}), found {available[-1] + 1}"
+    )
+    if len(available) > 1:
+        fine = check([available[-1]])
+        assert fine.returncode == 0, fine.stderr
+        assert (
+            f"# CPUs: the daemon on {available[-1]}, embedded servers on "
+            f"{describe_cpus(available[:-1])}" in fine.stderr
+        )

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from tradingd import ordercmds
 from tradingd.adapters.registry import create_adapter
 from tradingd.config import Config, redacted
+from tradingd.cpus import configured_layout, describe_cpus
 from tradingd.execution.audit_record import recent_reports
 from tradingd.execution.exchange_view import ExchangeView, exchange_views
 from tradingd.execution.exchange_view import render as render_exchange_views
@@ -73,6 +74,7 @@ async def run(args: argparse.Namespace, config: Config, path: Path) -> int:
 
     await check_adapters(config, path)
     check_secret_files(config, path)
+    configured_layout(config, path)
     try:
         return await Daemon(config, path).run()
     except StorageUnavailable as exc:
@@ -121,9 +123,16 @@ async def config_check(args: argparse.Namespace, config: Config, path: Path) -> 
     """Validate the file and what each adapter makes of its section; print the result."""
     await check_adapters(config, path)
     check_secret_files(config, path)
+    cpus = configured_layout(config, path)
     state_dir, source = config.state_location()
     print(f"# {path}: valid", file=sys.stderr)
     print(f"# state directory: {state_dir} (from {source})", file=sys.stderr)
+    if cpus is not None:
+        print(
+            f"# CPUs: the daemon on {describe_cpus(cpus.daemon)}, "
+            f"embedded servers on {describe_cpus(cpus.servers)}",
+            file=sys.stderr,
+        )
     print(msgspec.json.format(msgspec.json.encode(redacted(config)), indent=2).decode())
     return EX_OK
 

@@ -64,6 +64,9 @@ class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     clock_warn_skew: PositiveFloat = 1.0
     clock_check_interval: PositiveFloat = 600.0
     status_interval: PositiveFloat = 10.0
+    # CPUs (Linux numbers) every thread of the daemon runs on; the embedded servers run on the
+    # others (tradingd.cpus). Empty: wherever the kernel puts them.
+    cpus: list[NonNegativeInt] = []
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -453,6 +456,10 @@ def _check_strategies(config: Config, path: Path | str) -> None:
 
 
 def _check_semantics(config: Config, path: Path | str) -> None:
+    if len(set(config.daemon.cpus)) != len(config.daemon.cpus):
+        raise ConfigError(
+            path, "daemon.cpus", f"expected each CPU once, found {config.daemon.cpus}"
+        )
     address = config.metrics.address()
     if address is not None and (not address[0] or address[1] > 65535):
         raise ConfigError(

@@ -32,6 +32,7 @@ from tradingd.adapters.registry import create_adapter
 from tradingd.alerting import Alerter, alert_queue, raise_alert
 from tradingd.clock import ClockCheck, ClockWatch, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
+from tradingd.cpus import configured_layout, describe_cpus, pin_daemon
 from tradingd.execution.executor import Executor
 from tradingd.execution.instruments import load_instruments
 from tradingd.execution.risk import InstrumentInfo
@@ -206,8 +207,25 @@ class Daemon:
             self.notifier.status(message)
             self.notifier.extend_timeout(60)
 
+        cpus = configured_layout(cfg, self.config_path)
+        if cpus is not None:
+            # First: every thread started from here on (and the embedded servers' own
+            # setting) follows.
+            pin_daemon(cpus, self.config_path)
+            logger.info(
+                "daemon on CPUs {}, embedded servers on {}",
+                describe_cpus(cpus.daemon),
+                describe_cpus(cpus.servers),
+            )
         self.storage = await self._until_stopped(
-            asyncio.ensure_future(open_storage(cfg, on_wait=on_wait, secrets=secrets))
+            asyncio.ensure_future(
+                open_storage(
+                    cfg,
+                    on_wait=on_wait,
+                    secrets=secrets,
+                    server_cpus=None if cpus is None else cpus.servers,
+                )
+            )
         )
         self.notifier.status("starting: migrations")
         applied = await extending_start_timeout(

@@ -3,6 +3,8 @@ no process left behind (embedded PostgreSQL and Redis included), even after SIGK
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from tests.e2e.harness import (
     processes_mentioning,
     write_config,
 )
+from tradingd.cpus import process_cpus
 from tradingd.testing.fake_deribit import FakeDeribit
 
 
@@ -247,3 +250,62 @@ async def test_a_second_sigint_forces_the_exit(
         await transaction.rollback()
         await locker.close()
     assert "second SIGINT: forcing exit now" in daemon.output()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a core of its own needs two CPUs")
+async def test_daemon_cpus_put_the_daemon_on_its_cores_and_the_embedded_servers_on_the_rest(
+    tmp_path: Path, embedded_state: Path, deribit: FakeDeribit
+) -> None:
+    available = frozenset(os.sched_getaffinity(0))
+    own = frozenset({max(available)})
+    config = write_config(
+        tmp_path / "tradingd.toml",
+        state_dir=embedded_state,
+        exchanges=one_exchange(deribit),
+        sections={"daemon": {"cpus": sorted(own)}},
+    )
+    async with NotifyListener(tmp_path / "notify.sock") as notify:
+        daemon = await DaemonProcess(config, notify, tmp_path / "daemon.log").start()
+        await daemon.wait_ready(timeout=120)
+        # Every thread, including those started after the pinning (the loop's own helpers).
+        threads = process_cpus(daemon.pid)
+        assert set(threads.values()) == {own}, threads
+        servers = [
+            pid
+            for pid, cmd in processes_mentioning(str(embedded_state))
+            if "postgres" in cmd or "redis-server" in cmd
+        ]
+        assert len(servers) == 2, servers
+        # With the backends PostgreSQL forked since (our pool's connections among them).
+        every = [pid for server in servers for pid in (server, *descendants(server))]
+        assert len(every) > 4, every
+        for pid in every:
+            with contextlib.suppress(ProcessLookupError):
+                assert set(process_cpus(pid).values()) == {available - own}, pid
+        assert await daemon.stop() == 0, daemon.output()[-3000:]
+    assert "daemon on CPUs" in daemon.output()
+
+
+async def test_daemon_cpus_the_machine_lacks_exit_78_naming_the_key(tmp_path: Path) -> None:
+    missing = max(os.sched_getaffinity(0)) + 1
+    config = write_config(
+        tmp_path / "tradingd.toml",
+        state_dir=tmp_path / "state",
+        exchanges={},
+        sections={"daemon": {"cpus": [missing]}},
+    )
+    async with NotifyListener(tmp_path / "notify.sock") as notify:
+        daemon = await DaemonProcess(config, notify, tmp_path / "daemon.log").start()
+        assert await daemon.wait() == 78
+    assert f"{config}: daemon.cpus: expected CPUs this process may run on" in daemon.output()
+    assert not (tmp_path / "state").exists()
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                for child in (task / "children").read_text().split():
+                    found += [int(child), *descendants(int(child))]
+    return found

@@ -94,6 +94,7 @@ async def open_storage(
     secrets: SecretStore | None = None,
     attach: bool = False,
     connect_timeout: float | None = None,
+    server_cpus: frozenset[int] | None = None,
 ) -> Storage:
     """Connect to the configured servers, starting embedded ones for empty URLs.
 
@@ -103,6 +104,7 @@ async def open_storage(
     embedded servers failed to start) or
     ``StorageRejected`` (credentials, missing database).
     ``connect_timeout`` replaces both configured ones (operator commands wait briefly).
+    ``server_cpus``: where embedded servers started here run (``tradingd.cpus``).
     """
     if secrets is None:
         secrets = secret_store(config)
@@ -118,7 +120,7 @@ async def open_storage(
         embedded: EmbeddedStorage | None = None
         database_url, redis_url = database.url, redis_config.url
         if not database_url or not redis_url:
-            embedded = EmbeddedStorage(config.state_path(), attach=attach)
+            embedded = EmbeddedStorage(config.state_path(), attach=attach, cpus=server_cpus)
             cleanup.push_async_callback(embedded.stop)
             if not database_url and not redis_url:
                 database_url, redis_url = await embedded.start()

@@ -151,10 +151,19 @@ class EmbeddedStorage:
     ready_timeout: float = 600.0  # crash recovery of a large WAL can take minutes
     stop_timeout: float = 60.0
 
-    def __init__(self, state_dir: Path, *, attach: bool = False, durable: bool = True) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        attach: bool = False,
+        durable: bool = True,
+        cpus: frozenset[int] | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.attach = attach
         self.durable = durable
+        # The CPUs the servers run on (``daemon.cpus``'s complement); None: ours.
+        self.cpus = cpus
         self._lock_fd: int | None = None
         self._owner: _Owner | None = None  # set when attached to another process's servers
         self._account: _Account | None = None
@@ -228,6 +237,7 @@ class EmbeddedStorage:
             "postgres",
             argv,
             account=account,
+            cpus=self.cpus,
             cwd=layout.postgres_dir,
             death_signal=signal.SIGINT,
             ready=_POSTGRES_READY,
@@ -270,6 +280,7 @@ class EmbeddedStorage:
             "redis",
             argv,
             account=account,
+            cpus=self.cpus,
             cwd=layout.redis_dir,
             death_signal=signal.SIGTERM,
             ready=_REDIS_READY,
@@ -434,10 +445,15 @@ def _redis_log_level(line: bytes) -> str:
     return "DEBUG"
 
 
-def _die_with_parent(death_signal: int, parent_pid: int) -> Callable[[], None]:
+def _in_server_child(
+    death_signal: int, parent_pid: int, cpus: frozenset[int] | None
+) -> Callable[[], None]:
     prctl = _libc.prctl
 
     def in_child() -> None:
+        # Before exec, so that every process the server forks (PostgreSQL's backends) inherits it.
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
         # Runs after the uid switch, which would otherwise clear the setting.
         if prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
@@ -481,6 +497,7 @@ class _ServerProcess:
         death_signal: int,
         ready: re.Pattern[bytes],
         level_of: Callable[[bytes], str],
+        cpus: frozenset[int] | None,
     ) -> _ServerProcess:
         loop = asyncio.get_running_loop()
         try:
@@ -494,7 +511,7 @@ class _ServerProcess:
                 cwd=cwd,
                 env=_CHILD_ENV,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(death_signal, os.getpid()),
+                preexec_fn=_in_server_child(death_signal, os.getpid(), cpus),
                 umask=0o077,
                 **account.popen_options(),
             )
