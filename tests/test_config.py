@@ -48,6 +48,10 @@ BROKEN_CONFIGS = [
     ("[daemon]\ncpus = [1, 0, 1]\n", "daemon.cpus: expected each CPU once, found [1, 0, 1]"),
     ("[daemon]\ncpus = [-1]\n", "daemon.cpus[0]: expected int >= 0, found int -1"),
     (
+        "[daemon]\nloop_slice_us = 50\n",
+        "daemon.loop_slice_us: expected 0 (the kernel's slice) or 100 to 100000, found 50",
+    ),
+    (
         MINIMAL_EXCHANGE.replace('symbols = ["BTCUSDT"]', 'symbols = ["BTCUSDT", "ETHUSDT", 3]'),
         "exchanges.binance.symbols[2]: expected str, found int 3",
     ),

@@ -7,6 +7,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from tradingd.cpus import (
     CpuLayout,
     cpu_layout,
     describe_cpus,
+    loop_slice_us,
     pin_daemon,
     pin_process,
     process_cpus,
+    request_loop_slice,
 )
 
 cpu_sets = st.frozensets(st.integers(0, 300), min_size=1, max_size=40)
@@ -125,3 +128,38 @@ def test_pinning_the_system_refuses_is_a_configuration_error(
         "found it refused (Operation not permitted); a systemd unit that filters @resources "
         "needs SystemCallFilter=sched_setaffinity"
     )
+
+
+def test_the_loop_slice_is_the_calling_threads_alone() -> None:
+    if loop_slice_us(0) == 0:
+        pytest.skip("this kernel has no per-task slice (Linux 6.12+)")
+    seen: dict[str, int] = {}
+
+    def loop_thread() -> None:
+        seen["before"] = loop_slice_us(0)
+        seen["granted"] = request_loop_slice(100)
+        helper = threading.Thread(target=lambda: seen.setdefault("helper", loop_slice_us(0)))
+        helper.start()
+        helper.join()
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from tradingd.cpus import loop_slice_us; print(loop_slice_us(0))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seen["child"] = int(child.stdout)
+
+    # A thread of its own: the test process's threads keep their slice.
+    thread = threading.Thread(target=loop_thread)
+    thread.start()
+    thread.join()
+    assert seen["granted"] == 100
+    assert seen["before"] != 100
+    # Neither a thread nor a process started from the loop thread inherits it.
+    assert seen["helper"] == seen["before"]
+    assert seen["child"] == seen["before"]
+    assert loop_slice_us(0) == seen["before"]

@@ -67,6 +67,8 @@ class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     # CPUs (Linux numbers) every thread of the daemon runs on; the embedded servers run on the
     # others (tradingd.cpus). Empty: wherever the kernel puts them.
     cpus: list[NonNegativeInt] = []
+    # The event loop thread's scheduler slice (Linux 6.12+; tradingd.cpus); 0: the kernel's.
+    loop_slice_us: Annotated[int, Meta(ge=0, le=100_000)] = 100
 
 
 class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -459,6 +461,13 @@ def _check_semantics(config: Config, path: Path | str) -> None:
     if len(set(config.daemon.cpus)) != len(config.daemon.cpus):
         raise ConfigError(
             path, "daemon.cpus", f"expected each CPU once, found {config.daemon.cpus}"
+        )
+    slice_us = config.daemon.loop_slice_us
+    if 0 < slice_us < 100:
+        raise ConfigError(
+            path,
+            "daemon.loop_slice_us",
+            f"expected 0 (the kernel's slice) or 100 to 100000, found {slice_us}",
         )
     address = config.metrics.address()
     if address is not None and (not address[0] or address[1] > 65535):

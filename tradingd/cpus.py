@@ -1,4 +1,5 @@
-"""Which CPUs the daemon and its embedded servers run on (``daemon.cpus``; Linux affinity).
+"""Which CPUs the daemon and its embedded servers run on (``daemon.cpus``; Linux affinity), and
+how long the event loop may hold a core before another task gets it (``daemon.loop_slice_us``).
 
 The event loop is one thread. When PostgreSQL, Redis or anything else shares its core, a tick
 that arrives while the other process holds the core waits for the kernel to switch back: at
@@ -7,11 +8,19 @@ tail (BENCHMARKS.md). ``daemon.cpus`` gives the daemon cores of its own: every t
 daemon runs only there, and the embedded servers it starts only on the CPUs it may use that are
 not listed. A PostgreSQL the daemon did not start is the operator's to place (systemd's
 ``CPUAffinity=``, README "Latency: a core of its own").
+
+On shared cores, the loop thread asks for a short scheduler slice (Linux 6.12+, EEVDF): a task
+with a shorter slice has an earlier deadline, so a frame's arrival wakes the loop ahead of a
+PostgreSQL backend in the middle of its slice instead of after it. Only the loop thread: the
+request is reset in every thread and process it starts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
+import struct
 from collections.abc import Iterable, Sequence, Set
 from pathlib import Path
 from typing import NamedTuple
@@ -122,3 +131,50 @@ def _threads(pid: int) -> list[int]:
         return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
     except FileNotFoundError:
         raise ProcessLookupError(pid) from None
+
+
+# sched_setattr(2) / sched_getattr(2): no wrapper in Python's os module.
+_SCHED_SETATTR: dict[str, int] = {"x86_64": 314, "aarch64": 274}
+_SCHED_GETATTR: dict[str, int] = {"x86_64": 315, "aarch64": 275}
+# struct sched_attr, SCHED_ATTR_SIZE_VER0: size, policy, flags, nice, priority, runtime,
+# deadline, period.
+_SCHED_ATTR = struct.Struct("=IIQiIQQQ")
+_SCHED_OTHER = 0
+_SCHED_FLAG_RESET_ON_FORK = 0x01
+
+
+def request_loop_slice(slice_us: int) -> int:
+    """Ask that the calling thread be scheduled with a slice of ``slice_us`` (the kernel keeps
+    it within 100 us..100 ms); returns the slice the kernel then reports, in microseconds (0:
+    the kernel has no per-task slice, before Linux 6.12). OSError when refused (a seccomp
+    filter, an unknown architecture) or when the thread is not an ordinary (SCHED_OTHER) one."""
+    _, policy, _, nice, _, _, _, _ = _sched_getattr(0)
+    if policy != _SCHED_OTHER:
+        raise OSError(f"the loop thread runs under scheduling policy {policy}, left as it is")
+    request = _SCHED_ATTR.pack(
+        _SCHED_ATTR.size, policy, _SCHED_FLAG_RESET_ON_FORK, nice, 0, slice_us * 1000, 0, 0
+    )
+    _syscall(_SCHED_SETATTR, "sched_setattr", 0, ctypes.c_char_p(request), 0)
+    return loop_slice_us(0)
+
+
+def loop_slice_us(tid: int) -> int:
+    """The slice thread ``tid`` (0: this one) is scheduled with, in microseconds (0: none)."""
+    runtime_ns: int = _sched_getattr(tid)[5]
+    return runtime_ns // 1000
+
+
+def _sched_getattr(tid: int) -> tuple[int, ...]:
+    buffer = ctypes.create_string_buffer(_SCHED_ATTR.size)
+    _syscall(_SCHED_GETATTR, "sched_getattr", tid, buffer, _SCHED_ATTR.size, 0)
+    return _SCHED_ATTR.unpack(buffer.raw)
+
+
+def _syscall(numbers: dict[str, int], name: str, *args: object) -> None:
+    machine = platform.machine()
+    if machine not in numbers:
+        raise OSError(f"{name}: no system call number known for {machine}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(numbers[machine], *args) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{name}: {os.strerror(error)}")

@@ -32,7 +32,7 @@ from tradingd.adapters.registry import create_adapter
 from tradingd.alerting import Alerter, alert_queue, raise_alert
 from tradingd.clock import ClockCheck, ClockWatch, SkewTooLarge
 from tradingd.config import LIVE_RELOADABLE, Config, ConfigError, changed_keys, load_config
-from tradingd.cpus import configured_layout, describe_cpus, pin_daemon
+from tradingd.cpus import configured_layout, describe_cpus, pin_daemon, request_loop_slice
 from tradingd.execution.executor import Executor
 from tradingd.execution.instruments import load_instruments
 from tradingd.execution.risk import InstrumentInfo
@@ -87,6 +87,23 @@ async def last_sequences(storage: Storage, exchange: str, instruments: list[str]
         instruments,
     )
     return {r["instrument_name"]: r["last_seq"] for r in rows if r["last_seq"] is not None}
+
+
+def _request_loop_slice(slice_us: int) -> None:
+    # Latency, not correctness: a refusal is reported and the daemon runs on.
+    try:
+        granted = request_loop_slice(slice_us)
+    except OSError as exc:
+        logger.warning(
+            "daemon.loop_slice_us: the event loop keeps the kernel's scheduler slice ({}); a "
+            "systemd unit that filters @resources needs SystemCallFilter=sched_setattr",
+            exc,
+        )
+        return
+    if granted:
+        logger.info("event loop scheduler slice: {} us", granted)
+    else:
+        logger.info("event loop scheduler slice: the kernel's (no per-task slice before 6.12)")
 
 
 class Daemon:
@@ -217,6 +234,8 @@ class Daemon:
                 describe_cpus(cpus.daemon),
                 describe_cpus(cpus.servers),
             )
+        if cfg.daemon.loop_slice_us:
+            _request_loop_slice(cfg.daemon.loop_slice_us)
         self.storage = await self._until_stopped(
             asyncio.ensure_future(
                 open_storage(

@@ -21,7 +21,7 @@ from tests.e2e.harness import (
     processes_mentioning,
     write_config,
 )
-from tradingd.cpus import process_cpus
+from tradingd.cpus import loop_slice_us, process_cpus
 from tradingd.testing.fake_deribit import FakeDeribit
 
 
@@ -256,6 +256,8 @@ async def test_a_second_sigint_forces_the_exit(
 async def test_daemon_cpus_put_the_daemon_on_its_cores_and_the_embedded_servers_on_the_rest(
     tmp_path: Path, embedded_state: Path, deribit: FakeDeribit
 ) -> None:
+    # Also: the loop thread alone asks for daemon.loop_slice_us (default 100 us).
+    kernel_slices = loop_slice_us(0) > 0
     available = frozenset(os.sched_getaffinity(0))
     own = frozenset({max(available)})
     config = write_config(
@@ -282,6 +284,13 @@ async def test_daemon_cpus_put_the_daemon_on_its_cores_and_the_embedded_servers_
         for pid in every:
             with contextlib.suppress(ProcessLookupError):
                 assert set(process_cpus(pid).values()) == {available - own}, pid
+        if kernel_slices:
+            assert loop_slice_us(daemon.pid) == 100
+            others = [tid for tid in threads if tid != daemon.pid]
+            assert others and all(loop_slice_us(tid) != 100 for tid in others)
+            for pid in every:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    assert loop_slice_us(pid) != 100, pid
         assert await daemon.stop() == 0, daemon.output()[-3000:]
     assert "daemon on CPUs" in daemon.output()
 
