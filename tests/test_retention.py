@@ -106,6 +106,10 @@ async def test_prune_drops_old_months_whole_and_deletes_old_rows(pool: asyncpg.P
 
     dry = await run_prune(pool, policy, today=TODAY, dry_run=True)
     assert dry.partitions == [partition(5), partition(4), partition(3)]
+    assert dry.trades_estimate == 30  # never analysed: counted
+    await pool.execute("ANALYZE public_trades")
+    analysed = await run_prune(pool, policy, today=TODAY, dry_run=True)
+    assert analysed.trades_estimate == 30  # the statistics of every hash part of each month
     assert (dry.gaps_closed, dry.tickers, dry.dead_letters) == (1, 1, 1)
     assert await counts(pool) == before  # a dry run changes nothing
 

@@ -157,9 +157,13 @@ async def _drop_old_months(pool: asyncpg.Pool, kept_from: date, report: PruneRep
 
 
 async def _row_estimate(conn: asyncpg.Connection, table: str) -> int:
-    """PostgreSQL's estimate from the last ANALYZE; a count if it was never analysed (small)."""
+    """PostgreSQL's estimate from the last ANALYZE (summed over a month's hash partitions); a
+    count if a part was never analysed (small)."""
     estimate = await conn.fetchval(
-        "SELECT reltuples::bigint FROM pg_class WHERE relname = $1", table
+        "SELECT CASE WHEN bool_and(c.reltuples >= 0) THEN sum(c.reltuples)::bigint END"
+        " FROM pg_partition_tree($1::regclass) AS t JOIN pg_class c ON c.oid = t.relid"
+        " WHERE t.isleaf",
+        f'"{table}"',
     )
     if estimate is None or estimate < 0:
         return int(await conn.fetchval(f'SELECT count(*) FROM "{table}"'))

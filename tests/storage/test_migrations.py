@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,5 +276,44 @@ async def test_trades_have_one_index_that_serves_the_queries_by_seq(
                 "EXPLAIN (FORMAT JSON) " + query.replace("$1", "'binance'").replace("$2", "'X'")
             )
             assert "Seq Scan" not in plan and "_pkey" in plan, (query, plan)
+    finally:
+        await connection.close()
+
+
+async def test_a_new_month_is_split_by_instrument_and_a_query_by_instrument_reads_one_part(
+    migrated_database_url: str,
+) -> None:
+    connection = await asyncpg.connect(migrated_database_url)
+    try:
+        await connection.fetchval("SELECT tradingd_ensure_trades_partition('2026-10-15')")
+        leaves = await connection.fetch(
+            "SELECT relid::text AS name FROM pg_partition_tree('public_trades_y2026m10')"
+            " WHERE isleaf ORDER BY 1"
+        )
+        assert [r["name"] for r in leaves] == [
+            f"public_trades_y2026m10_h{r:02d}" for r in range(16)
+        ]
+        # Each instrument's trades in one part, whose key index they extend at its right end.
+        await connection.execute(
+            "INSERT INTO public_trades (exchange, instrument_name, market_type, trade_id,"
+            " trade_seq, price, quantity, is_buyer_maker, trade_timestamp, received_at)"
+            " SELECT 'binance', s, 'spot', n::text, n, 1, 1, false,"
+            " '2026-10-02'::timestamptz + n * interval '1 s', now()"
+            " FROM unnest(array['BTCUSDT', 'ETHUSDT', 'BNBUSDT']) AS s, generate_series(1, 5) n"
+        )
+        placed = await connection.fetch(
+            "SELECT instrument_name, count(DISTINCT tableoid) AS parts FROM public_trades"
+            " GROUP BY 1"
+        )
+        assert {r["instrument_name"]: r["parts"] for r in placed} == {
+            "BTCUSDT": 1,
+            "ETHUSDT": 1,
+            "BNBUSDT": 1,
+        }
+        plan = await connection.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT max(trade_seq) FROM public_trades"
+            " WHERE exchange = 'binance' AND instrument_name = 'ETHUSDT'"
+        )
+        assert len(set(re.findall(r'"Relation Name": "(public_trades_[^"]+)"', plan))) == 1, plan
     finally:
         await connection.close()
