@@ -20,6 +20,7 @@ from tradingd.model import (
     are_positive_decimals,
     is_non_negative_decimal,
     is_positive_decimal,
+    positive_decimal_float,
 )
 
 PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
@@ -56,6 +57,20 @@ EDGES = [
     "1" * 64,
     "0." + "0" * 61 + "1",
     "1" * 65,
+    # The short plain texts' bounds: 20 characters and fewer take the string test, more the
+    # float rule.
+    "9" * 20,
+    "9" * 21,
+    "." + "0" * 18 + "1",
+    "0." + "0" * 18 + "1",
+    "0." + "0" * 17 + "1",
+    "." + "0" * 19,
+    "0" * 20,
+    "0" * 19 + "1",
+    "1.2.3",
+    "..5",
+    ".",
+    "",
     "\x0b1",
     "\x1c1",
     "1\t",
@@ -74,6 +89,8 @@ decimal_texts = st.one_of(
         st.text("0123456789", max_size=25),
     ),
     st.text("0123456789.eE+-_ \t\u0661naif", max_size=12),
+    st.text("0123456789.", max_size=24),
+    st.text("0.", max_size=22),
     st.text(max_size=8),
 )
 
@@ -119,6 +136,16 @@ def test_an_accepted_non_negative_text_is_zero_or_in_range(text: str) -> None:
         assert is_positive_decimal(text) == (value != 0)
     else:
         assert not _is_plain_and_in_range(text, zero_too=True)
+
+
+@given(decimal_texts)
+def test_the_string_test_for_short_plain_texts_answers_as_the_float_rule(text: str) -> None:
+    """``is_positive_decimal`` takes a string test for short plain texts and the float rule for
+    the rest: both answer alike, and the float rule's float is the text's."""
+    value = positive_decimal_float(text)
+    assert is_positive_decimal(text) == (value is not None)
+    if value is not None:
+        assert value == float(text) != 0.0
 
 
 @given(decimal_texts, decimal_texts)

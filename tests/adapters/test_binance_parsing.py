@@ -431,6 +431,41 @@ def test_the_one_pass_and_the_general_path_agree() -> None:
     )
 
 
+_book_texts = st.one_of(
+    st.sampled_from(["25.35190000", "0", "0.00000000", "1.", ".5", "1e-3", " 1", "1_0", "9" * 21]),
+    st.text("0123456789.", min_size=1, max_size=22),
+)
+
+
+@given(
+    st.tuples(_book_texts, _book_texts, _book_texts, _book_texts),
+    st.one_of(st.none(), st.just(1767225600000123)),
+)
+@settings(max_examples=300)
+def test_a_book_ticker_reads_alike_on_the_one_pass_path_and_the_general_one(
+    texts: tuple[str, str, str, str], event_time: int | None
+) -> None:
+    """Whatever the four texts and whether an event time comes, the bytes read by a parser that
+    has routed the stream and seen both prices (the spelled-out usual case) give what the
+    general path gives, or the same refusal."""
+    b, bid_amount, a, ask_amount = texts
+    changes: dict[str, object] = {"b": b, "B": bid_amount, "a": a, "A": ask_amount}
+    if event_time is not None:
+        changes["E"] = event_time
+    frame = with_data(BOOK_TICKER_FRAME, **changes)
+
+    def read(p: BinanceParser, f: bytes | str) -> list[object] | str:
+        try:
+            return list(p.parse_frame(f, RECEIVED_US))
+        except ParseError as exc:
+            return str(exc)
+
+    warm = parser()
+    general = read(warm, frame.decode())  # routes the stream and remembers the prices
+    assert read(warm, frame) == general
+    assert read(parser(), frame) == general
+
+
 def test_bar_order_is_exact_beyond_float_precision() -> None:
     """Prices equal as floats but not as decimals: the exact numbers decide."""
     high = "1.00000000000000001"

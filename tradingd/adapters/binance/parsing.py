@@ -401,7 +401,23 @@ class BinanceParser:
                 elif initial == _BOOK_TICKER_INITIAL:
                     book = _book_ticker_frame_decoder.decode(frame)
                     if self._routes.get(book.stream) == _BOOK_TICKER:
-                        return self._book_ticker_record(book.data, book.stream, received_us)
+                        data = book.data
+                        # _book_ticker_record's usual case (no event time, both prices seen
+                        # before, two plain amounts) spelled out; anything else is left to it.
+                        accepted = self._positive.floats
+                        if (
+                            data.E is None
+                            and data.b in accepted
+                            and data.a in accepted
+                            and are_positive_decimals(data.B, data.A)
+                        ):
+                            return [
+                                Ticker(
+                                    self.exchange, data.s, received_us, received_us,
+                                    data.b, data.B, data.a, data.A,
+                                )
+                            ]  # fmt: skip
+                        return self._book_ticker_record(data, book.stream, received_us)
                 elif initial == _KLINE_INITIAL:
                     kline = _kline_frame_decoder.decode(frame)
                     if self._routes.get(kline.stream) == _KLINE:
