@@ -466,6 +466,38 @@ def test_a_book_ticker_reads_alike_on_the_one_pass_path_and_the_general_one(
     assert read(parser(), frame) == general
 
 
+@given(
+    st.tuples(_book_texts, _book_texts),
+    st.one_of(st.integers(-3, 3), st.integers(0, 2**63 - 1)),
+    st.sampled_from([1767225600000120, 1767225600000, 946684800000000 - 1, 4102444800000000]),
+    st.sampled_from([None, False, True]),
+)
+@settings(max_examples=300)
+def test_a_trade_reads_alike_on_the_one_pass_path_and_the_general_one(
+    texts: tuple[str, str], trade_seq: int, trade_time: int, best_match: bool | None
+) -> None:
+    """Whatever the price, quantity, sequence, time and best-match flag, the bytes read by a
+    parser that has routed the stream and accepted both texts before (the spelled-out usual
+    case) give what the general path gives, or the same refusal."""
+    price, quantity = texts
+    changes: dict[str, object] = {"p": price, "q": quantity, "t": trade_seq, "T": trade_time}
+    changes["M"] = best_match
+    frame = with_data(TRADE_FRAME, **changes)
+
+    def read(p: BinanceParser, f: bytes | str) -> list[object] | str:
+        try:
+            return list(p.parse_frame(f, RECEIVED_US))
+        except ParseError as exc:
+            return str(exc)
+
+    warm = parser()
+    # Routes the stream and remembers both texts wherever the rule accepts them.
+    read(warm, with_data(TRADE_FRAME, p=price, q=quantity).decode())
+    general = read(warm, frame.decode())
+    assert read(warm, frame) == general
+    assert read(parser(), frame) == general
+
+
 def test_bar_order_is_exact_beyond_float_precision() -> None:
     """Prices equal as floats but not as decimals: the exact numbers decide."""
     high = "1.00000000000000001"

@@ -397,7 +397,24 @@ class BinanceParser:
                 if initial == _TRADE_INITIAL:
                     trade = _trade_frame_decoder.decode(frame)
                     if self._routes.get(trade.stream) == _TRADE:
-                        return self._trade_record(trade.data, trade.stream, received_us)
+                        sale = trade.data
+                        # _trade_record's usual case (both texts seen before, every check met)
+                        # spelled out; anything else is left to it, which words the refusal.
+                        accepted = self._positive.floats
+                        trade_us = sale.T * self._factor
+                        if (
+                            sale.p in accepted
+                            and sale.q in accepted
+                            and sale.t >= 0
+                            and _EARLIEST_US <= trade_us < _LATEST_US
+                        ):
+                            return [
+                                Trade(
+                                    self.exchange, sale.s, _SPOT, str(sale.t), sale.t, sale.p,
+                                    sale.q, sale.m, trade_us, received_us, sale.M,
+                                )
+                            ]  # fmt: skip
+                        return self._trade_record(sale, trade.stream, received_us)
                 elif initial == _BOOK_TICKER_INITIAL:
                     book = _book_ticker_frame_decoder.decode(frame)
                     if self._routes.get(book.stream) == _BOOK_TICKER:
