@@ -431,6 +431,14 @@ def test_the_one_pass_and_the_general_path_agree() -> None:
     )
 
 
+def records_or_refusal(p: BinanceParser, frame: bytes | str) -> list[object] | str:
+    """What ``p`` reads from ``frame``: its records, or the refusal's words."""
+    try:
+        return list(p.parse_frame(frame, RECEIVED_US))
+    except ParseError as exc:
+        return str(exc)
+
+
 _book_texts = st.one_of(
     st.sampled_from(["25.35190000", "0", "0.00000000", "1.", ".5", "1e-3", " 1", "1_0", "9" * 21]),
     st.text("0123456789.", min_size=1, max_size=22),
@@ -454,16 +462,10 @@ def test_a_book_ticker_reads_alike_on_the_one_pass_path_and_the_general_one(
         changes["E"] = event_time
     frame = with_data(BOOK_TICKER_FRAME, **changes)
 
-    def read(p: BinanceParser, f: bytes | str) -> list[object] | str:
-        try:
-            return list(p.parse_frame(f, RECEIVED_US))
-        except ParseError as exc:
-            return str(exc)
-
     warm = parser()
-    general = read(warm, frame.decode())  # routes the stream and remembers the prices
-    assert read(warm, frame) == general
-    assert read(parser(), frame) == general
+    general = records_or_refusal(warm, frame.decode())  # routes the stream and remembers the prices
+    assert records_or_refusal(warm, frame) == general
+    assert records_or_refusal(parser(), frame) == general
 
 
 @given(
@@ -484,18 +486,12 @@ def test_a_trade_reads_alike_on_the_one_pass_path_and_the_general_one(
     changes["M"] = best_match
     frame = with_data(TRADE_FRAME, **changes)
 
-    def read(p: BinanceParser, f: bytes | str) -> list[object] | str:
-        try:
-            return list(p.parse_frame(f, RECEIVED_US))
-        except ParseError as exc:
-            return str(exc)
-
     warm = parser()
     # Routes the stream and remembers both texts wherever the rule accepts them.
-    read(warm, with_data(TRADE_FRAME, p=price, q=quantity).decode())
-    general = read(warm, frame.decode())
-    assert read(warm, frame) == general
-    assert read(parser(), frame) == general
+    records_or_refusal(warm, with_data(TRADE_FRAME, p=price, q=quantity).decode())
+    general = records_or_refusal(warm, frame.decode())
+    assert records_or_refusal(warm, frame) == general
+    assert records_or_refusal(parser(), frame) == general
 
 
 def test_bar_order_is_exact_beyond_float_precision() -> None:
