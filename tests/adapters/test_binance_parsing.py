@@ -439,14 +439,14 @@ def records_or_refusal(p: BinanceParser, frame: bytes | str) -> list[object] | s
         return str(exc)
 
 
-_book_texts = st.one_of(
+_decimal_texts = st.one_of(
     st.sampled_from(["25.35190000", "0", "0.00000000", "1.", ".5", "1e-3", " 1", "1_0", "9" * 21]),
     st.text("0123456789.", min_size=1, max_size=22),
 )
 
 
 @given(
-    st.tuples(_book_texts, _book_texts, _book_texts, _book_texts),
+    st.tuples(_decimal_texts, _decimal_texts, _decimal_texts, _decimal_texts),
     st.one_of(st.none(), st.just(1767225600000123)),
 )
 @settings(max_examples=300)
@@ -469,7 +469,7 @@ def test_a_book_ticker_reads_alike_on_the_one_pass_path_and_the_general_one(
 
 
 @given(
-    st.tuples(_book_texts, _book_texts),
+    st.tuples(_decimal_texts, _decimal_texts),
     st.one_of(st.integers(-3, 3), st.integers(0, 2**63 - 1)),
     st.sampled_from([1767225600000120, 1767225600000, 946684800000000 - 1, 4102444800000000]),
     st.sampled_from([None, False, True]),
@@ -482,9 +482,7 @@ def test_a_trade_reads_alike_on_the_one_pass_path_and_the_general_one(
     parser that has routed the stream and accepted both texts before (the spelled-out usual
     case) give what the general path gives, or the same refusal."""
     price, quantity = texts
-    changes: dict[str, object] = {"p": price, "q": quantity, "t": trade_seq, "T": trade_time}
-    changes["M"] = best_match
-    frame = with_data(TRADE_FRAME, **changes)
+    frame = with_data(TRADE_FRAME, p=price, q=quantity, t=trade_seq, T=trade_time, M=best_match)
 
     warm = parser()
     # Routes the stream and remembers both texts wherever the rule accepts them.
